@@ -1,0 +1,269 @@
+"""Settings from arguments, a TOML config file and the environment, validated at start-up.
+
+Precedence, highest first: keyword arguments to :func:`load_settings`, environment variables,
+the config file, defaults. Pool settings in the file come in three levels, resolved
+``[store]`` > ``[database]`` > ``[postgres]`` > defaults, and the environment overrides them.
+Every invalid value fails here, with an error naming the setting, not later in a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from memfuse.db.urls import mask_url, normalize_url
+from memfuse.errors import ConfigurationError
+
+DEFAULT_SCHEMA = "memfuse"
+DEFAULT_EMBEDDING_DIMENSION = 384
+MAX_EMBEDDING_DIMENSION = 16000
+POOL_LEVELS = ("store", "database", "postgres")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Connection pool options, named as SQLAlchemy's ``create_async_engine`` names them."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: int = 1800
+    pool_pre_ping: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ConfigurationError("pool_size", f"must be at least 1, got {self.pool_size}")
+        if self.max_overflow < 0:
+            raise ConfigurationError("max_overflow", f"must be 0 or more, got {self.max_overflow}")
+        if self.pool_timeout <= 0:
+            raise ConfigurationError("pool_timeout", f"must be positive, got {self.pool_timeout}")
+        if self.pool_recycle <= 0 and self.pool_recycle != -1:
+            raise ConfigurationError(
+                "pool_recycle", f"must be positive seconds, or -1 to disable, got {self.pool_recycle}"
+            )
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``create_async_engine``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything memfuse needs to start; build it with :func:`load_settings`."""
+
+    database_url: str | None = field(default=None, repr=False)
+    schema: str = DEFAULT_SCHEMA
+    embedding_dimension: int = DEFAULT_EMBEDDING_DIMENSION
+    data_dir: Path | None = None
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    monitor_enabled: bool = True
+    monitor_history_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.database_url is not None:
+            normalize_url(self.database_url)
+        if not _IDENTIFIER.match(self.schema):
+            raise ConfigurationError(
+                "schema", f"must be a lower-case SQL identifier, got {self.schema!r}"
+            )
+        if not 1 <= self.embedding_dimension <= MAX_EMBEDDING_DIMENSION:
+            raise ConfigurationError(
+                "embedding_dimension",
+                f"must be between 1 and {MAX_EMBEDDING_DIMENSION}, got {self.embedding_dimension}",
+            )
+        if self.monitor_history_size < 1:
+            raise ConfigurationError(
+                "monitor_history_size", f"must be at least 1, got {self.monitor_history_size}"
+            )
+
+    @property
+    def masked_database_url(self) -> str | None:
+        """The database URL with its password hidden, safe for logs."""
+        return None if self.database_url is None else mask_url(self.database_url)
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(database_url={self.masked_database_url!r}, schema={self.schema!r}, "
+            f"embedding_dimension={self.embedding_dimension}, data_dir={self.data_dir!r}, "
+            f"pool={self.pool!r}, monitor_enabled={self.monitor_enabled}, "
+            f"monitor_history_size={self.monitor_history_size})"
+        )
+
+
+_POOL_ENV = {
+    "pool_size": "MEMFUSE_POOL_SIZE",
+    "max_overflow": "MEMFUSE_MAX_OVERFLOW",
+    "pool_timeout": "MEMFUSE_POOL_TIMEOUT",
+    "pool_recycle": "MEMFUSE_POOL_RECYCLE",
+    "pool_pre_ping": "MEMFUSE_POOL_PRE_PING",
+}
+_SETTINGS_ENV = {
+    "schema": "MEMFUSE_SCHEMA",
+    "embedding_dimension": "MEMFUSE_EMBEDDING_DIMENSION",
+    "data_dir": "MEMFUSE_DATA_DIR",
+    "monitor_enabled": "MEMFUSE_MONITOR_ENABLED",
+    "monitor_history_size": "MEMFUSE_MONITOR_HISTORY_SIZE",
+}
+_TYPES: dict[str, type] = {
+    "pool_size": int,
+    "max_overflow": int,
+    "pool_timeout": float,
+    "pool_recycle": int,
+    "pool_pre_ping": bool,
+    "schema": str,
+    "embedding_dimension": int,
+    "data_dir": Path,
+    "monitor_enabled": bool,
+    "monitor_history_size": int,
+    "database_url": str,
+}
+_TOP_LEVEL_KEYS = frozenset(_SETTINGS_ENV) | {"database_url"}
+_POSTGRES_KEYS = frozenset({"host", "port", "database", "user", "password"})
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Resolve settings: ``overrides`` > environment > ``config_file`` (or ``MEMFUSE_CONFIG``).
+
+    ``overrides`` take any :class:`Settings` field or :class:`PoolSettings` field by name.
+    """
+    env = os.environ if environ is None else environ
+    path = config_file if config_file is not None else env.get("MEMFUSE_CONFIG")
+    document = _read_toml(Path(path)) if path else {}
+
+    values: dict[str, Any] = {}
+    pool_values: dict[str, Any] = {}
+
+    for key, raw in document.items():
+        if key in POOL_LEVELS or key in _POOL_ENV:
+            continue
+        if key not in _TOP_LEVEL_KEYS:
+            raise ConfigurationError(key, f"unknown key in config file {path}")
+        values[key] = _coerce(key, raw, source=f"config file {path}")
+    for name in _POOL_ENV:
+        for level in reversed(POOL_LEVELS):  # postgres, then database, then store wins
+            section = _section(document, level, path)
+            if name in section:
+                pool_values[name] = _coerce(name, section[name], source=f"[{level}] in {path}")
+    file_url = _url_from_file(document, path)
+    if file_url is not None:
+        values["database_url"] = file_url
+
+    for name, variable in _SETTINGS_ENV.items():
+        if variable in env:
+            values[name] = _coerce(name, env[variable], source=variable)
+    for name, variable in _POOL_ENV.items():
+        if variable in env:
+            pool_values[name] = _coerce(name, env[variable], source=variable)
+    env_url = env.get("MEMFUSE_DATABASE_URL") or _url_from_postgres_env(env)
+    if env_url:
+        values["database_url"] = env_url
+
+    for name, raw in overrides.items():
+        if name in _POOL_ENV:
+            pool_values[name] = _coerce(name, raw, source="argument")
+        elif name in _TYPES:
+            values[name] = None if raw is None else _coerce(name, raw, source="argument")
+        else:
+            raise ConfigurationError(name, "unknown setting")
+
+    return Settings(pool=PoolSettings(**pool_values), **values)
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """A copy of ``settings`` with some fields replaced, validated again."""
+    return replace(settings, **overrides)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError("MEMFUSE_CONFIG", f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError("MEMFUSE_CONFIG", f"config file {path}: {error}") from None
+
+
+def _section(document: Mapping[str, Any], name: str, path: object) -> Mapping[str, Any]:
+    section = document.get(name, {})
+    if not isinstance(section, Mapping):
+        raise ConfigurationError(name, f"must be a table in config file {path}")
+    allowed = set(_POOL_ENV) | (_POSTGRES_KEYS if name == "postgres" else set())
+    if name == "database":
+        allowed.add("url")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigurationError(f"{name}.{unknown[0]}", f"unknown key in config file {path}")
+    return section
+
+
+def _url_from_file(document: Mapping[str, Any], path: object) -> str | None:
+    database = _section(document, "database", path)
+    if "url" in database:
+        return str(database["url"])
+    postgres = _section(document, "postgres", path)
+    if "host" not in postgres:
+        return None
+    return _render_url({key: str(value) for key, value in postgres.items() if key in _POSTGRES_KEYS})
+
+
+def _url_from_postgres_env(env: Mapping[str, str]) -> str | None:
+    if not env.get("POSTGRES_HOST"):
+        return None
+    names = {"host": "HOST", "port": "PORT", "database": "DB", "user": "USER", "password": "PASSWORD"}
+    parts = {key: env[f"POSTGRES_{suffix}"] for key, suffix in names.items() if f"POSTGRES_{suffix}" in env}
+    return _render_url(parts)
+
+
+def _render_url(parts: Mapping[str, str]) -> str:
+    port = parts.get("port")
+    if port is not None and not port.isdigit():
+        raise ConfigurationError("postgres.port", f"must be a port number, got {port!r}")
+    url = URL.create(
+        "postgresql+asyncpg",
+        username=parts.get("user", "postgres"),
+        password=parts.get("password"),
+        host=parts["host"],
+        port=int(port) if port is not None else None,
+        database=parts.get("database", "postgres"),
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def _coerce(name: str, raw: Any, *, source: str) -> Any:
+    kind = _TYPES.get(name)
+    if kind is None:
+        raise ConfigurationError(name, f"unknown setting (from {source})")
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigurationError(name, f"expected true/false, got {raw!r} (from {source})")
+    if kind is int and (isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer())):
+        raise ConfigurationError(name, f"expected an integer, got {raw!r} (from {source})")
+    try:
+        if kind is int and isinstance(raw, str):
+            return int(raw.strip())
+        return kind(raw)
+    except (TypeError, ValueError):
+        expected = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise ConfigurationError(
+            name, f"expected {expected}, got {raw!r} (from {source})"
+        ) from None

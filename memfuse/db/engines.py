@@ -1,0 +1,306 @@
+"""Shared async engines: one per database for the whole process, each instrumented and disposed.
+
+Every engine memfuse creates gets pgvector's binary codec on each new connection, pool checkout
+timing (``connection_pool_access``), connection set-up timing (``pgvector_registration``) and
+statement timing (``db_query``) in the :class:`PerformanceMonitor`. An engine a host app hands
+in gets the same hooks but is never disposed by memfuse.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, PoolProxiedConnection
+
+from memfuse.config import PoolSettings
+from memfuse.db.models import SCHEMA
+from memfuse.db.urls import engine_key, normalize_url
+from memfuse.db.vector import register_vector_codec
+from memfuse.errors import MemfuseError
+from memfuse.monitor.engine_hooks import instrument_engine
+from memfuse.monitor.performance import PerformanceMonitor, process_monitor
+
+logger = logging.getLogger(__name__)
+
+POOL_ACCESS_OPERATION = "connection_pool_access"
+CODEC_OPERATION = "pgvector_registration"
+_CODEC_READY = "memfuse_vector_codec"
+
+
+class MonitoredPool(AsyncAdaptedQueuePool):
+    """The async queue pool, timing each checkout (waiting included) for the monitor."""
+
+    monitor: PerformanceMonitor | None = None
+
+    def connect(self) -> PoolProxiedConnection:
+        monitor = self.monitor
+        if monitor is None:
+            return super().connect()
+        start = time.perf_counter()
+        success = False
+        try:
+            connection = super().connect()
+            success = True
+            return connection
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            monitor.record(POOL_ACCESS_OPERATION, elapsed_ms, success=success)
+
+    def recreate(self) -> MonitoredPool:
+        pool = super().recreate()
+        assert isinstance(pool, MonitoredPool)
+        pool.monitor = self.monitor
+        return pool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of one engine's pool, keyed and labelled by its masked URL."""
+
+    url: str
+    owned: bool
+    pool_size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    connections_opened: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "owned": self.owned,
+            "pool_size": self.pool_size,
+            "checked_out": self.checked_out,
+            "checked_in": self.checked_in,
+            "overflow": self.overflow,
+            "connections_opened": self.connections_opened,
+        }
+
+
+@dataclass(slots=True)
+class _Entry:
+    engine: AsyncEngine
+    owned: bool
+    remove_hooks: Callable[[], None]
+    connections_opened: int = 0
+
+
+def schema_execution_options(schema: str) -> dict[str, Any]:
+    """Execution options mapping the models' schema to the configured one."""
+    if schema == SCHEMA:
+        return {}
+    return {"schema_translate_map": {SCHEMA: schema}}
+
+
+def create_engine(
+    url: str | URL,
+    pool: PoolSettings | None = None,
+    *,
+    monitor: PerformanceMonitor | None = None,
+) -> AsyncEngine:
+    """A new instrumented engine; most code wants :meth:`EngineRegistry.get_engine` instead."""
+    settings = pool or PoolSettings()
+    engine = create_async_engine(
+        normalize_url(url), poolclass=MonitoredPool, **settings.engine_kwargs()
+    )
+    pool_instance = engine.sync_engine.pool
+    if isinstance(pool_instance, MonitoredPool):
+        pool_instance.monitor = monitor
+    install_vector_codec(engine, monitor)
+    return engine
+
+
+def install_vector_codec(
+    engine: AsyncEngine, monitor: PerformanceMonitor | None
+) -> Callable[[], None]:
+    """Register pgvector's codec on every new connection of ``engine``; returns a remover.
+
+    Before the first migration the extension does not exist yet; such connections try again
+    at each checkout until it does, so pooled connections never miss the codec.
+    """
+
+    def register(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        start = time.perf_counter()
+        success = False
+        try:
+            record.info[_CODEC_READY] = dbapi_connection.run_async(register_vector_codec)
+            success = True
+        finally:
+            if monitor is not None:
+                elapsed_ms = (time.perf_counter() - start) * 1000.0
+                monitor.record(CODEC_OPERATION, elapsed_ms, success=success)
+
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if not record.info.get(_CODEC_READY):
+            register(dbapi_connection, record)
+
+    target: Pool = engine.sync_engine.pool
+    hooks: list[tuple[str, Callable[..., None]]] = [("connect", register), ("checkout", checkout)]
+    for name, hook in hooks:
+        event.listen(target, name, hook)
+
+    def remove() -> None:
+        for name, hook in hooks:
+            if event.contains(target, name, hook):
+                event.remove(target, name, hook)
+
+    return remove
+
+
+class EngineRegistry:
+    """One engine per normalized database URL; creates, shares, reports and disposes them."""
+
+    def __init__(self, monitor: PerformanceMonitor | None = None) -> None:
+        self._monitor = monitor
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def monitor(self) -> PerformanceMonitor | None:
+        return self._monitor
+
+    def get_engine(self, url: str | URL, pool: PoolSettings | None = None) -> AsyncEngine:
+        """The shared engine for ``url``, created on first use with ``pool`` settings.
+
+        Two spellings of one database give the same engine; later ``pool`` values for an
+        existing engine are ignored with a warning rather than silently applied.
+        """
+        key = engine_key(url)
+        settings = pool or PoolSettings()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if pool is not None and entry.owned and _pool_settings(entry.engine) != settings:
+                    logger.warning(
+                        "engine for %s already exists; its pool settings are kept", key
+                    )
+                return entry.engine
+            engine = create_engine(url, settings, monitor=self._monitor)
+            entry = _Entry(engine=engine, owned=True, remove_hooks=lambda: None)
+            entry.remove_hooks = self._instrument(entry)
+            self._entries[key] = entry
+            logger.info("created engine for %s", key)
+            return engine
+
+    def adopt(self, engine: AsyncEngine) -> AsyncEngine:
+        """Use a host app's engine: instrument it, share it, never dispose it."""
+        key = engine_key(engine.url)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry.engine is engine:
+                    return engine
+                raise MemfuseError(
+                    f"an engine for {key} is already registered; adopt the host engine "
+                    f"before memfuse creates its own"
+                )
+            entry = _Entry(engine=engine, owned=False, remove_hooks=lambda: None)
+            remove_codec = install_vector_codec(engine, self._monitor)
+            remove_hooks = self._instrument(entry)
+
+            def remove() -> None:
+                remove_codec()
+                remove_hooks()
+
+            entry.remove_hooks = remove
+            self._entries[key] = entry
+            return engine
+
+    def stats(self) -> dict[str, EngineStats]:
+        """Pool figures per engine, keyed by the masked URL."""
+        with self._lock:
+            entries = dict(self._entries)
+        return {key: _stats(key, entry) for key, entry in entries.items()}
+
+    def __contains__(self, url: object) -> bool:
+        return isinstance(url, str | URL) and engine_key(url) in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def dispose_all(self) -> None:
+        """Dispose every engine memfuse created; unhook (but keep open) adopted ones."""
+        with self._lock:
+            entries = list(self._entries.items())
+            self._entries.clear()
+        for key, entry in entries:
+            entry.remove_hooks()
+            if entry.owned:
+                await entry.engine.dispose()
+                logger.info("disposed engine for %s", key)
+
+    def _instrument(self, entry: _Entry) -> Callable[[], None]:
+        """Count new connections and, with a monitor, time every statement."""
+        pool = entry.engine.sync_engine.pool
+
+        def count_connection(*_: Any) -> None:
+            entry.connections_opened += 1
+
+        event.listen(pool, "connect", count_connection)
+        remove_timing = (
+            instrument_engine(entry.engine, self._monitor) if self._monitor is not None else None
+        )
+
+        def remove() -> None:
+            if event.contains(pool, "connect", count_connection):
+                event.remove(pool, "connect", count_connection)
+            if remove_timing is not None:
+                remove_timing()
+
+        return remove
+
+
+def _pool_settings(engine: AsyncEngine) -> PoolSettings | None:
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, AsyncAdaptedQueuePool):
+        return None
+    return PoolSettings(
+        pool_size=pool.size(),
+        max_overflow=pool._max_overflow,
+        pool_timeout=pool.timeout(),
+        pool_recycle=pool._recycle,
+        pool_pre_ping=pool._pre_ping,
+    )
+
+
+def _stats(key: str, entry: _Entry) -> EngineStats:
+    pool = entry.engine.sync_engine.pool
+    if isinstance(pool, AsyncAdaptedQueuePool):
+        size, checked_out, checked_in, overflow = (
+            pool.size(),
+            pool.checkedout(),
+            pool.checkedin(),
+            max(pool.overflow(), 0),
+        )
+    else:
+        size = checked_out = checked_in = overflow = 0
+    return EngineStats(
+        url=key,
+        owned=entry.owned,
+        pool_size=size,
+        checked_out=checked_out,
+        checked_in=checked_in,
+        overflow=overflow,
+        connections_opened=entry.connections_opened,
+    )
+
+
+_process_registry: EngineRegistry | None = None
+_process_lock = threading.Lock()
+
+
+def process_registry() -> EngineRegistry:
+    """The process-wide registry, reporting to the process-wide monitor."""
+    global _process_registry
+    with _process_lock:
+        if _process_registry is None:
+            _process_registry = EngineRegistry(process_monitor())
+        return _process_registry

@@ -1,0 +1,142 @@
+"""Run memfuse's Alembic migrations from Python or the CLI, serialized by an advisory lock.
+
+The migration scripts ship inside the wheel (``memfuse/migrations``); in a source checkout they
+are the top-level ``migrations/`` folder. Both ``alembic upgrade head`` from the repository root
+and :func:`upgrade` go through the same ``env.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from memfuse.config import DEFAULT_EMBEDDING_DIMENSION, DEFAULT_SCHEMA
+from memfuse.db.models import VERSION_TABLE
+from memfuse.errors import DimensionMismatchError, SchemaError
+
+DIMENSION_KEY = "embedding_dimension"
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationOptions:
+    """What a migration script needs to know: where to create objects and the vector size."""
+
+    schema: str = DEFAULT_SCHEMA
+    embedding_dimension: int = DEFAULT_EMBEDDING_DIMENSION
+
+
+def migrations_directory() -> Path:
+    """The folder holding ``env.py``: inside the installed package, or the checkout's root."""
+    for candidate in (_PACKAGE_DIR / "migrations", _PACKAGE_DIR.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(f"memfuse migrations not found next to {_PACKAGE_DIR}")
+
+
+def alembic_config(options: MigrationOptions | None = None) -> Config:
+    """An Alembic ``Config`` for memfuse's migrations, independent of any ``alembic.ini``."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.attributes["memfuse_options"] = options or MigrationOptions()
+    return config
+
+
+def migration_options(config: Config) -> MigrationOptions:
+    """The options the caller put on ``config``; the environment's settings otherwise."""
+    options = config.attributes.get("memfuse_options")
+    if isinstance(options, MigrationOptions):
+        return options
+    from memfuse.config import load_settings
+
+    settings = load_settings()
+    return MigrationOptions(settings.schema, settings.embedding_dimension)
+
+
+def lock_statement(schema: str) -> str:
+    """SQL taking the transaction-scoped advisory lock that serializes migrations of a schema."""
+    return f"SELECT pg_advisory_xact_lock(hashtext('memfuse.migrate.{schema}'))"
+
+
+async def upgrade(
+    engine: AsyncEngine, revision: str = "head", options: MigrationOptions | None = None
+) -> None:
+    """Upgrade the schema to ``revision`` in one transaction, one process at a time."""
+    await _run(engine, "upgrade", revision, options)
+
+
+async def downgrade(
+    engine: AsyncEngine, revision: str, options: MigrationOptions | None = None
+) -> None:
+    """Downgrade to ``revision``; ``"base"`` removes every memfuse object, the schema too."""
+    await _run(engine, "downgrade", revision, options)
+
+
+async def current_revision(engine: AsyncEngine, schema: str = DEFAULT_SCHEMA) -> str | None:
+    """The revision the database is at, or ``None`` when memfuse was never installed."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current_revision, schema)
+
+
+async def recorded_dimension(
+    connection: AsyncConnection, schema: str = DEFAULT_SCHEMA
+) -> int | None:
+    """The embedding dimension the schema was created with, or ``None`` before migrations."""
+    return await connection.run_sync(read_recorded_dimension, schema)
+
+
+async def check_embedding_dimension(
+    engine: AsyncEngine, expected: int, *, schema: str = DEFAULT_SCHEMA, source: str
+) -> None:
+    """Refuse to run when ``source`` (an embedder, a setting) disagrees with the schema."""
+    async with engine.connect() as connection:
+        actual = await recorded_dimension(connection, schema)
+    if actual is None:
+        raise SchemaError(
+            f"schema {schema!r} is not migrated; run `memfuse db upgrade` (or `alembic upgrade head`)"
+        )
+    if actual != expected:
+        raise DimensionMismatchError(expected, actual, source=source)
+
+
+def read_recorded_dimension(connection: Connection, schema: str) -> int | None:
+    """Synchronous twin of :func:`recorded_dimension`, for use inside migrations."""
+    exists = connection.execute(
+        text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"{schema}.schema_info"}
+    ).scalar_one()
+    if not exists:
+        return None
+    value = connection.execute(
+        text(f'SELECT value FROM "{schema}".schema_info WHERE key = :key'), {"key": DIMENSION_KEY}
+    ).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def _current_revision(connection: Connection, schema: str) -> str | None:
+    context = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    )
+    return context.get_current_revision()
+
+
+async def _run(
+    engine: AsyncEngine, action: str, revision: str, options: MigrationOptions | None
+) -> None:
+    config = alembic_config(options)
+    schema = migration_options(config).schema
+    async with engine.begin() as connection:
+        await connection.execute(text(lock_statement(schema)))
+        await connection.run_sync(_run_command, config, action, revision)
+
+
+def _run_command(connection: Connection, config: Config, action: str, revision: str) -> None:
+    config.attributes["connection"] = connection
+    runner: Any = getattr(command, action)
+    runner(config, revision)

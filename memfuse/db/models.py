@@ -1,0 +1,320 @@
+"""The ORM models: the one schema definition that the migrations must equal (a test checks).
+
+Every table lives in the ``memfuse`` schema, with its own :class:`MetaData`, so a host app's
+models and ours never meet. A different schema name is applied at run time with SQLAlchemy's
+``schema_translate_map`` (see :func:`memfuse.db.engines.schema_execution_options`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from memfuse.db.vector import Vector
+
+SCHEMA = "memfuse"
+"""The schema name in the models; the configured name replaces it at run time."""
+
+VERSION_TABLE = "memfuse_alembic_version"
+TEXT_SEARCH_CONFIG = "english"
+MESSAGE_ROLES = ("user", "assistant", "system", "tool")
+EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_NOW = text("now()")
+_EMPTY_OBJECT = text("'{}'::jsonb")
+_NEW_UUID = text("gen_random_uuid()")
+_TSVECTOR = f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, content)"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of memfuse's own tables, on its own metadata."""
+
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+
+def _id() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, server_default=_NEW_UUID)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=_NOW)
+
+
+def _updated_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=_NOW)
+
+
+def _metadata() -> Mapped[dict[str, Any]]:
+    return mapped_column("metadata", JSONB, nullable=False, server_default=_EMPTY_OBJECT)
+
+
+def _tenant(table: str, *, nullable: bool = False) -> Mapped[Any]:
+    return mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.{table}.id", ondelete="CASCADE"),
+        nullable=nullable,
+    )
+
+
+def _embedding() -> Mapped[list[float] | None]:
+    return mapped_column(Vector(), nullable=True)
+
+
+def _content_tsv() -> Mapped[Any]:
+    return mapped_column(TSVECTOR, Computed(_TSVECTOR, persisted=True))
+
+
+def _memory_indexes(table: str) -> tuple[Index, Index]:
+    """The HNSW cosine index on the embedding and the GIN index on the full-text column."""
+    return (
+        Index(
+            f"ix_{table}_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        Index(f"ix_{table}_content_tsv_gin", "content_tsv", postgresql_using="gin"),
+    )
+
+
+class SchemaInfo(Base):
+    """Facts about the schema fixed at creation, such as the embedding dimension."""
+
+    __tablename__ = "schema_info"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class User(Base):
+    """A tenant: every memory row belongs to exactly one user."""
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = _id()
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class Agent(Base):
+    """An assistant persona of one user; agents of different users never share rows."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class Session(Base):
+    """A conversation; ``message_count`` is the per-session counter that numbers messages."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        Index(None, "agent_id"),
+        CheckConstraint("message_count >= 0", name="message_count_non_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    agent_id: Mapped[uuid.UUID] = _tenant("agents")
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    message_count: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class Message(Base):
+    """M0: one raw message, exactly as sent; processing never rewrites it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq"),
+        CheckConstraint(
+            "role IN (" + ", ".join(f"'{role}'" for role in MESSAGE_ROLES) + ")",
+            name="role_known",
+        ),
+        CheckConstraint("seq > 0", name="seq_positive"),
+        Index(None, "user_id", "created_at"),
+        Index(None, "agent_id"),
+        *_memory_indexes("messages"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    agent_id: Mapped[uuid.UUID] = _tenant("agents")
+    session_id: Mapped[uuid.UUID] = _tenant("sessions")
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    token_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    embedding: Mapped[list[float] | None] = _embedding()
+    content_tsv: Mapped[Any] = _content_tsv()
+
+
+class Episode(Base):
+    """M1: consecutive messages of one session packed into a chunk, with lineage to M0."""
+
+    __tablename__ = "episodes"
+    __table_args__ = (
+        Index(None, "user_id", "session_id", "first_seq"),
+        Index(None, "agent_id"),
+        CheckConstraint("first_seq <= last_seq", name="seq_range"),
+        *_memory_indexes("episodes"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    agent_id: Mapped[uuid.UUID] = _tenant("agents")
+    session_id: Mapped[uuid.UUID] = _tenant("sessions")
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    token_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    message_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(UUID(as_uuid=True)), nullable=False
+    )
+    first_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    embedding: Mapped[list[float] | None] = _embedding()
+    content_tsv: Mapped[Any] = _content_tsv()
+
+
+class Fact(Base):
+    """M2: one atomic fact with lineage; a newer contradicting fact closes ``valid_to``."""
+
+    __tablename__ = "facts"
+    __table_args__ = (
+        Index(
+            "ix_facts_user_id_live",
+            "user_id",
+            postgresql_where=text("valid_to IS NULL"),
+        ),
+        Index(None, "session_id"),
+        Index(None, "agent_id"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
+        CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity_range"),
+        *_memory_indexes("facts"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    agent_id: Mapped[uuid.UUID | None] = _tenant("agents", nullable=True)
+    session_id: Mapped[uuid.UUID | None] = _tenant("sessions", nullable=True)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    fact_type: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'statement'")
+    )
+    entities: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
+    )
+    confidence: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("1.0"))
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    message_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(UUID(as_uuid=True)), nullable=False, server_default=text("'{}'::uuid[]")
+    )
+    episode_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.episodes.id", ondelete="SET NULL"),
+        nullable=True,
+    )
+    valid_from: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=_NOW
+    )
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.facts.id", ondelete="SET NULL"),
+        nullable=True,
+    )
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    embedding: Mapped[list[float] | None] = _embedding()
+    content_tsv: Mapped[Any] = _content_tsv()
+
+
+class EmbeddingJob(Base):
+    """A queued embedding of one row, written by a trigger in the row's own transaction."""
+
+    __tablename__ = "embedding_jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "table_name IN (" + ", ".join(f"'{name}'" for name in EMBEDDABLE_TABLES) + ")",
+            name="table_known",
+        ),
+        Index(None, "retry_after", "id"),
+        Index(None, "table_name", "row_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    table_name: Mapped[str] = mapped_column(Text, nullable=False)
+    row_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    enqueued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    retry_after: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")
+    )
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EmbeddingDeadLetter(Base):
+    """A job that failed too often, kept with its last error until someone re-queues it."""
+
+    __tablename__ = "embedding_dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    table_name: Mapped[str] = mapped_column(Text, nullable=False)
+    row_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_error: Mapped[str] = mapped_column(Text, nullable=False)
+    failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=_NOW
+    )

@@ -1,0 +1,32 @@
+"""Exceptions raised by memfuse: one hierarchy so callers can catch ``MemfuseError``."""
+
+from __future__ import annotations
+
+
+class MemfuseError(Exception):
+    """Base class of every error memfuse raises on purpose."""
+
+
+class ConfigurationError(MemfuseError, ValueError):
+    """A setting is missing or invalid; ``setting`` names it so the fix is obvious."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"invalid setting {setting!r}: {message}")
+        self.setting = setting
+
+
+class SchemaError(MemfuseError):
+    """The database schema is missing, outdated or incompatible with this process."""
+
+
+class DimensionMismatchError(SchemaError):
+    """The embedding dimension asked for differs from the one the schema was created with."""
+
+    def __init__(self, expected: int, actual: int, *, source: str) -> None:
+        super().__init__(
+            f"embedding dimension mismatch: the database schema stores vector({actual}) but "
+            f"{source} uses {expected} dimensions; use a model of dimension {actual}, or create "
+            f"a new schema for the new dimension"
+        )
+        self.expected = expected
+        self.actual = actual
