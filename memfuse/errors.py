@@ -30,3 +30,7 @@ class DimensionMismatchError(SchemaError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class ValidationError(MemfuseError, ValueError):
+    """Input was rejected before anything was written."""

@@ -91,6 +91,7 @@ class _Entry:
     owned: bool
     remove_hooks: Callable[[], None]
     connections_opened: int = 0
+    holders: int = 0
 
 
 def schema_execution_options(schema: str) -> dict[str, Any]:
@@ -189,6 +190,28 @@ class EngineRegistry:
             self._entries[key] = entry
             logger.info("created engine for %s", key)
             return engine
+
+    def acquire(self, url: str | URL, pool: PoolSettings | None = None) -> AsyncEngine:
+        """Like :meth:`get_engine`, and hold it until :meth:`release`."""
+        engine = self.get_engine(url, pool)
+        with self._lock:
+            self._entries[engine_key(url)].holders += 1
+        return engine
+
+    async def release(self, engine: AsyncEngine) -> None:
+        """Drop one hold on ``engine``; the last release disposes an engine memfuse created."""
+        key = engine_key(engine.url)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.engine.sync_engine.pool is not engine.sync_engine.pool:
+                return
+            entry.holders = max(entry.holders - 1, 0)
+            if entry.holders > 0 or not entry.owned:
+                return
+            del self._entries[key]
+        entry.remove_hooks()
+        await entry.engine.dispose()
+        logger.info("disposed engine for %s", key)
 
     def adopt(self, engine: AsyncEngine) -> AsyncEngine:
         """Use a host app's engine: instrument it, share it, never dispose it."""

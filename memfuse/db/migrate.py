@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memfuse.config import DEFAULT_EMBEDDING_DIMENSION, DEFAULT_SCHEMA
+from memfuse.config import DEFAULT_EMBEDDING_DIMENSION, DEFAULT_SCHEMA, Settings, load_settings
 from memfuse.db.models import VERSION_TABLE
 from memfuse.errors import DimensionMismatchError, SchemaError
 
@@ -31,6 +31,10 @@ class MigrationOptions:
 
     schema: str = DEFAULT_SCHEMA
     embedding_dimension: int = DEFAULT_EMBEDDING_DIMENSION
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MigrationOptions:
+        return cls(settings.schema, settings.embedding_dimension)
 
 
 def migrations_directory() -> Path:
@@ -54,10 +58,7 @@ def migration_options(config: Config) -> MigrationOptions:
     options = config.attributes.get("memfuse_options")
     if isinstance(options, MigrationOptions):
         return options
-    from memfuse.config import load_settings
-
-    settings = load_settings()
-    return MigrationOptions(settings.schema, settings.embedding_dimension)
+    return MigrationOptions.from_settings(load_settings())
 
 
 def lock_statement(schema: str) -> str:
@@ -140,3 +141,26 @@ def _run_command(connection: Connection, config: Config, action: str, revision: 
     config.attributes["connection"] = connection
     runner: Any = getattr(command, action)
     runner(config, revision)
+
+
+def make_include_object(schema: str = DEFAULT_SCHEMA) -> Any:
+    """An Alembic ``include_object`` hook for a host app that hides memfuse's objects.
+
+    Use it in the host's ``env.py`` (``context.configure(include_object=...)``) so the host's
+    autogenerate never proposes to drop or alter memfuse's tables; with ``include_schemas=True``
+    this matters, and it is harmless otherwise.
+    """
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        if type_ == "table":
+            return getattr(obj, "schema", None) != schema and name != VERSION_TABLE
+        table = getattr(obj, "table", None)
+        return table is None or getattr(table, "schema", None) != schema
+
+    return include_object
+
+
+include_object = make_include_object()
+"""The hook for memfuse's default schema name."""

@@ -39,6 +39,13 @@ TEXT_SEARCH_CONFIG = "english"
 MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
 
+
+
+def embedding_channel(schema: str) -> str:
+    """The NOTIFY channel on which the queue trigger wakes embedding workers of ``schema``."""
+    return f"{schema}_embedding_jobs"
+
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

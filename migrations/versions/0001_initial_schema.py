@@ -14,6 +14,7 @@ from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
 from memfuse.db.migrate import DIMENSION_KEY, migration_options
+from memfuse.db.models import embedding_channel
 from memfuse.db.vector import Vector
 
 revision: str = "0001"
@@ -321,7 +322,7 @@ def _create_trigger_functions(s: str) -> None:
         CREATE FUNCTION "{s}".notify_embedding_jobs() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
-            PERFORM pg_notify('{s}_embedding_jobs', '');
+            PERFORM pg_notify('{embedding_channel(s)}', '');
             RETURN NULL;
         END
         $$""")

@@ -1,0 +1,92 @@
+"""The ``memfuse`` command: database migrations and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from memfuse.config import Settings, load_settings
+from memfuse.db import migrate
+from memfuse.db.embedded import database_url_for
+from memfuse.db.engines import create_engine
+from memfuse.errors import MemfuseError
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memfuse", description=__doc__)
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: MEMFUSE_DATABASE_URL, else embedded)")
+    parser.add_argument("--config", help="TOML config file (default: MEMFUSE_CONFIG)")
+    parser.add_argument("--schema", help="database schema for memfuse's tables (default: memfuse)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="manage memfuse's schema (Alembic migrations)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="upgrade to a revision (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument("--embedding-dimension", type=int, help="vector size (default: 384)")
+    downgrade = db_commands.add_parser("downgrade", help="downgrade to a revision ('base': remove all)")
+    downgrade.add_argument("revision")
+    db_commands.add_parser("current", help="show the current revision")
+
+    commands.add_parser("demo", help="migrate, create a user and session, print the monitor report")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    if args.schema:
+        overrides["schema"] = args.schema
+    if getattr(args, "embedding_dimension", None) is not None:
+        overrides["embedding_dimension"] = args.embedding_dimension
+    return load_settings(args.config, **overrides)
+
+
+async def run_db_command(settings: Settings, action: str, revision: str | None) -> None:
+    async with database_url_for(settings) as url:
+        engine = create_engine(url, settings.pool)
+        try:
+            options = migrate.MigrationOptions.from_settings(settings)
+            if action == "upgrade":
+                await migrate.upgrade(engine, revision or "head", options)
+            elif action == "downgrade":
+                assert revision is not None
+                await migrate.downgrade(engine, revision, options)
+            current = await migrate.current_revision(engine, settings.schema)
+            _write(f"current revision: {current or '(none)'}")
+        finally:
+            await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = settings_from(args)
+        if args.command == "db":
+            asyncio.run(run_db_command(settings, args.db_command, getattr(args, "revision", None)))
+        elif args.command == "demo":
+            from memfuse.demo import run_demo
+
+            asyncio.run(run_demo(settings, _write))
+    except MemfuseError as error:
+        sys.stderr.write(f"memfuse: {error}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The dependency-injector container: settings, monitor, engines, sessions, repositories, services.
+
+Resources (the embedded server, the engine) start in ``await container.init_resources()`` and
+stop in ``await container.shutdown_resources()``. Tests and host apps override any provider,
+e.g. ``container.settings.override(providers.Object(my_settings))``, or hand in their own
+engine with ``container.host_engine.override(providers.Object(engine))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from dependency_injector import containers, providers
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from memfuse.config import Settings, load_settings
+from memfuse.db.embedded import database_url_for
+from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
+from memfuse.monitor.performance import process_monitor
+from memfuse.services.tenancy import TenancyService
+
+
+async def engine_resource(
+    settings: Settings, registry: EngineRegistry, host_engine: AsyncEngine | None
+) -> AsyncIterator[AsyncEngine]:
+    """The shared engine for the configured database, bound to the configured schema.
+
+    A host app's engine is adopted and left open; otherwise the registry's engine for the URL
+    (or for the embedded server) is held and released on shutdown.
+    """
+    options = schema_execution_options(settings.schema)
+    if host_engine is not None:
+        yield registry.adopt(host_engine).execution_options(**options)
+        return
+    async with database_url_for(settings) as url:
+        engine = registry.acquire(url, settings.pool)
+        try:
+            yield engine.execution_options(**options)
+        finally:
+            await registry.release(engine)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded attributes after commit, as async code cannot lazy-load."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class Container(containers.DeclarativeContainer):
+    """Wiring of memfuse's parts; every provider can be overridden."""
+
+    settings = providers.Singleton(load_settings)
+    monitor = providers.Singleton(process_monitor)
+    engine_registry = providers.Singleton(process_registry)
+    host_engine: providers.Provider[AsyncEngine | None] = providers.Object(None)
+
+    engine = providers.Resource(
+        engine_resource, settings=settings, registry=engine_registry, host_engine=host_engine
+    )
+    session_factory = providers.Singleton(session_factory, engine=engine)
+
+    tenancy_service = providers.Singleton(
+        TenancyService, session_factory=session_factory, monitor=monitor
+    )

@@ -1,0 +1,77 @@
+"""Resolve user, agent and session names to one :class:`MemoryScope` in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memfuse.errors import ValidationError
+from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.tenancy import AgentRepository, SessionRepository, UserRepository
+
+DEFAULT_AGENT = "default"
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryScope:
+    """The ids every memory read and write is bound to; ``user_id`` is never optional."""
+
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    session_id: uuid.UUID
+    user: str
+    agent: str
+    session: str
+
+
+class TenancyService:
+    """Gets or creates users, agents and sessions by name."""
+
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], monitor: PerformanceMonitor
+    ) -> None:
+        self._session_factory = session_factory
+        self._monitor = monitor
+
+    async def resolve(
+        self, user: str, agent: str | None = None, session: str | None = None
+    ) -> MemoryScope:
+        """The scope for these names; a missing agent is the default one, a missing session new."""
+        agent_name = agent if agent is not None else DEFAULT_AGENT
+        session_name = session if session is not None else f"session-{uuid.uuid4()}"
+        for field, value in (("user", user), ("agent", agent_name), ("session", session_name)):
+            validate_name(field, value)
+        with self._monitor.track_operation("tenancy_resolve"):
+            async with self._session_factory.begin() as db:
+                user_row = await UserRepository(db).get_or_create(user)
+                agent_row = await AgentRepository(db).get_or_create(user_row.id, agent_name)
+                session_row = await SessionRepository(db).get_or_create(
+                    user_row.id, agent_row.id, session_name
+                )
+                if session_row.agent_id != agent_row.id:
+                    raise ValidationError(
+                        f"session {session_name!r} of user {user!r} belongs to another agent"
+                    )
+        return MemoryScope(
+            user_id=user_row.id,
+            agent_id=agent_row.id,
+            session_id=session_row.id,
+            user=user,
+            agent=agent_name,
+            session=session_name,
+        )
+
+
+def validate_name(field: str, value: object) -> None:
+    """Names are non-empty text without NUL bytes, at most 255 characters."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} name must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError(f"{field} name must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(f"{field} name is longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in value:
+        raise ValidationError(f"{field} name must not contain NUL bytes")

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real PostgreSQL with pgvector, and a fresh database per test that asks.
+
+The server is ``MEMFUSE_TEST_DATABASE_URL`` when set, else an embedded server started once per
+test run in a temporary directory. Each ``database_url`` is a new database on that server,
+dropped afterwards, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memfuse.db import migrate
+from memfuse.db.embedded import EmbeddedPostgres
+from memfuse.db.engines import create_engine
+from memfuse.monitor import PerformanceMonitor
+
+
+@pytest.fixture(scope="session")
+async def server_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A PostgreSQL server with pgvector, shared by the whole test run."""
+    external = os.environ.get("MEMFUSE_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded")))
+    url = await server.start()
+    try:
+        yield url
+    finally:
+        await server.stop()
+
+
+def asyncpg_dsn(url: str) -> dict[str, object]:
+    """asyncpg.connect() arguments for a SQLAlchemy URL (Unix sockets included)."""
+    parsed = make_url(url)
+    return {
+        "user": parsed.username,
+        "password": parsed.password or None,
+        "host": parsed.query.get("host") or parsed.host,
+        "port": parsed.port,
+        "database": parsed.database,
+    }
+
+
+@pytest.fixture
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, dropped after the test."""
+    name = f"memfuse_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(**asyncpg_dsn(server_url))  # type: ignore[arg-type]
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    admin = await asyncpg.connect(**asyncpg_dsn(server_url))  # type: ignore[arg-type]
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def monitor() -> PerformanceMonitor:
+    return PerformanceMonitor()
+
+
+@pytest.fixture
+async def engine(database_url: str, monitor: PerformanceMonitor) -> AsyncIterator[AsyncEngine]:
+    """An instrumented engine on a fresh, unmigrated database."""
+    engine = create_engine(database_url, monitor=monitor)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def migrated_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The ``engine`` fixture with memfuse's schema upgraded to head."""
+    await migrate.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No MEMFUSE_* or POSTGRES_* variables leak into settings tests."""
+    for name in list(os.environ):
+        if name.startswith(("MEMFUSE_", "POSTGRES_")):
+            monkeypatch.delenv(name)
+    yield

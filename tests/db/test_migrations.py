@@ -1,0 +1,288 @@
+"""Migrations: upgrade, downgrade, triggers, the NOTIFY wake-up and the recorded dimension."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memfuse.db import migrate
+from memfuse.db.migrate import MigrationOptions
+from memfuse.db.models import embedding_channel
+from memfuse.errors import DimensionMismatchError, SchemaError
+from tests.conftest import asyncpg_dsn
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = {
+    "schema_info",
+    "users",
+    "agents",
+    "sessions",
+    "messages",
+    "episodes",
+    "facts",
+    "embedding_jobs",
+    "embedding_dead_letters",
+    "memfuse_alembic_version",
+}
+
+
+async def tables_in(engine: AsyncEngine, schema: str = "memfuse") -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = :schema"), {"schema": schema}
+        )
+        return {row[0] for row in rows}
+
+
+async def memfuse_objects(engine: AsyncEngine, schema: str = "memfuse") -> int:
+    """Tables, functions and the schema itself: all that memfuse may leave behind."""
+    async with engine.connect() as connection:
+        return int(
+            (
+                await connection.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = :s)"
+                        " + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n"
+                        "    ON n.oid = p.pronamespace WHERE n.nspname = :s)"
+                        " + (SELECT count(*) FROM pg_class c JOIN pg_namespace n"
+                        "    ON n.oid = c.relnamespace WHERE n.nspname = :s)"
+                    ),
+                    {"s": schema},
+                )
+            ).scalar_one()
+        )
+
+
+async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
+    """A user, agent, session and one message; returns the message id."""
+    async with engine.begin() as connection:
+        user = (
+            await connection.execute(text("INSERT INTO memfuse.users (name) VALUES ('u') RETURNING id"))
+        ).scalar_one()
+        agent = (
+            await connection.execute(
+                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'a') RETURNING id"),
+                {"u": user},
+            )
+        ).scalar_one()
+        session = (
+            await connection.execute(
+                text(
+                    "INSERT INTO memfuse.sessions (user_id, agent_id, name)"
+                    " VALUES (:u, :a, 's') RETURNING id"
+                ),
+                {"u": user, "a": agent},
+            )
+        ).scalar_one()
+        message = (
+            await connection.execute(
+                text(
+                    "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
+                    " VALUES (:u, :a, :s, 1, 'user', :c) RETURNING id"
+                ),
+                {"u": user, "a": agent, "s": session, "c": content},
+            )
+        ).scalar_one()
+    return str(message)
+
+
+async def jobs_for(engine: AsyncEngine, row_id: str) -> int:
+    async with engine.connect() as connection:
+        return int(
+            (
+                await connection.execute(
+                    text("SELECT count(*) FROM memfuse.embedding_jobs WHERE row_id = :id"),
+                    {"id": row_id},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_upgrade_downgrade_upgrade(engine: AsyncEngine) -> None:
+    await migrate.upgrade(engine)
+    assert await migrate.current_revision(engine) == "0001"
+    assert await tables_in(engine) == TABLES
+
+    await migrate.downgrade(engine, "base")
+    assert await migrate.current_revision(engine) is None
+    assert await memfuse_objects(engine) == 0
+
+    await migrate.upgrade(engine)
+    assert await tables_in(engine) == TABLES
+
+
+async def test_upgrade_is_idempotent_and_serialized(engine: AsyncEngine) -> None:
+    await asyncio.gather(*(migrate.upgrade(engine) for _ in range(3)))
+    assert await migrate.current_revision(engine) == "0001"
+
+
+async def test_custom_schema_and_dimension(engine: AsyncEngine) -> None:
+    options = MigrationOptions(schema="agent_memory", embedding_dimension=8)
+    await migrate.upgrade(engine, options=options)
+    assert await tables_in(engine, "agent_memory") == TABLES
+    assert await tables_in(engine, "memfuse") == set()
+    async with engine.connect() as connection:
+        assert await migrate.recorded_dimension(connection, "agent_memory") == 8
+        column_type = (
+            await connection.execute(
+                text(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = 'agent_memory.messages'::regclass AND attname = 'embedding'"
+                )
+            )
+        ).scalar_one()
+    assert column_type == "vector(8)"
+    await migrate.downgrade(engine, "base", options)
+    assert await memfuse_objects(engine, "agent_memory") == 0
+
+
+async def test_dimension_mismatch_is_refused(engine: AsyncEngine) -> None:
+    await migrate.upgrade(engine, options=MigrationOptions(embedding_dimension=384))
+    with pytest.raises(DimensionMismatchError, match="vector\\(384\\)"):
+        await migrate.upgrade(engine, options=MigrationOptions(embedding_dimension=768))
+    with pytest.raises(DimensionMismatchError) as raised:
+        await migrate.check_embedding_dimension(engine, 768, source="embedder test-model")
+    assert (raised.value.expected, raised.value.actual) == (768, 384)
+    await migrate.check_embedding_dimension(engine, 384, source="embedder test-model")
+
+
+async def test_dimension_check_before_migration_says_to_migrate(engine: AsyncEngine) -> None:
+    with pytest.raises(SchemaError, match="memfuse db upgrade"):
+        await migrate.check_embedding_dimension(engine, 384, source="embedder")
+
+
+async def test_insert_enqueues_one_embedding_job(migrated_engine: AsyncEngine) -> None:
+    message_id = await insert_message(migrated_engine)
+    assert await jobs_for(migrated_engine, message_id) == 1
+    async with migrated_engine.connect() as connection:
+        table = (
+            await connection.execute(
+                text("SELECT table_name FROM memfuse.embedding_jobs WHERE row_id = :id"),
+                {"id": message_id},
+            )
+        ).scalar_one()
+    assert table == "messages"
+
+
+async def test_content_update_requeues_and_clears_stale_vector(
+    migrated_engine: AsyncEngine,
+) -> None:
+    message_id = await insert_message(migrated_engine)
+    vector = [0.1] * 384
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET embedding = :v WHERE id = :id"),
+            {"v": vector, "id": message_id},
+        )
+    assert await jobs_for(migrated_engine, message_id) == 1, "a vector write must not re-queue"
+
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET metadata = '{\"k\": 1}' WHERE id = :id"),
+            {"id": message_id},
+        )
+        await connection.execute(
+            text("UPDATE memfuse.messages SET content = content WHERE id = :id"), {"id": message_id}
+        )
+    assert await jobs_for(migrated_engine, message_id) == 1, "unchanged content must not re-queue"
+
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET content = 'changed' WHERE id = :id"),
+            {"id": message_id},
+        )
+        embedding = (
+            await connection.execute(
+                text("SELECT embedding FROM memfuse.messages WHERE id = :id"), {"id": message_id}
+            )
+        ).scalar_one()
+    assert embedding is None
+    assert await jobs_for(migrated_engine, message_id) == 2
+
+
+async def test_rolled_back_insert_leaves_no_job(migrated_engine: AsyncEngine) -> None:
+    async with migrated_engine.connect() as connection:
+        transaction = await connection.begin()
+        await connection.execute(text("INSERT INTO memfuse.users (name) VALUES ('x')"))
+        await transaction.rollback()
+    async with migrated_engine.connect() as connection:
+        count = (await connection.execute(text("SELECT count(*) FROM memfuse.embedding_jobs"))).scalar_one()
+    assert count == 0
+
+
+async def test_updated_at_is_maintained(migrated_engine: AsyncEngine) -> None:
+    message_id = await insert_message(migrated_engine)
+    async with migrated_engine.begin() as connection:
+        before = (
+            await connection.execute(
+                text("SELECT updated_at FROM memfuse.messages WHERE id = :id"), {"id": message_id}
+            )
+        ).scalar_one()
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET name = 'Caroline' WHERE id = :id"), {"id": message_id}
+        )
+        after = (
+            await connection.execute(
+                text("SELECT updated_at FROM memfuse.messages WHERE id = :id"), {"id": message_id}
+            )
+        ).scalar_one()
+    assert after > before
+
+
+async def test_full_text_column_is_generated(migrated_engine: AsyncEngine) -> None:
+    await insert_message(migrated_engine, "Caroline went to the support groups")
+    async with migrated_engine.connect() as connection:
+        hits = (
+            await connection.execute(
+                text(
+                    "SELECT count(*) FROM memfuse.messages"
+                    " WHERE content_tsv @@ websearch_to_tsquery('english', 'support group')"
+                )
+            )
+        ).scalar_one()
+    assert hits == 1
+
+
+async def test_listen_connection_receives_wake_up(
+    migrated_engine: AsyncEngine, database_url: str
+) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(**asyncpg_dsn(database_url))  # type: ignore[arg-type]
+    try:
+        await listener.add_listener(
+            embedding_channel("memfuse"), lambda _conn, _pid, channel, _payload: received.put_nowait(channel)
+        )
+        await insert_message(migrated_engine)
+        channel = await asyncio.wait_for(received.get(), timeout=5)
+    finally:
+        await listener.close()
+    assert channel == "memfuse_embedding_jobs"
+
+
+def test_alembic_command_line_upgrades_from_repository_root(database_url: str) -> None:
+    env = {"MEMFUSE_DATABASE_URL": database_url, "PATH": "", "HOME": str(ROOT)}
+    alembic = [sys.executable, "-m", "alembic"]
+    subprocess.run([*alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    current = subprocess.run(
+        [*alembic, "current"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+    assert "0001 (head)" in current.stdout
+    subprocess.run([*alembic, "downgrade", "base"], cwd=ROOT, env=env, check=True)
+
+
+def test_memfuse_db_commands(database_url: str) -> None:
+    memfuse = [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "db"]
+    up = subprocess.run([*memfuse, "upgrade"], check=True, capture_output=True, text=True)
+    assert "current revision: 0001" in up.stdout
+    current = subprocess.run([*memfuse, "current"], check=True, capture_output=True, text=True)
+    assert "current revision: 0001" in current.stdout
+    down = subprocess.run([*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True)
+    assert "current revision: (none)" in down.stdout
