@@ -22,7 +22,9 @@ def _write(text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memfuse", description=__doc__)
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: MEMFUSE_DATABASE_URL, else embedded)")
+    parser.add_argument(
+        "--database-url", help="PostgreSQL URL (default: MEMFUSE_DATABASE_URL, else embedded)"
+    )
     parser.add_argument("--config", help="TOML config file (default: MEMFUSE_CONFIG)")
     parser.add_argument("--schema", help="database schema for memfuse's tables (default: memfuse)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="upgrade to a revision (default: head)")
     upgrade.add_argument("revision", nargs="?", default="head")
     upgrade.add_argument("--embedding-dimension", type=int, help="vector size (default: 384)")
-    downgrade = db_commands.add_parser("downgrade", help="downgrade to a revision ('base': remove all)")
+    downgrade = db_commands.add_parser(
+        "downgrade", help="downgrade to a revision ('base': remove all)"
+    )
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="show the current revision")
 

@@ -47,7 +47,8 @@ class PoolSettings:
             raise ConfigurationError("pool_timeout", f"must be positive, got {self.pool_timeout}")
         if self.pool_recycle <= 0 and self.pool_recycle != -1:
             raise ConfigurationError(
-                "pool_recycle", f"must be positive seconds, or -1 to disable, got {self.pool_recycle}"
+                "pool_recycle",
+                f"must be positive seconds, or -1 to disable, got {self.pool_recycle}",
             )
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -217,14 +218,26 @@ def _url_from_file(document: Mapping[str, Any], path: object) -> str | None:
     postgres = _section(document, "postgres", path)
     if "host" not in postgres:
         return None
-    return _render_url({key: str(value) for key, value in postgres.items() if key in _POSTGRES_KEYS})
+    return _render_url(
+        {key: str(value) for key, value in postgres.items() if key in _POSTGRES_KEYS}
+    )
 
 
 def _url_from_postgres_env(env: Mapping[str, str]) -> str | None:
     if not env.get("POSTGRES_HOST"):
         return None
-    names = {"host": "HOST", "port": "PORT", "database": "DB", "user": "USER", "password": "PASSWORD"}
-    parts = {key: env[f"POSTGRES_{suffix}"] for key, suffix in names.items() if f"POSTGRES_{suffix}" in env}
+    names = {
+        "host": "HOST",
+        "port": "PORT",
+        "database": "DB",
+        "user": "USER",
+        "password": "PASSWORD",
+    }
+    parts = {
+        key: env[f"POSTGRES_{suffix}"]
+        for key, suffix in names.items()
+        if f"POSTGRES_{suffix}" in env
+    }
     return _render_url(parts)
 
 

@@ -8,7 +8,9 @@ engine with ``container.host_engine.override(providers.Object(engine))``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
+from typing import TypeVar, cast
 
 from dependency_injector import containers, providers
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -18,6 +20,31 @@ from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
 from memfuse.monitor.performance import process_monitor
 from memfuse.services.tenancy import TenancyService
+
+
+T = TypeVar("T")
+
+
+async def resolve(provider: providers.Provider[T]) -> T:
+    """Await a provider that depends on an async resource; typed, unlike ``await provider()``."""
+    value: object = provider()
+    if inspect.isawaitable(value):
+        value = await value
+    return cast(T, value)
+
+
+async def start(container: containers.Container) -> None:
+    """Start the container's resources (the embedded server and the engine)."""
+    pending = container.init_resources()
+    if pending is not None:
+        await pending
+
+
+async def stop(container: containers.Container) -> None:
+    """Stop the resources in reverse order: release the engine, then the embedded server."""
+    pending = container.shutdown_resources()
+    if pending is not None:
+        await pending
 
 
 async def engine_resource(

@@ -1,4 +1,4 @@
-"""The README's demo: migrate the (embedded) database, create a user and session, show the monitor."""
+"""The README's demo: migrate the database, create a user and session, show the monitor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dependency_injector import providers
 
 from memfuse.config import Settings
-from memfuse.container import Container
+from memfuse.container import Container, resolve, start, stop
 from memfuse.db import migrate
 
 
@@ -16,16 +16,16 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
     """Run the demo against ``settings``' database, writing what happens through ``write``."""
     container = Container()
     container.settings.override(providers.Object(settings))
-    await container.init_resources()
+    await start(container)
     try:
-        engine = await container.engine()
+        engine = await resolve(container.engine)
         where = settings.masked_database_url or "the embedded PostgreSQL server"
         write(f"database: {where} (schema {settings.schema!r})")
         await migrate.upgrade(engine, options=migrate.MigrationOptions.from_settings(settings))
         revision = await migrate.current_revision(engine, settings.schema)
         write(f"migrated to revision {revision}")
 
-        tenancy = await container.tenancy_service()
+        tenancy = await resolve(container.tenancy_service)
         scope = await tenancy.resolve("demo-user", "assistant", "demo-session")
         write(f"user {scope.user!r} = {scope.user_id}")
         write(f"agent {scope.agent!r} = {scope.agent_id}")
@@ -37,4 +37,4 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
         write("\nperformance monitor:")
         write(container.monitor().report())
     finally:
-        await container.shutdown_resources()
+        await stop(container)

@@ -8,6 +8,7 @@ dropped afterwards, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,18 +25,23 @@ from memfuse.monitor import PerformanceMonitor
 
 
 @pytest.fixture(scope="session")
-async def server_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A PostgreSQL server with pgvector, shared by the whole test run."""
+async def server_url() -> AsyncIterator[str]:
+    """A PostgreSQL server with pgvector, shared by the whole test run.
+
+    Its data lives in a private temporary directory, not in pytest's ``tmp_path`` tree, which
+    a concurrent pytest run may prune while this server still uses it.
+    """
     external = os.environ.get("MEMFUSE_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded")))
-    url = await server.start()
-    try:
-        yield url
-    finally:
-        await server.stop()
+    with tempfile.TemporaryDirectory(prefix="memfuse-test-") as data_dir:
+        server = EmbeddedPostgres(Path(data_dir))
+        url = await server.start()
+        try:
+            yield url
+        finally:
+            await server.stop()
 
 
 def asyncpg_dsn(url: str) -> dict[str, object]:

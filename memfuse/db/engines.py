@@ -180,9 +180,7 @@ class EngineRegistry:
             entry = self._entries.get(key)
             if entry is not None:
                 if pool is not None and entry.owned and _pool_settings(entry.engine) != settings:
-                    logger.warning(
-                        "engine for %s already exists; its pool settings are kept", key
-                    )
+                    logger.warning("engine for %s already exists; its pool settings are kept", key)
                 return entry.engine
             engine = create_engine(url, settings, monitor=self._monitor)
             entry = _Entry(engine=engine, owned=True, remove_hooks=lambda: None)

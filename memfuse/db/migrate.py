@@ -101,7 +101,8 @@ async def check_embedding_dimension(
         actual = await recorded_dimension(connection, schema)
     if actual is None:
         raise SchemaError(
-            f"schema {schema!r} is not migrated; run `memfuse db upgrade` (or `alembic upgrade head`)"
+            f"schema {schema!r} is not migrated; "
+            "run `memfuse db upgrade` (or `alembic upgrade head`)"
         )
     if actual != expected:
         raise DimensionMismatchError(expected, actual, source=source)

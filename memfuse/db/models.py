@@ -40,7 +40,6 @@ MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
 
 
-
 def embedding_channel(schema: str) -> str:
     """The NOTIFY channel on which the queue trigger wakes embedding workers of ``schema``."""
     return f"{schema}_embedding_jobs"
@@ -160,9 +159,7 @@ class Session(Base):
     user_id: Mapped[uuid.UUID] = _tenant("users")
     agent_id: Mapped[uuid.UUID] = _tenant("agents")
     name: Mapped[str] = mapped_column(Text, nullable=False)
-    message_count: Mapped[int] = mapped_column(
-        BigInteger, nullable=False, server_default=text("0")
-    )
+    message_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
@@ -217,9 +214,7 @@ class Episode(Base):
     session_id: Mapped[uuid.UUID] = _tenant("sessions")
     content: Mapped[str] = mapped_column(Text, nullable=False)
     token_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
-    message_ids: Mapped[list[uuid.UUID]] = mapped_column(
-        ARRAY(UUID(as_uuid=True)), nullable=False
-    )
+    message_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), nullable=False)
     first_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
@@ -253,9 +248,7 @@ class Fact(Base):
     agent_id: Mapped[uuid.UUID | None] = _tenant("agents", nullable=True)
     session_id: Mapped[uuid.UUID | None] = _tenant("sessions", nullable=True)
     content: Mapped[str] = mapped_column(Text, nullable=False)
-    fact_type: Mapped[str] = mapped_column(
-        Text, nullable=False, server_default=text("'statement'")
-    )
+    fact_type: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'statement'"))
     entities: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
     )

@@ -34,8 +34,18 @@ def _uuid_pk() -> sa.Column[object]:
 
 def _timestamps() -> list[sa.Column[object]]:
     return [
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
     ]
 
 
@@ -51,7 +61,9 @@ def _tenant(
     return sa.Column(
         column,
         postgresql.UUID(as_uuid=True),
-        sa.ForeignKey(f"{schema}.{table}.id", ondelete="CASCADE", name=f"fk_{owner}_{column}_{table}"),
+        sa.ForeignKey(
+            f"{schema}.{table}.id", ondelete="CASCADE", name=f"fk_{owner}_{column}_{table}"
+        ),
         nullable=nullable,
     )
 
@@ -145,7 +157,9 @@ def upgrade() -> None:
         sa.CheckConstraint("seq > 0", name="ck_messages_seq_positive"),
         schema=s,
     )
-    op.create_index("ix_messages_user_id_created_at", "messages", ["user_id", "created_at"], schema=s)
+    op.create_index(
+        "ix_messages_user_id_created_at", "messages", ["user_id", "created_at"], schema=s
+    )
     op.create_index("ix_messages_agent_id", "messages", ["agent_id"], schema=s)
 
     op.create_table(
@@ -185,7 +199,10 @@ def upgrade() -> None:
         sa.Column("content", sa.Text(), nullable=False),
         sa.Column("fact_type", sa.Text(), nullable=False, server_default=sa.text("'statement'")),
         sa.Column(
-            "entities", postgresql.ARRAY(sa.Text()), nullable=False, server_default=sa.text("'{}'::text[]")
+            "entities",
+            postgresql.ARRAY(sa.Text()),
+            nullable=False,
+            server_default=sa.text("'{}'::text[]"),
         ),
         sa.Column("confidence", sa.Float(), nullable=False, server_default=sa.text("1.0")),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=True),
@@ -198,15 +215,24 @@ def upgrade() -> None:
         sa.Column(
             "episode_id",
             postgresql.UUID(as_uuid=True),
-            sa.ForeignKey(f"{s}.episodes.id", ondelete="SET NULL", name="fk_facts_episode_id_episodes"),
+            sa.ForeignKey(
+                f"{s}.episodes.id", ondelete="SET NULL", name="fk_facts_episode_id_episodes"
+            ),
             nullable=True,
         ),
-        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
+        sa.Column(
+            "valid_from",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
         sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "superseded_by",
             postgresql.UUID(as_uuid=True),
-            sa.ForeignKey(f"{s}.facts.id", ondelete="SET NULL", name="fk_facts_superseded_by_facts"),
+            sa.ForeignKey(
+                f"{s}.facts.id", ondelete="SET NULL", name="fk_facts_superseded_by_facts"
+            ),
             nullable=True,
         ),
         _metadata(),
@@ -281,7 +307,9 @@ def upgrade() -> None:
         sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=False),
-        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
+        sa.Column(
+            "failed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_embedding_dead_letters"),
         schema=s,
     )
@@ -341,7 +369,8 @@ def _create_trigger_functions(s: str) -> None:
             FOR EACH ROW WHEN (NEW.embedding IS NULL)
             EXECUTE FUNCTION "{s}".enqueue_embedding()""")
         op.execute(f"""
-            CREATE TRIGGER {table}_enqueue_on_content_change AFTER UPDATE OF content ON "{s}".{table}
+            CREATE TRIGGER {table}_enqueue_on_content_change
+            AFTER UPDATE OF content ON "{s}".{table}
             FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
             EXECUTE FUNCTION "{s}".enqueue_embedding()""")
     op.execute(f"""

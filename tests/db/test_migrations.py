@@ -64,7 +64,9 @@ async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
     """A user, agent, session and one message; returns the message id."""
     async with engine.begin() as connection:
         user = (
-            await connection.execute(text("INSERT INTO memfuse.users (name) VALUES ('u') RETURNING id"))
+            await connection.execute(
+                text("INSERT INTO memfuse.users (name) VALUES ('u') RETURNING id")
+            )
         ).scalar_one()
         agent = (
             await connection.execute(
@@ -84,7 +86,8 @@ async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
         message = (
             await connection.execute(
                 text(
-                    "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
+                    "INSERT INTO memfuse.messages"
+                    " (user_id, agent_id, session_id, seq, role, content)"
                     " VALUES (:u, :a, :s, 1, 'user', :c) RETURNING id"
                 ),
                 {"u": user, "a": agent, "s": session, "c": content},
@@ -213,7 +216,9 @@ async def test_rolled_back_insert_leaves_no_job(migrated_engine: AsyncEngine) ->
         await connection.execute(text("INSERT INTO memfuse.users (name) VALUES ('x')"))
         await transaction.rollback()
     async with migrated_engine.connect() as connection:
-        count = (await connection.execute(text("SELECT count(*) FROM memfuse.embedding_jobs"))).scalar_one()
+        count = (
+            await connection.execute(text("SELECT count(*) FROM memfuse.embedding_jobs"))
+        ).scalar_one()
     assert count == 0
 
 
@@ -258,7 +263,8 @@ async def test_listen_connection_receives_wake_up(
     listener = await asyncpg.connect(**asyncpg_dsn(database_url))  # type: ignore[arg-type]
     try:
         await listener.add_listener(
-            embedding_channel("memfuse"), lambda _conn, _pid, channel, _payload: received.put_nowait(channel)
+            embedding_channel("memfuse"),
+            lambda _conn, _pid, channel, _payload: received.put_nowait(channel),
         )
         await insert_message(migrated_engine)
         channel = await asyncio.wait_for(received.get(), timeout=5)
@@ -284,5 +290,7 @@ def test_memfuse_db_commands(database_url: str) -> None:
     assert "current revision: 0001" in up.stdout
     current = subprocess.run([*memfuse, "current"], check=True, capture_output=True, text=True)
     assert "current revision: 0001" in current.stdout
-    down = subprocess.run([*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True)
+    down = subprocess.run(
+        [*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True
+    )
     assert "current revision: (none)" in down.stdout
