@@ -25,28 +25,17 @@ from typing import Any
 import asyncpg
 from dependency_injector import providers
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from memfuse.config import PoolSettings, Settings
 from memfuse.container import Container, resolve, start, stop
 from memfuse.db.embedded import EmbeddedPostgres
 from memfuse.db.engines import EngineRegistry, create_engine
+from memfuse.db.urls import asyncpg_connect_args
 from memfuse.monitor import PerformanceMonitor, instrument_engine
 from memfuse.monitor.performance import percentile
 
 Operation = Callable[[], Awaitable[object]]
-
-
-def asyncpg_arguments(url: str) -> dict[str, Any]:
-    parsed = make_url(url)
-    return {
-        "user": parsed.username,
-        "password": parsed.password or None,
-        "host": parsed.query.get("host") or parsed.host,
-        "port": parsed.port,
-        "database": parsed.database,
-    }
 
 
 async def sample(operation: Operation, ops: int) -> list[float]:
@@ -98,7 +87,7 @@ async def compare(
 
 
 async def run(url: str, rounds: int, ops: int) -> dict[str, Any]:
-    raw_pool = await asyncpg.create_pool(**asyncpg_arguments(url), min_size=5, max_size=5)
+    raw_pool = await asyncpg.create_pool(**asyncpg_connect_args(url), min_size=5, max_size=5)
     monitor = PerformanceMonitor(history_size=100_000)
     registry = EngineRegistry(monitor)
     no_ping = create_engine(url, PoolSettings(pool_pre_ping=False))
@@ -186,10 +175,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     meta = {
         "rounds": args.rounds,
         "ops_per_round": args.ops,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
     }
     if url:
-        return {"meta": {**meta, "database": "MEMFUSE_DATABASE_URL"}, **await run(url, args.rounds, args.ops)}
+        return {
+            "meta": {**meta, "database": "MEMFUSE_DATABASE_URL"},
+            **await run(url, args.rounds, args.ops),
+        }
     with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
         server = EmbeddedPostgres(Path(data_dir))
         url = await server.start()

@@ -21,7 +21,6 @@ from memfuse.db.engines import EngineRegistry, process_registry, schema_executio
 from memfuse.monitor.performance import process_monitor
 from memfuse.services.tenancy import TenancyService
 
-
 T = TypeVar("T")
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from memfuse.db import migrate
 from memfuse.db.embedded import EmbeddedPostgres
 from memfuse.db.engines import create_engine
+from memfuse.db.urls import asyncpg_connect_args
 from memfuse.monitor import PerformanceMonitor
 
 
@@ -44,29 +45,17 @@ async def server_url() -> AsyncIterator[str]:
             await server.stop()
 
 
-def asyncpg_dsn(url: str) -> dict[str, object]:
-    """asyncpg.connect() arguments for a SQLAlchemy URL (Unix sockets included)."""
-    parsed = make_url(url)
-    return {
-        "user": parsed.username,
-        "password": parsed.password or None,
-        "host": parsed.query.get("host") or parsed.host,
-        "port": parsed.port,
-        "database": parsed.database,
-    }
-
-
 @pytest.fixture
 async def database_url(server_url: str) -> AsyncIterator[str]:
     """A new, empty database on the test server, dropped after the test."""
     name = f"memfuse_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(**asyncpg_dsn(server_url))  # type: ignore[arg-type]
+    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))  # type: ignore[arg-type]
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    admin = await asyncpg.connect(**asyncpg_dsn(server_url))  # type: ignore[arg-type]
+    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))  # type: ignore[arg-type]
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -76,7 +76,10 @@ async def upgrade(
 async def downgrade(
     engine: AsyncEngine, revision: str, options: MigrationOptions | None = None
 ) -> None:
-    """Downgrade to ``revision``; ``"base"`` removes every memfuse object, the schema too."""
+    """Downgrade to ``revision``; ``"base"`` removes memfuse's schema and everything in it.
+
+    The ``vector`` extension stays installed: other applications in the database may use it.
+    """
     await _run(engine, "downgrade", revision, options)
 
 

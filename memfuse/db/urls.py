@@ -60,3 +60,18 @@ def mask_url(url: str | URL) -> str:
 def engine_key(url: str | URL) -> str:
     """The key under which one engine per database is shared: the masked, normalized URL."""
     return mask_url(url)
+
+
+def asyncpg_connect_args(url: str | URL) -> dict[str, object]:
+    """Keyword arguments for ``asyncpg.connect`` from a URL, Unix-socket hosts included.
+
+    For connections that must live outside the pool, such as a long-lived LISTEN.
+    """
+    parsed = normalize_url(url)
+    return {
+        "user": parsed.username,
+        "password": parsed.password or None,
+        "host": parsed.query.get("host") or parsed.host,
+        "port": parsed.port,
+        "database": parsed.database,
+    }

@@ -9,11 +9,11 @@ import pytest
 
 from memfuse.config import Settings
 from memfuse.db.embedded import EmbeddedPostgres, database_url_for
-from tests.conftest import asyncpg_dsn
+from memfuse.db.urls import asyncpg_connect_args
 
 
 async def scalar(url: str, sql: str) -> object:
-    connection = await asyncpg.connect(**asyncpg_dsn(url))  # type: ignore[arg-type]
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))  # type: ignore[arg-type]
     try:
         return await connection.fetchval(sql)
     finally:

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from memfuse.db import migrate
 from memfuse.db.migrate import MigrationOptions
 from memfuse.db.models import embedding_channel
+from memfuse.db.urls import asyncpg_connect_args
 from memfuse.errors import DimensionMismatchError, SchemaError
-from tests.conftest import asyncpg_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
@@ -260,7 +260,7 @@ async def test_listen_connection_receives_wake_up(
     migrated_engine: AsyncEngine, database_url: str
 ) -> None:
     received: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(**asyncpg_dsn(database_url))  # type: ignore[arg-type]
+    listener = await asyncpg.connect(**asyncpg_connect_args(database_url))  # type: ignore[arg-type]
     try:
         await listener.add_listener(
             embedding_channel("memfuse"),
