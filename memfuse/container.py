@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from memfuse.config import Settings, load_settings
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
-from memfuse.monitor.performance import process_monitor
+from memfuse.monitor.performance import PerformanceMonitor, process_monitor
 from memfuse.services.tenancy import TenancyService
 
 T = TypeVar("T")
@@ -66,6 +66,17 @@ async def engine_resource(
             await registry.release(engine)
 
 
+def configured_monitor(settings: Settings) -> PerformanceMonitor:
+    """The process-wide monitor, switched on or off and sized as the settings say."""
+    monitor = process_monitor()
+    monitor.set_history_size(settings.monitor_history_size)
+    if settings.monitor_enabled:
+        monitor.enable()
+    else:
+        monitor.disable()
+    return monitor
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded attributes after commit, as async code cannot lazy-load."""
     return async_sessionmaker(engine, expire_on_commit=False)
@@ -75,7 +86,7 @@ class Container(containers.DeclarativeContainer):
     """Wiring of memfuse's parts; every provider can be overridden."""
 
     settings = providers.Singleton(load_settings)
-    monitor = providers.Singleton(process_monitor)
+    monitor = providers.Singleton(configured_monitor, settings=settings)
     engine_registry = providers.Singleton(process_registry)
     host_engine: providers.Provider[AsyncEngine | None] = providers.Object(None)
 

@@ -132,3 +132,17 @@ async def test_users_never_share_agents_or_sessions(database_url: str) -> None:
     assert alice.agent_id != bob.agent_id
     assert alice.session_id != bob.session_id
     await container.shutdown_resources()
+
+
+def test_monitor_follows_the_settings() -> None:
+    container = Container()
+    container.settings.override(
+        providers.Object(Settings(monitor_enabled=False, monitor_history_size=5))
+    )
+    monitor = container.monitor()
+    try:
+        assert monitor.enabled is False
+        assert monitor.history_size == 5
+    finally:
+        monitor.enable()
+        monitor.set_history_size(1000)

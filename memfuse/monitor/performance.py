@@ -231,6 +231,15 @@ class PerformanceMonitor:
         """Maximum number of recent samples kept per operation for percentiles."""
         return self._history_size
 
+    def set_history_size(self, history_size: int) -> None:
+        """Change the percentile window; each operation keeps its most recent samples."""
+        if history_size < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size!r}")
+        with self._lock:
+            self._history_size = history_size
+            for data in self._ops.values():
+                data.history = deque(data.history, maxlen=history_size)
+
     def enable(self) -> None:
         """Resume recording."""
         self._enabled = True

@@ -723,3 +723,15 @@ def test_concurrent_records_are_not_lost() -> None:
     assert stats.avg_ms == pytest.approx((80 * 11.0 + 7920 * 1.0) / 8000)
     assert len(alerts) == 80
     assert len(monitor.alerts()) == 80
+
+
+def test_history_can_be_resized_keeping_recent_samples() -> None:
+    monitor = PerformanceMonitor(history_size=10)
+    for value in range(10):
+        monitor.record("op", float(value))
+    monitor.set_history_size(3)
+    stats = monitor.stats("op")
+    assert stats is not None
+    assert (stats.window, stats.count, stats.p50_ms) == (3, 10, 8.0)
+    with pytest.raises(ValueError, match="history_size"):
+        monitor.set_history_size(0)
