@@ -23,7 +23,8 @@ from memfuse.errors import ConfigurationError
 
 DEFAULT_SCHEMA = "memfuse"
 DEFAULT_EMBEDDING_DIMENSION = 384
-MAX_EMBEDDING_DIMENSION = 16000
+MAX_EMBEDDING_DIMENSION = 2000
+"""pgvector's HNSW index takes ``vector`` columns of at most 2000 dimensions."""
 POOL_LEVELS = ("store", "database", "postgres")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -78,7 +79,8 @@ class Settings:
         if not 1 <= self.embedding_dimension <= MAX_EMBEDDING_DIMENSION:
             raise ConfigurationError(
                 "embedding_dimension",
-                f"must be between 1 and {MAX_EMBEDDING_DIMENSION}, got {self.embedding_dimension}",
+                f"must be between 1 and {MAX_EMBEDDING_DIMENSION} (pgvector's HNSW limit), "
+                f"got {self.embedding_dimension}",
             )
         if self.monitor_history_size < 1:
             raise ConfigurationError(
@@ -148,8 +150,12 @@ def load_settings(
     pool_values: dict[str, Any] = {}
 
     for key, raw in document.items():
-        if key in POOL_LEVELS or key in _POOL_ENV:
+        if key in POOL_LEVELS:
             continue
+        if key in _POOL_ENV:
+            raise ConfigurationError(
+                key, f"put pool settings under [store], [database] or [postgres] in {path}"
+            )
         if key not in _TOP_LEVEL_KEYS:
             raise ConfigurationError(key, f"unknown key in config file {path}")
         values[key] = _coerce(key, raw, source=f"config file {path}")

@@ -47,16 +47,25 @@ async def stop(container: containers.Container) -> None:
 
 
 async def engine_resource(
-    settings: Settings, registry: EngineRegistry, host_engine: AsyncEngine | None
+    settings: Settings,
+    registry: EngineRegistry,
+    host_engine: AsyncEngine | None,
+    monitor: PerformanceMonitor,
 ) -> AsyncIterator[AsyncEngine]:
     """The shared engine for the configured database, bound to the configured schema.
 
     A host app's engine is adopted and left open; otherwise the registry's engine for the URL
-    (or for the embedded server) is held and released on shutdown.
+    (or for the embedded server) is held and released on shutdown. ``monitor`` is taken so the
+    monitor settings apply before the first statement runs.
     """
+    del monitor
     options = schema_execution_options(settings.schema)
     if host_engine is not None:
-        yield registry.adopt(host_engine).execution_options(**options)
+        registry.adopt(host_engine)
+        try:
+            yield host_engine.execution_options(**options)
+        finally:
+            await registry.release(host_engine)
         return
     async with database_url_for(settings) as url:
         engine = registry.acquire(url, settings.pool)
@@ -91,7 +100,11 @@ class Container(containers.DeclarativeContainer):
     host_engine: providers.Provider[AsyncEngine | None] = providers.Object(None)
 
     engine = providers.Resource(
-        engine_resource, settings=settings, registry=engine_registry, host_engine=host_engine
+        engine_resource,
+        settings=settings,
+        registry=engine_registry,
+        host_engine=host_engine,
+        monitor=monitor,
     )
     session_factory = providers.Singleton(session_factory, engine=engine)
 

@@ -32,9 +32,18 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return True
 
 
+def is_downgrade() -> bool:
+    """Downgrades skip the dimension check: removing a schema needs no matching model."""
+    action = config.attributes.get("memfuse_action")  # set by memfuse.db.migrate
+    if action is None and config.cmd_opts is not None:  # the alembic command line
+        command = getattr(config.cmd_opts, "cmd", None)
+        action = command[0].__name__ if command else None
+    return action == "downgrade"
+
+
 def run_migrations(connection: Connection) -> None:
     recorded = read_recorded_dimension(connection, options.schema)
-    if recorded is not None and recorded != options.embedding_dimension:
+    if recorded is not None and recorded != options.embedding_dimension and not is_downgrade():
         raise DimensionMismatchError(
             options.embedding_dimension, recorded, source="the configured embedding_dimension"
         )

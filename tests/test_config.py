@@ -134,3 +134,13 @@ def test_repr_masks_the_password() -> None:
     settings = Settings(database_url="postgresql://app:topsecret@db/mem")
     assert "topsecret" not in repr(settings)
     assert "***" in repr(settings)
+
+
+def test_dimension_above_the_hnsw_limit_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="2000"):
+        load_settings(environ={}, embedding_dimension=3072)
+
+
+def test_pool_keys_at_the_top_level_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"\[store\]"):
+        load_settings(write_config(tmp_path, "pool_size = 99\n"), environ={})

@@ -77,6 +77,7 @@ async def test_host_engine_is_used_and_left_open(database_url: str) -> None:
     engine: AsyncEngine = await container.engine()
     assert engine.sync_engine.pool is host_engine.sync_engine.pool
     await container.shutdown_resources()
+    assert len(container.engine_registry()) == 0, "hooks removed on shutdown"
     async with host_engine.connect() as connection:
         assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
     await host_engine.dispose()

@@ -3,7 +3,7 @@
 Every engine memfuse creates gets pgvector's binary codec on each new connection, pool checkout
 timing (``connection_pool_access``), connection set-up timing (``pgvector_registration``) and
 statement timing (``db_query``) in the :class:`PerformanceMonitor`. An engine a host app hands
-in gets the same hooks but is never disposed by memfuse.
+in gets the codec and statement timing but is never disposed by memfuse.
 """
 
 from __future__ import annotations
@@ -197,33 +197,40 @@ class EngineRegistry:
         return engine
 
     async def release(self, engine: AsyncEngine) -> None:
-        """Drop one hold on ``engine``; the last release disposes an engine memfuse created."""
+        """Drop one hold on ``engine``; the last release unhooks it and disposes it if ours."""
         key = engine_key(engine.url)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.engine.sync_engine.pool is not engine.sync_engine.pool:
                 return
             entry.holders = max(entry.holders - 1, 0)
-            if entry.holders > 0 or not entry.owned:
+            if entry.holders > 0:
                 return
             del self._entries[key]
         entry.remove_hooks()
-        await entry.engine.dispose()
-        logger.info("disposed engine for %s", key)
+        if entry.owned:
+            await entry.engine.dispose()
+            logger.info("disposed engine for %s", key)
 
     def adopt(self, engine: AsyncEngine) -> AsyncEngine:
-        """Use a host app's engine: instrument it, share it, never dispose it."""
+        """Use and hold a host app's engine: instrument it, share it, never dispose it.
+
+        It gets the pgvector codec, statement timing and connection counts; checkout timing
+        needs memfuse's pool class, so a host engine reports no ``connection_pool_access``.
+        The last :meth:`release` removes the hooks again.
+        """
         key = engine_key(engine.url)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 if entry.engine is engine:
+                    entry.holders += 1
                     return engine
                 raise MemfuseError(
                     f"an engine for {key} is already registered; adopt the host engine "
                     f"before memfuse creates its own"
                 )
-            entry = _Entry(engine=engine, owned=False, remove_hooks=lambda: None)
+            entry = _Entry(engine=engine, owned=False, remove_hooks=lambda: None, holders=1)
             remove_codec = install_vector_codec(engine, self._monitor)
             remove_hooks = self._instrument(entry)
 

@@ -46,10 +46,14 @@ def migrations_directory() -> Path:
 
 
 def alembic_config(options: MigrationOptions | None = None) -> Config:
-    """An Alembic ``Config`` for memfuse's migrations, independent of any ``alembic.ini``."""
+    """An Alembic ``Config`` for memfuse's migrations, independent of any ``alembic.ini``.
+
+    Without ``options`` the migrations take schema and dimension from :func:`load_settings`.
+    """
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
-    config.attributes["memfuse_options"] = options or MigrationOptions()
+    if options is not None:
+        config.attributes["memfuse_options"] = options
     return config
 
 
@@ -135,6 +139,7 @@ async def _run(
     engine: AsyncEngine, action: str, revision: str, options: MigrationOptions | None
 ) -> None:
     config = alembic_config(options)
+    config.attributes["memfuse_action"] = action
     schema = migration_options(config).schema
     async with engine.begin() as connection:
         await connection.execute(text(lock_statement(schema)))

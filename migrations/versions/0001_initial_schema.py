@@ -345,6 +345,15 @@ def _create_trigger_functions(s: str) -> None:
             RETURN NULL;
         END
         $$""")
+    # A deleted row needs no vector: its pending jobs go with it.
+    op.execute(f"""
+        CREATE FUNCTION "{s}".drop_embedding_jobs() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM "{s}".embedding_jobs WHERE table_name = TG_TABLE_NAME AND row_id = OLD.id;
+            RETURN NULL;
+        END
+        $$""")
     # A wake-up only: listeners may miss it, so workers also poll.
     op.execute(f"""
         CREATE FUNCTION "{s}".notify_embedding_jobs() RETURNS trigger
@@ -373,6 +382,10 @@ def _create_trigger_functions(s: str) -> None:
             AFTER UPDATE OF content ON "{s}".{table}
             FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
             EXECUTE FUNCTION "{s}".enqueue_embedding()""")
+    for table in EMBEDDABLE:
+        op.execute(f"""
+            CREATE TRIGGER {table}_drop_embedding_jobs AFTER DELETE ON "{s}".{table}
+            FOR EACH ROW EXECUTE FUNCTION "{s}".drop_embedding_jobs()""")
     op.execute(f"""
         CREATE TRIGGER embedding_jobs_notify AFTER INSERT ON "{s}".embedding_jobs
         FOR EACH STATEMENT EXECUTE FUNCTION "{s}".notify_embedding_jobs()""")
@@ -396,6 +409,7 @@ def downgrade() -> None:
         "touch_updated_at",
         "clear_stale_embedding",
         "enqueue_embedding",
+        "drop_embedding_jobs",
         "notify_embedding_jobs",
     ):
         op.execute(f'DROP FUNCTION "{s}".{function}()')

@@ -294,3 +294,20 @@ def test_memfuse_db_commands(database_url: str) -> None:
         [*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True
     )
     assert "current revision: (none)" in down.stdout
+
+
+async def test_deleting_a_user_drops_their_pending_jobs(migrated_engine: AsyncEngine) -> None:
+    message_id = await insert_message(migrated_engine)
+    assert await jobs_for(migrated_engine, message_id) == 1
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text("DELETE FROM memfuse.users"))
+    assert await jobs_for(migrated_engine, message_id) == 0
+
+
+def test_cli_downgrade_needs_no_dimension(database_url: str) -> None:
+    memfuse = [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "db"]
+    subprocess.run([*memfuse, "upgrade", "--embedding-dimension", "8"], check=True)
+    down = subprocess.run(
+        [*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True
+    )
+    assert "current revision: (none)" in down.stdout
