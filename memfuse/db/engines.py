@@ -8,6 +8,7 @@ in gets the codec and statement timing but is never disposed by memfuse.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, PoolProxiedConnection
@@ -82,6 +83,24 @@ class EngineStats:
             "checked_in": self.checked_in,
             "overflow": self.overflow,
             "connections_opened": self.connections_opened,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """The outcome of a cheap ``SELECT 1`` on one engine, with its pool figures."""
+
+    ok: bool
+    latency_ms: float
+    error: str | None
+    stats: EngineStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "latency_ms": round(self.latency_ms, 3),
+            "error": self.error,
+            **self.stats.to_dict(),
         }
 
 
@@ -247,6 +266,27 @@ class EngineRegistry:
         with self._lock:
             entries = dict(self._entries)
         return {key: _stats(key, entry) for key, entry in entries.items()}
+
+    async def health(self, probe_seconds: float = 5.0) -> dict[str, EngineHealth]:
+        """``SELECT 1`` on every engine; a failure is reported, and the engine is kept.
+
+        A failed check never drops an engine: dropping one without disposing it leaked its
+        connections in the original system; the pool's pre-ping replaces dead connections.
+        """
+        with self._lock:
+            entries = dict(self._entries)
+        results = {}
+        for key, entry in entries.items():
+            start = time.perf_counter()
+            error: str | None = None
+            try:
+                async with asyncio.timeout(probe_seconds), entry.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            except Exception as failure:  # reported, not raised: this is a health probe
+                error = f"{type(failure).__name__}: {failure}".splitlines()[0]
+            latency_ms = (time.perf_counter() - start) * 1000.0
+            results[key] = EngineHealth(error is None, latency_ms, error, _stats(key, entry))
+        return results
 
     def __contains__(self, url: object) -> bool:
         return isinstance(url, str | URL) and engine_key(url) in self._entries

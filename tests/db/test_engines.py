@@ -196,3 +196,19 @@ async def test_adopting_a_second_engine_for_one_database_is_refused(database_url
 async def test_create_engine_rejects_bad_urls() -> None:
     with pytest.raises(ConfigurationError):
         create_engine("mysql://root@localhost/db")
+
+
+async def test_health_reports_up_and_down_engines_and_keeps_them(
+    database_url: str, server_url: str
+) -> None:
+    registry = EngineRegistry()
+    registry.get_engine(database_url)
+    missing = make_url(server_url).set(database="memfuse_no_such_database")
+    registry.get_engine(missing.render_as_string(hide_password=False))
+    health = await registry.health()
+    up, down = health[engine_key(database_url)], health[engine_key(missing)]
+    assert up.ok and up.error is None and up.latency_ms > 0
+    assert not down.ok and down.error is not None
+    assert "memfuse_no_such_database" in down.error
+    assert len(registry) == 2, "a failed check keeps the engine (it is disposed on shutdown)"
+    await registry.dispose_all()
