@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -187,11 +187,6 @@ def load_settings(
             raise ConfigurationError(name, "unknown setting")
 
     return Settings(pool=PoolSettings(**pool_values), **values)
-
-
-def with_overrides(settings: Settings, **overrides: Any) -> Settings:
-    """A copy of ``settings`` with some fields replaced, validated again."""
-    return replace(settings, **overrides)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -109,6 +109,7 @@ class _Entry:
     engine: AsyncEngine
     owned: bool
     remove_hooks: Callable[[], None]
+    pool: PoolSettings | None = None
     connections_opened: int = 0
     holders: int = 0
 
@@ -198,11 +199,11 @@ class EngineRegistry:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                if pool is not None and entry.owned and _pool_settings(entry.engine) != settings:
+                if pool is not None and entry.pool is not None and entry.pool != pool:
                     logger.warning("engine for %s already exists; its pool settings are kept", key)
                 return entry.engine
             engine = create_engine(url, settings, monitor=self._monitor)
-            entry = _Entry(engine=engine, owned=True, remove_hooks=lambda: None)
+            entry = _Entry(engine=engine, owned=True, remove_hooks=lambda: None, pool=settings)
             entry.remove_hooks = self._instrument(entry)
             self._entries[key] = entry
             logger.info("created engine for %s", key)
@@ -324,19 +325,6 @@ class EngineRegistry:
                 remove_timing()
 
         return remove
-
-
-def _pool_settings(engine: AsyncEngine) -> PoolSettings | None:
-    pool = engine.sync_engine.pool
-    if not isinstance(pool, AsyncAdaptedQueuePool):
-        return None
-    return PoolSettings(
-        pool_size=pool.size(),
-        max_overflow=pool._max_overflow,
-        pool_timeout=pool.timeout(),
-        pool_recycle=pool._recycle,
-        pool_pre_ping=pool._pre_ping,
-    )
 
 
 def _stats(key: str, entry: _Entry) -> EngineStats:
