@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from sqlalchemy.engine import URL
 
@@ -57,9 +57,17 @@ class PoolSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+FACT_EXTRACTORS = ("offline", "llm", "none")
+_SECRETS = frozenset({"database_url", "llm_api_key"})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything memfuse needs to start; build it with :func:`load_settings`."""
+    """Everything memfuse needs to start; build it with :func:`load_settings`.
+
+    Each field but ``pool`` and ``database_url`` is read from ``MEMFUSE_<FIELD>`` and from the
+    config file's top-level key of the same name.
+    """
 
     database_url: str | None = field(default=None, repr=False)
     schema: str = DEFAULT_SCHEMA
@@ -68,6 +76,27 @@ class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     monitor_enabled: bool = True
     monitor_history_size: int = 1000
+    auto_migrate: bool = True
+    max_message_chars: int = 100_000
+    buffer_enabled: bool = True
+    buffer_max_messages: int = 500
+    buffer_max_tokens: int = 50_000
+    buffer_max_delay: float = 0.0
+    buffer_max_pending: int = 10_000
+    pipeline_parallel: bool = True
+    pipeline_concurrency: int = 4
+    pipeline_auto: bool = True
+    pipeline_batch_messages: int = 500
+    episode_target_tokens: int = 700
+    episode_max_tokens: int = 800
+    episode_idle_gap: float = 3600.0
+    fact_extractor: str = "offline"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_model: str | None = None
+    llm_timeout: float = 30.0
+    llm_max_retries: int = 3
+    llm_batch_size: int = 20
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
@@ -82,10 +111,45 @@ class Settings:
                 f"must be between 1 and {MAX_EMBEDDING_DIMENSION} (pgvector's HNSW limit), "
                 f"got {self.embedding_dimension}",
             )
-        if self.monitor_history_size < 1:
+        for name in (
+            "monitor_history_size",
+            "max_message_chars",
+            "buffer_max_messages",
+            "buffer_max_tokens",
+            "buffer_max_pending",
+            "pipeline_concurrency",
+            "pipeline_batch_messages",
+            "episode_target_tokens",
+            "llm_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("buffer_max_delay", "episode_idle_gap", "llm_max_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(name, f"must be 0 or more, got {getattr(self, name)}")
+        if self.llm_timeout <= 0:
+            raise ConfigurationError("llm_timeout", f"must be positive, got {self.llm_timeout}")
+        if self.buffer_max_pending < self.buffer_max_messages:
             raise ConfigurationError(
-                "monitor_history_size", f"must be at least 1, got {self.monitor_history_size}"
+                "buffer_max_pending",
+                f"must be at least buffer_max_messages ({self.buffer_max_messages}), "
+                f"got {self.buffer_max_pending}",
             )
+        if self.episode_max_tokens < self.episode_target_tokens:
+            raise ConfigurationError(
+                "episode_max_tokens",
+                f"must be at least episode_target_tokens ({self.episode_target_tokens}), "
+                f"got {self.episode_max_tokens}",
+            )
+        if self.fact_extractor not in FACT_EXTRACTORS:
+            raise ConfigurationError(
+                "fact_extractor",
+                f"must be one of {', '.join(FACT_EXTRACTORS)}, got {self.fact_extractor!r}",
+            )
+        if self.fact_extractor == "llm":
+            for name in ("llm_base_url", "llm_model"):
+                if not getattr(self, name):
+                    raise ConfigurationError(name, "is required when fact_extractor is 'llm'")
 
     @property
     def masked_database_url(self) -> str | None:
@@ -93,12 +157,15 @@ class Settings:
         return None if self.database_url is None else mask_url(self.database_url)
 
     def __repr__(self) -> str:
-        return (
-            f"Settings(database_url={self.masked_database_url!r}, schema={self.schema!r}, "
-            f"embedding_dimension={self.embedding_dimension}, data_dir={self.data_dir!r}, "
-            f"pool={self.pool!r}, monitor_enabled={self.monitor_enabled}, "
-            f"monitor_history_size={self.monitor_history_size})"
-        )
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "database_url":
+                value = self.masked_database_url
+            elif item.name in _SECRETS and value is not None:
+                value = "***"
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 _POOL_ENV = {
@@ -108,25 +175,26 @@ _POOL_ENV = {
     "pool_recycle": "MEMFUSE_POOL_RECYCLE",
     "pool_pre_ping": "MEMFUSE_POOL_PRE_PING",
 }
-_SETTINGS_ENV = {
-    "schema": "MEMFUSE_SCHEMA",
-    "embedding_dimension": "MEMFUSE_EMBEDDING_DIMENSION",
-    "data_dir": "MEMFUSE_DATA_DIR",
-    "monitor_enabled": "MEMFUSE_MONITOR_ENABLED",
-    "monitor_history_size": "MEMFUSE_MONITOR_HISTORY_SIZE",
-}
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    """Each field's value type, with ``X | None`` reduced to ``X``."""
+    types: dict[str, type] = {}
+    for name, hint in get_type_hints(cls).items():
+        options = [arg for arg in get_args(hint) if arg is not type(None)] or [hint]
+        types[name] = options[0]
+    return types
+
+
 _TYPES: dict[str, type] = {
-    "pool_size": int,
-    "max_overflow": int,
-    "pool_timeout": float,
-    "pool_recycle": int,
-    "pool_pre_ping": bool,
-    "schema": str,
-    "embedding_dimension": int,
-    "data_dir": Path,
-    "monitor_enabled": bool,
-    "monitor_history_size": int,
-    "database_url": str,
+    name: kind
+    for name, kind in (_field_types(Settings) | _field_types(PoolSettings)).items()
+    if name != "pool"
+}
+_SETTINGS_ENV = {
+    item.name: f"MEMFUSE_{item.name.upper()}"
+    for item in fields(Settings)
+    if item.name not in {"pool", "database_url"}
 }
 _TOP_LEVEL_KEYS = frozenset(_SETTINGS_ENV) | {"database_url"}
 _POSTGRES_KEYS = frozenset({"host", "port", "database", "user", "password"})

@@ -9,15 +9,24 @@ engine with ``container.host_engine.override(providers.Object(engine))``.
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import AsyncIterator
-from typing import TypeVar, cast
+from datetime import timedelta
+from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from memfuse.buffer import WriteBuffer
 from memfuse.config import Settings, load_settings
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
+from memfuse.layers.extractors import FactExtractor
+from memfuse.layers.m0 import MessageService, WriteRequest
+from memfuse.layers.m1 import EpisodePolicy, EpisodeProcessor
+from memfuse.layers.m2 import FactProcessor
+from memfuse.layers.pipeline import LayerPipeline
+from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor, process_monitor
 from memfuse.services.tenancy import TenancyService
 
@@ -91,6 +100,93 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+async def fact_extractor_resource(settings: Settings) -> AsyncIterator[FactExtractor | None]:
+    """The configured M2 extractor (``None`` when M2 is off); an LLM client closes at stop."""
+    if settings.fact_extractor == "none":
+        yield None
+    elif settings.fact_extractor == "offline":
+        from memfuse.layers.extractors.offline import OfflineFactExtractor
+
+        yield OfflineFactExtractor()
+    else:
+        from memfuse.layers.extractors.llm import LLMFactExtractor
+
+        assert settings.llm_base_url is not None and settings.llm_model is not None
+        extractor = LLMFactExtractor(
+            settings.llm_base_url,
+            settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+            batch_size=settings.llm_batch_size,
+        )
+        try:
+            yield extractor
+        finally:
+            await extractor.aclose()
+
+
+async def pipeline_resource(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    monitor: PerformanceMonitor,
+    extractor: FactExtractor | None,
+    engine: AsyncEngine,
+) -> AsyncIterator[LayerPipeline]:
+    """The M1/M2 pipeline; stopped before the engine it uses (hence ``engine``)."""
+    del engine
+    policy = EpisodePolicy(
+        target_tokens=settings.episode_target_tokens,
+        max_tokens=settings.episode_max_tokens,
+        idle_gap=timedelta(seconds=settings.episode_idle_gap),
+    )
+    processors: list[LayerProcessor[Any, Any]] = [EpisodeProcessor(policy)]
+    if extractor is not None:
+        processors.append(FactProcessor(extractor))
+    pipeline = LayerPipeline(
+        session_factory,
+        processors,
+        monitor,
+        parallel=settings.pipeline_parallel,
+        concurrency=settings.pipeline_concurrency,
+        batch_messages=settings.pipeline_batch_messages,
+    )
+    try:
+        yield pipeline
+    finally:
+        await pipeline.close()
+
+
+MessageBuffer = WriteBuffer[WriteRequest, list[uuid.UUID]]
+
+
+async def write_buffer_resource(
+    settings: Settings,
+    messages: MessageService,
+    monitor: PerformanceMonitor,
+    engine: AsyncEngine,
+) -> AsyncIterator[MessageBuffer | None]:
+    """The group-commit buffer (``None`` when disabled); flushed before the engine stops."""
+    del engine
+    if not settings.buffer_enabled:
+        yield None
+        return
+    buffer: MessageBuffer = WriteBuffer(
+        messages.write,
+        size=lambda request: len(request.messages),
+        tokens=lambda request: request.token_count,
+        monitor=monitor,
+        max_messages=settings.buffer_max_messages,
+        max_tokens=settings.buffer_max_tokens,
+        max_delay=settings.buffer_max_delay,
+        max_pending=settings.buffer_max_pending,
+    )
+    try:
+        yield buffer
+    finally:
+        await buffer.close()
+
+
 class Container(containers.DeclarativeContainer):
     """Wiring of memfuse's parts; every provider can be overridden."""
 
@@ -110,4 +206,25 @@ class Container(containers.DeclarativeContainer):
 
     tenancy_service = providers.Singleton(
         TenancyService, session_factory=session_factory, monitor=monitor
+    )
+    message_service = providers.Singleton(
+        MessageService,
+        session_factory=session_factory,
+        max_chars=settings.provided.max_message_chars,
+    )
+    write_buffer = providers.Resource(
+        write_buffer_resource,
+        settings=settings,
+        messages=message_service,
+        monitor=monitor,
+        engine=engine,
+    )
+    fact_extractor = providers.Resource(fact_extractor_resource, settings=settings)
+    pipeline = providers.Resource(
+        pipeline_resource,
+        settings=settings,
+        session_factory=session_factory,
+        monitor=monitor,
+        extractor=fact_extractor,
+        engine=engine,
     )

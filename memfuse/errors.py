@@ -33,4 +33,33 @@ class DimensionMismatchError(SchemaError):
 
 
 class ValidationError(MemfuseError, ValueError):
-    """Input was rejected before anything was written."""
+    """Input was rejected before anything was written.
+
+    For a message in a batch, ``index`` is its position and ``field`` the offending key.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, field: str | None = None) -> None:
+        where = []
+        if index is not None:
+            where.append(f"message {index}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.index = index
+        self.field = field
+
+
+class NotFoundError(MemfuseError, LookupError):
+    """The row does not exist in the caller's scope (another user's rows are never found)."""
+
+
+class ExtractionError(MemfuseError):
+    """A fact extractor failed; the messages stay unprocessed and are retried later."""
+
+
+class PipelineError(MemfuseError):
+    """Some sessions could not be processed into M1/M2; their messages are kept for a retry."""
+
+
+class ClosedError(MemfuseError):
+    """The object was closed and takes no more work."""

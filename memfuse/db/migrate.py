@@ -14,6 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -55,6 +56,25 @@ def alembic_config(options: MigrationOptions | None = None) -> Config:
     if options is not None:
         config.attributes["memfuse_options"] = options
     return config
+
+
+def head_revision() -> str:
+    """The newest revision this version of memfuse ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise SchemaError("memfuse migrations have no head revision")
+    return head
+
+
+async def require_head(engine: AsyncEngine, schema: str = DEFAULT_SCHEMA) -> None:
+    """Raise :class:`SchemaError` unless the schema is at :func:`head_revision`."""
+    current = await current_revision(engine, schema)
+    head = head_revision()
+    if current != head:
+        raise SchemaError(
+            f"memfuse schema {schema!r} is at revision {current or '(none)'}, this version "
+            f"needs {head}: run `memfuse db upgrade` (or `alembic upgrade head`)"
+        )
 
 
 def migration_options(config: Config) -> MigrationOptions:

@@ -38,6 +38,7 @@ VERSION_TABLE = "memfuse_alembic_version"
 TEXT_SEARCH_CONFIG = "english"
 MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
+DERIVED_LAYERS = ("m1", "m2")
 
 
 def embedding_channel(schema: str) -> str:
@@ -202,6 +203,7 @@ class Episode(Base):
 
     __tablename__ = "episodes"
     __table_args__ = (
+        UniqueConstraint("session_id", "first_seq"),
         Index(None, "user_id", "session_id", "first_seq"),
         Index(None, "agent_id"),
         CheckConstraint("first_seq <= last_seq", name="seq_range"),
@@ -236,6 +238,19 @@ class Fact(Base):
             "user_id",
             postgresql_where=text("valid_to IS NULL"),
         ),
+        Index(
+            "ix_facts_user_id_fact_key_live",
+            "user_id",
+            "fact_key",
+            postgresql_where=text("valid_to IS NULL AND fact_key IS NOT NULL"),
+        ),
+        Index(
+            "uq_facts_user_id_content_live",
+            "user_id",
+            text("md5(content)"),
+            unique=True,
+            postgresql_where=text("valid_to IS NULL"),
+        ),
         Index(None, "session_id"),
         Index(None, "agent_id"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
@@ -252,6 +267,7 @@ class Fact(Base):
     entities: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
     )
+    fact_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     confidence: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("1.0"))
     occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     message_ids: Mapped[list[uuid.UUID]] = mapped_column(
@@ -276,6 +292,40 @@ class Fact(Base):
     updated_at: Mapped[datetime] = _updated_at()
     embedding: Mapped[list[float] | None] = _embedding()
     content_tsv: Mapped[Any] = _content_tsv()
+
+
+class LayerProgress(Base):
+    """How far one layer (``m1`` or ``m2``) has processed one session's messages.
+
+    ``processed_seq`` moves in the same transaction as the layer's rows, so a crash leaves
+    the messages after it to be processed again and none twice. An edit of a message resets
+    it and bumps ``generation``, so work computed from the old text is discarded.
+    ``failures`` and ``retry_after`` back off a session whose processing keeps failing.
+    """
+
+    __tablename__ = "layer_progress"
+    __table_args__ = (
+        CheckConstraint(
+            "layer IN (" + ", ".join(f"'{layer}'" for layer in DERIVED_LAYERS) + ")",
+            name="layer_known",
+        ),
+        CheckConstraint("processed_seq >= 0", name="processed_seq_positive"),
+        Index(None, "user_id"),
+    )
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    layer: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    processed_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    retry_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = _updated_at()
 
 
 class EmbeddingJob(Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,13 @@ class UserRepository:
         user = await self.get_by_name(name)
         assert user is not None  # inserted above or by a concurrent caller
         return user
+
+    async def delete(self, user_id: uuid.UUID) -> bool:
+        """Delete a user; the database cascades to every row of theirs."""
+        result = await self.session.execute(
+            delete(User).where(User.id == user_id).returning(User.id)
+        )
+        return result.scalar_one_or_none() is not None
 
 
 class AgentRepository:
@@ -85,6 +92,15 @@ class SessionRepository:
         found = await self.get_by_name(user_id, name)
         assert found is not None
         return found
+
+    async def delete(self, user_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+        """Delete a session; the database cascades to its messages, episodes and facts."""
+        result = await self.session.execute(
+            delete(Session)
+            .where(Session.user_id == user_id, Session.id == session_id)
+            .returning(Session.id)
+        )
+        return result.scalar_one_or_none() is not None
 
     async def allocate_sequence(self, user_id: uuid.UUID, session_id: uuid.UUID, count: int) -> int:
         """Reserve ``count`` message numbers; returns the first. Numbers never repeat.

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memfuse.errors import ValidationError
+from memfuse.errors import NotFoundError, ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.tenancy import AgentRepository, SessionRepository, UserRepository
 
 DEFAULT_AGENT = "default"
@@ -63,6 +64,25 @@ class TenancyService:
             agent=agent_name,
             session=session_name,
         )
+
+    async def delete_session(self, scope: MemoryScope) -> None:
+        """Delete a session with its messages, episodes and facts.
+
+        Facts of the user's other sessions that this session's facts had superseded are
+        live again afterwards.
+        """
+        async with self._session_factory.begin() as db:
+            facts = FactRepository(db)
+            await facts.lock_user(scope.user_id)
+            await facts.delete_for_session(scope.user_id, scope.session_id)
+            if not await SessionRepository(db).delete(scope.user_id, scope.session_id):
+                raise NotFoundError(f"session {scope.session!r} does not exist")
+
+    async def delete_user(self, scope: MemoryScope) -> None:
+        """Delete a user and everything stored for them."""
+        async with self._session_factory.begin() as db:
+            if not await UserRepository(db).delete(scope.user_id):
+                raise NotFoundError(f"user {scope.user!r} does not exist")
 
 
 def validate_name(field: str, value: object) -> None:

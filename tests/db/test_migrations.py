@@ -26,6 +26,7 @@ TABLES = {
     "sessions",
     "messages",
     "episodes",
+    "layer_progress",
     "facts",
     "embedding_jobs",
     "embedding_dead_letters",
@@ -110,7 +111,7 @@ async def jobs_for(engine: AsyncEngine, row_id: str) -> int:
 
 async def test_upgrade_downgrade_upgrade(engine: AsyncEngine) -> None:
     await migrate.upgrade(engine)
-    assert await migrate.current_revision(engine) == "0001"
+    assert await migrate.current_revision(engine) == migrate.head_revision()
     assert await tables_in(engine) == TABLES
 
     await migrate.downgrade(engine, "base")
@@ -123,7 +124,7 @@ async def test_upgrade_downgrade_upgrade(engine: AsyncEngine) -> None:
 
 async def test_upgrade_is_idempotent_and_serialized(engine: AsyncEngine) -> None:
     await asyncio.gather(*(migrate.upgrade(engine) for _ in range(3)))
-    assert await migrate.current_revision(engine) == "0001"
+    assert await migrate.current_revision(engine) == migrate.head_revision()
 
 
 async def test_custom_schema_and_dimension(engine: AsyncEngine) -> None:
@@ -280,16 +281,16 @@ def test_alembic_command_line_upgrades_from_repository_root(database_url: str) -
     current = subprocess.run(
         [*alembic, "current"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
     )
-    assert "0001 (head)" in current.stdout
+    assert f"{migrate.head_revision()} (head)" in current.stdout
     subprocess.run([*alembic, "downgrade", "base"], cwd=ROOT, env=env, check=True)
 
 
 def test_memfuse_db_commands(database_url: str) -> None:
     memfuse = [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "db"]
     up = subprocess.run([*memfuse, "upgrade"], check=True, capture_output=True, text=True)
-    assert "current revision: 0001" in up.stdout
+    assert f"current revision: {migrate.head_revision()}" in up.stdout
     current = subprocess.run([*memfuse, "current"], check=True, capture_output=True, text=True)
-    assert "current revision: 0001" in current.stdout
+    assert f"current revision: {migrate.head_revision()}" in current.stdout
     down = subprocess.run(
         [*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True
     )

@@ -1,0 +1,447 @@
+"""Read conversation files for ``memfuse ingest``: the native format and LoCoMo.
+
+Parsing only: this module turns a JSON document into :class:`ConversationData` whose messages
+are dicts as ``Memory.add`` takes them. It checks structure (keys, types, names) and reports
+every problem as a :class:`~memfuse.errors.ValidationError` naming the file and the position,
+so a bad file is rejected before anything is written. Value checks that ``Memory.add`` does
+anyway (timestamps in native files, ids) are left to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from memfuse.errors import ValidationError
+
+__all__ = [
+    "NAMESPACE",
+    "ConversationData",
+    "SessionData",
+    "load_conversations",
+    "parse_conversations",
+    "parse_locomo_datetime",
+]
+
+#: Namespace of the ids derived for LoCoMo turns; fixed so re-imports produce the same ids.
+NAMESPACE = uuid.UUID("bf368f23-e42a-42a0-9f56-3a0cc2f356a3")
+
+# Same rules as memfuse.services.tenancy.validate_name; kept here so parsing needs no database
+# modules (a test checks the limits agree).
+MAX_NAME_LENGTH = 255
+
+ROLES = frozenset({"user", "assistant", "system", "tool"})
+_MESSAGE_KEYS = frozenset({"role", "content", "id", "created_at", "name", "speaker", "metadata"})
+_CONVERSATION_KEYS = frozenset({"user", "agent", "sessions", "messages"})
+_SESSION_KEYS = frozenset({"name", "messages"})
+_LOCOMO_SESSION = re.compile(r"session_(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """One session's messages, in file order, as dicts ``Memory.add`` accepts."""
+
+    name: str
+    messages: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationData:
+    """The sessions of one user (and agent); ``agent`` None means the default agent."""
+
+    user: str
+    agent: str | None
+    sessions: tuple[SessionData, ...]
+
+    @property
+    def message_count(self) -> int:
+        """Messages over all sessions, so a caller can size a progress bar up front."""
+        return sum(len(session.messages) for session in self.sessions)
+
+
+def load_conversations(
+    path: str | Path, *, user: str | None = None, agent: str | None = None
+) -> list[ConversationData]:
+    """Read and parse a JSON file; any I/O or JSON problem is a ValidationError naming the path."""
+    source = str(path)
+    file = Path(path)
+    if file.is_dir():
+        raise ValidationError(f"{source}: is a directory, not a JSON file")
+    try:
+        with file.open(encoding="utf-8") as stream:
+            document = json.load(stream)
+    except FileNotFoundError:
+        raise ValidationError(f"{source}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ValidationError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    return parse_conversations(document, source=source, user=user, agent=agent)
+
+
+def parse_conversations(
+    document: Any, *, source: str = "<document>", user: str | None = None, agent: str | None = None
+) -> list[ConversationData]:
+    """Parse an already decoded document, detecting LoCoMo versus the native format.
+
+    ``user``/``agent`` fill a native conversation's missing user/agent; for LoCoMo they replace
+    the derived ``locomo-<sample_id>`` user and the (absent) agent.
+    """
+    for field, value in (("user", user), ("agent", agent)):
+        if value is not None:
+            problem = _name_problem(value)
+            if problem is not None:
+                raise _error(f"{source}: {field} argument", None, problem)
+    if _is_locomo(document):
+        samples = document if isinstance(document, list) else [document]
+        return [
+            _parse_locomo_sample(sample, f"{source}: sample {number}", user=user, agent=agent)
+            for number, sample in enumerate(samples, start=1)
+        ]
+    if isinstance(document, Mapping):
+        items: list[Any] = [document]
+    elif isinstance(document, list):
+        items = document
+    else:
+        raise ValidationError(
+            f"{source}: expected an object or a list of objects, got {_type_name(document)}"
+        )
+    return [
+        _parse_native(item, f"{source}: conversation {number}", user=user, agent=agent)
+        for number, item in enumerate(items, start=1)
+    ]
+
+
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_LOCOMO_DATETIME = re.compile(
+    r"\s*(\d{1,2}):(\d{2})\s*([ap])\.?m\.?\s+on\s+(\d{1,2})\s+([a-z]+)\.?,?\s+(\d{4})\s*",
+    re.IGNORECASE,
+)
+
+
+def parse_locomo_datetime(text: str) -> datetime:
+    """``"1:56 pm on 8 May, 2023"`` as an aware UTC datetime.
+
+    LoCoMo gives no time zone; UTC keeps the turns' order and dates. English month names are
+    matched directly because ``strptime``'s ``%B`` depends on the process locale.
+    """
+    match = _LOCOMO_DATETIME.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValidationError(f"not a LoCoMo date and time ('1:56 pm on 8 May, 2023'): {text!r}")
+    hour, minute, meridiem, day, month_name, year = match.groups()
+    month = _MONTHS.get(month_name.lower())
+    clock = int(hour)
+    if month is None or not 1 <= clock <= 12:
+        raise ValidationError(f"not a LoCoMo date and time ('1:56 pm on 8 May, 2023'): {text!r}")
+    clock = clock % 12 + (12 if meridiem.lower() == "p" else 0)
+    try:
+        return datetime(int(year), month, int(day), clock, int(minute), tzinfo=UTC)
+    except ValueError as exc:
+        raise ValidationError(f"invalid LoCoMo date and time {text!r}: {exc}") from None
+
+
+# --- native format ---------------------------------------------------------------------------
+
+
+def _parse_native(
+    item: Any, where: str, *, user: str | None, agent: str | None
+) -> ConversationData:
+    """One native conversation: the full form with ``sessions`` or the ``messages`` shorthand."""
+    if not isinstance(item, Mapping):
+        raise ValidationError(f"{where}: expected an object, got {_type_name(item)}")
+    _reject_unknown(item, _CONVERSATION_KEYS, where)
+    user_name = _optional_name(item, "user", where)
+    if user_name is None:
+        user_name = user
+    if user_name is None:
+        raise _error(where, "user", "missing (give it in the file or with --user)")
+    agent_name = _optional_name(item, "agent", where)
+    if agent_name is None:
+        agent_name = agent
+
+    if "sessions" in item and "messages" in item:
+        raise _error(where, "messages", "give either 'sessions' or 'messages', not both")
+    if "messages" in item:
+        messages = _parse_messages(item["messages"], f"{where}, session 1")
+        sessions = [SessionData("session-1", messages)]
+    elif "sessions" in item:
+        raw_sessions = item["sessions"]
+        if not isinstance(raw_sessions, list):
+            raise _error(where, "sessions", f"expected an array, got {_type_name(raw_sessions)}")
+        sessions = [
+            _parse_native_session(raw, f"{where}, session {number}", number)
+            for number, raw in enumerate(raw_sessions, start=1)
+        ]
+    else:
+        raise _error(where, "sessions", "missing (or give 'messages' for a single session)")
+
+    seen: dict[str, int] = {}
+    for number, session in enumerate(sessions, start=1):
+        if session.name in seen:
+            raise _error(
+                f"{where}, session {number}",
+                "name",
+                f"{session.name!r} is also the name of session {seen[session.name]}",
+            )
+        seen[session.name] = number
+    return ConversationData(
+        user=user_name,
+        agent=agent_name,
+        sessions=tuple(session for session in sessions if session.messages),
+    )
+
+
+def _parse_native_session(raw: Any, where: str, number: int) -> SessionData:
+    """A session object; its name defaults to ``session-<n>`` so re-imports find it again."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(f"{where}: expected an object, got {_type_name(raw)}")
+    _reject_unknown(raw, _SESSION_KEYS, where)
+    name = _optional_name(raw, "name", where)
+    if "messages" not in raw:
+        raise _error(where, "messages", "missing")
+    return SessionData(
+        name=name if name is not None else f"session-{number}",
+        messages=_parse_messages(raw["messages"], where),
+    )
+
+
+def _parse_messages(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+    if not isinstance(raw, list):
+        raise _error(where, "messages", f"expected an array, got {_type_name(raw)}")
+    return tuple(
+        _parse_message(message, f"{where}, message {number}")
+        for number, message in enumerate(raw, start=1)
+    )
+
+
+def _parse_message(raw: Any, where: str) -> dict[str, Any]:
+    """Check a message's shape and copy it; values stay as given for ``Memory.add`` to check."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(f"{where}: expected an object, got {_type_name(raw)}")
+    _reject_unknown(raw, _MESSAGE_KEYS, where)
+    message: dict[str, Any] = {}
+    for field in ("role", "content"):
+        if field not in raw or raw[field] is None:
+            raise _error(where, field, "missing")
+        if not isinstance(raw[field], str):
+            raise _error(where, field, f"expected a string, got {_type_name(raw[field])}")
+        message[field] = raw[field]
+    if message["role"] not in ROLES:
+        raise _error(where, "role", f"{message['role']!r} is not one of {', '.join(sorted(ROLES))}")
+    if raw.get("name") is not None and raw.get("speaker") is not None:
+        raise _error(where, "speaker", "give either 'name' or its alias 'speaker', not both")
+    for field, target, types, expected in (
+        ("id", "id", (str, uuid.UUID), "a string"),
+        ("created_at", "created_at", (str, datetime), "an ISO-8601 string"),
+        ("name", "name", (str,), "a string"),
+        ("speaker", "name", (str,), "a string"),
+        ("metadata", "metadata", (Mapping,), "an object"),
+    ):
+        value = raw.get(field)
+        if value is None:  # absent or null: the same for an optional key
+            continue
+        if not isinstance(value, types):
+            raise _error(where, field, f"expected {expected}, got {_type_name(value)}")
+        message[target] = dict(value) if isinstance(value, Mapping) else value
+    return message
+
+
+# --- LoCoMo -------------------------------------------------------------------------------------
+
+
+def _is_locomo(document: Any) -> bool:
+    """LoCoMo samples carry ``conversation``, a key the native format does not have."""
+    if isinstance(document, list) and document:
+        document = document[0]
+    return isinstance(document, Mapping) and "conversation" in document
+
+
+def _parse_locomo_sample(
+    sample: Any, where: str, *, user: str | None, agent: str | None
+) -> ConversationData:
+    """One LoCoMo sample: one conversation, one session per ``session_<n>`` with turns."""
+    if not isinstance(sample, Mapping):
+        raise ValidationError(f"{where}: expected a LoCoMo sample object, got {_type_name(sample)}")
+    sample_id = sample.get("sample_id")
+    if not isinstance(sample_id, str) or not sample_id.strip():
+        problem = "missing" if sample_id is None else "expected a non-empty string"
+        raise _error(where, "sample_id", problem)
+    where = f"{where} ({sample_id})"
+    conversation = sample.get("conversation")
+    if not isinstance(conversation, Mapping):
+        problem = "missing" if conversation is None else _expected("an object", conversation)
+        raise _error(where, "conversation", problem)
+    user_name = user if user is not None else f"locomo-{sample_id}"
+    name_problem = _name_problem(user_name)
+    if name_problem is not None:
+        raise _error(where, "sample_id", f"user name {user_name!r}: {name_problem}")
+
+    numbered = []
+    for key, turns in conversation.items():
+        match = _LOCOMO_SESSION.fullmatch(key) if isinstance(key, str) else None
+        if match is None or turns is None:
+            continue
+        if not isinstance(turns, list):
+            raise _error(where, key, f"expected an array of turns, got {_type_name(turns)}")
+        numbered.append((int(match.group(1)), key, turns))
+    numbered.sort()
+
+    sessions = []
+    for _, key, turns in numbered:
+        date_key = f"{key}_date_time"
+        date_text = conversation.get(date_key)
+        if not isinstance(date_text, str):
+            raise _error(where, date_key, "missing" if date_text is None else "not a string")
+        try:
+            created_at = parse_locomo_datetime(date_text)
+        except ValidationError as exc:
+            raise _error(where, date_key, str(exc)) from None
+        messages = tuple(
+            message
+            for number, turn in enumerate(turns, start=1)
+            if (
+                message := _locomo_message(
+                    turn, f"{where}, {key}, turn {number}", sample_id, created_at
+                )
+            )
+            is not None
+        )
+        if messages:
+            sessions.append(SessionData(key, messages))
+    return ConversationData(user=user_name, agent=agent, sessions=tuple(sessions))
+
+
+def _locomo_message(
+    turn: Any, where: str, sample_id: str, created_at: datetime
+) -> dict[str, Any] | None:
+    """A turn as a user message with a deterministic id; None for a turn with nothing to say."""
+    if not isinstance(turn, Mapping):
+        raise ValidationError(f"{where}: expected an object, got {_type_name(turn)}")
+    for field in ("speaker", "dia_id"):
+        value = turn.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise _error(
+                where, field, "missing" if value is None else "expected a non-empty string"
+            )
+    text = turn.get("text", "")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise _error(where, "text", f"expected a string, got {_type_name(text)}")
+    caption = turn.get("blip_caption")
+    if caption is not None and not isinstance(caption, str):
+        raise _error(where, "blip_caption", f"expected a string, got {_type_name(caption)}")
+    content = text.strip()
+    if caption and caption.strip():
+        photo = f"[shares a photo: {caption.strip()}]"
+        content = f"{content} {photo}" if content else photo
+    if not content:
+        return None
+    dia_id = turn["dia_id"]
+    metadata: dict[str, Any] = {"dia_id": dia_id, "sample_id": sample_id}
+    if turn.get("img_url") is not None:
+        metadata["img_url"] = turn["img_url"]
+    return {
+        "id": str(uuid.uuid5(NAMESPACE, f"{sample_id}/{dia_id}")),
+        "role": "user",
+        "name": turn["speaker"],
+        "content": content,
+        "created_at": created_at,
+        "metadata": metadata,
+    }
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _error(where: str, field: str | None, problem: str) -> ValidationError:
+    """A ValidationError whose text leads with the location; ``field`` is kept as an attribute."""
+    text = f"{where}: field {field!r}: {problem}" if field is not None else f"{where}: {problem}"
+    error = ValidationError(text)
+    error.field = field
+    return error
+
+
+def _name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a user, agent or session name (tenancy's rules), or None."""
+    if not isinstance(value, str):
+        return f"expected a string, got {_type_name(value)}"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"longer than {MAX_NAME_LENGTH} characters"
+    if "\x00" in value:
+        return "must not contain NUL bytes"
+    return None
+
+
+def _optional_name(raw: Mapping[str, Any], field: str, where: str) -> str | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    problem = _name_problem(value)
+    if problem is not None:
+        raise _error(where, field, problem)
+    return str(value)
+
+
+def _reject_unknown(raw: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    """Unknown keys are typos more often than not; failing beats silently dropping data."""
+    unknown = [key for key in raw if key not in allowed]
+    if unknown:
+        raise _error(
+            where,
+            str(unknown[0]),
+            f"unknown key (allowed: {', '.join(sorted(allowed))})",
+        )
+
+
+def _expected(what: str, value: object) -> str:
+    return f"expected {what}, got {_type_name(value)}"
+
+
+def _type_name(value: object) -> str:
+    """JSON's names for JSON's types, so messages read in the file's terms."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,332 @@
+"""M0, the raw layer: validated messages written atomically, numbered per session.
+
+Validation happens before anything reaches the database, so a bad message rejects its whole
+``add()`` call with an error naming the message and the field, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memfuse.db.models import MESSAGE_ROLES
+from memfuse.errors import NotFoundError, ValidationError
+from memfuse.layers.chunk import ChunkData
+from memfuse.layers.tokens import count_tokens
+from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
+from memfuse.repositories.progress import ProgressRepository
+from memfuse.services.tenancy import MemoryScope
+
+MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
+MAX_NAME_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInput:
+    """One message that passed validation; ``id`` is the caller's or a new UUID."""
+
+    id: uuid.UUID
+    role: str
+    content: str
+    name: str | None = None
+    created_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    token_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """The messages of one ``add()`` call, bound to the caller's scope."""
+
+    scope: MemoryScope
+    messages: Sequence[MessageInput]
+
+    @property
+    def token_count(self) -> int:
+        return sum(message.token_count for message in self.messages)
+
+
+def validate_messages(
+    messages: Sequence[Mapping[str, Any]], *, max_chars: int
+) -> list[MessageInput]:
+    """Check every message of one call; raise :class:`ValidationError` on the first bad one."""
+    if isinstance(messages, Mapping | str | bytes) or not isinstance(messages, Sequence):
+        raise ValidationError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    validated: list[MessageInput] = []
+    seen: set[uuid.UUID] = set()
+    for index, raw in enumerate(messages):
+        message = validate_message(raw, index=index, max_chars=max_chars)
+        if message.id in seen:
+            raise ValidationError(
+                "repeats an id given earlier in this call", index=index, field="id"
+            )
+        seen.add(message.id)
+        validated.append(message)
+    return validated
+
+
+def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput:
+    """One message dict as :class:`MessageInput`, or a :class:`ValidationError` naming it."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(f"must be a dict, got {type(raw).__name__}", index=index)
+    unknown = sorted(str(key) for key in raw if key not in MESSAGE_KEYS)
+    if unknown:
+        raise ValidationError(
+            f"unknown key (allowed: {', '.join(sorted(MESSAGE_KEYS))})",
+            index=index,
+            field=unknown[0],
+        )
+
+    role = raw.get("role")
+    if role not in MESSAGE_ROLES:
+        raise ValidationError(
+            f"must be one of {', '.join(MESSAGE_ROLES)}, got {role!r}", index=index, field="role"
+        )
+    content = raw.get("content")
+    if not isinstance(content, str):
+        raise ValidationError(
+            f"must be a string, got {type(content).__name__}", index=index, field="content"
+        )
+    if not content.strip():
+        raise ValidationError("must not be empty", index=index, field="content")
+    if len(content) > max_chars:
+        raise ValidationError(
+            f"is {len(content)} characters, more than the limit of {max_chars} "
+            "(setting max_message_chars)",
+            index=index,
+            field="content",
+        )
+    _reject_nul(content, index=index, field="content")
+
+    if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
+        raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
+    name_field = "name" if "name" in raw else "speaker"
+    name = raw.get(name_field)
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError("must be a non-empty string", index=index, field=name_field)
+        if len(name) > MAX_NAME_CHARS:
+            raise ValidationError(
+                f"is longer than {MAX_NAME_CHARS} characters", index=index, field=name_field
+            )
+        _reject_nul(name, index=index, field=name_field)
+
+    return MessageInput(
+        id=_message_id(raw.get("id"), index=index),
+        role=role,
+        content=content,
+        name=name,
+        created_at=_created_at(raw.get("created_at"), index=index),
+        metadata=_metadata(raw.get("metadata"), index=index),
+        token_count=count_tokens(content),
+    )
+
+
+def _reject_nul(value: str, *, index: int, field: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("must not contain NUL bytes", index=index, field=field)
+
+
+def _message_id(value: object, *, index: int) -> uuid.UUID:
+    if value is None:
+        return uuid.uuid4()
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"must be a UUID, got {value!r}", index=index, field="id")
+
+
+def _created_at(value: object, *, index: int) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(
+                f"must be an ISO-8601 timestamp, got {value!r}", index=index, field="created_at"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"must be a datetime or ISO-8601 string, got {type(value).__name__}",
+            index=index,
+            field="created_at",
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            "must carry a time zone (e.g. 2023-05-08T13:56:00+00:00)",
+            index=index,
+            field="created_at",
+        )
+    return value
+
+
+def _metadata(value: object, *, index: int) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"must be a dict, got {type(value).__name__}", index=index, field="metadata"
+        )
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(
+            f"must be JSON-serializable: {error}", index=index, field="metadata"
+        ) from None
+    if "\\u0000" in text:
+        raise ValidationError("must not contain NUL characters", index=index, field="metadata")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def message_chunk(row: MessageRow) -> ChunkData:
+    """A stored message as the chunk the M1 and M2 layers take."""
+    return ChunkData(
+        content=row.content,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        message_ids=(row.id,),
+        first_seq=row.seq,
+        last_seq=row.seq,
+        started_at=row.created_at,
+        ended_at=row.created_at,
+        token_count=row.token_count,
+        role=row.role,
+        speaker=row.name or row.role,
+        metadata=row.metadata,
+    )
+
+
+class MessageService:
+    """Writes and reads M0 rows; every call is bound to a user's scope."""
+
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], *, max_chars: int
+    ) -> None:
+        self._session_factory = session_factory
+        self.max_chars = max_chars
+
+    def validate(self, messages: Sequence[Mapping[str, Any]]) -> list[MessageInput]:
+        return validate_messages(messages, max_chars=self.max_chars)
+
+    async def write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
+        """Write all requests in one transaction; returns each request's ids in input order.
+
+        Messages whose id already exists in the same session are skipped (an idempotent
+        retry) and keep their first sequence number; new messages are numbered after the
+        session's last number. An id used elsewhere, or a missing session, fails the call.
+        """
+        async with self._session_factory.begin() as db:
+            repository = MessageRepository(db)
+            counters = await repository.lock_sessions(
+                sorted({(r.scope.user_id, r.scope.session_id) for r in requests})
+            )
+            supplied = [m.id for r in requests for m in r.messages]
+            existing = await repository.locate(supplied)
+            rows: list[NewMessage] = []
+            written: dict[uuid.UUID, uuid.UUID] = {}
+            for request in requests:
+                scope = request.scope
+                if scope.session_id not in counters:
+                    raise NotFoundError(f"session {scope.session!r} no longer exists")
+                for index, message in enumerate(request.messages):
+                    owner = existing.get(message.id) or written.get(message.id)
+                    if owner is not None:
+                        if owner != scope.session_id:
+                            raise ValidationError(
+                                f"id {message.id} belongs to another message",
+                                index=index,
+                                field="id",
+                            )
+                        continue
+                    counters[scope.session_id] += 1
+                    written[message.id] = scope.session_id
+                    rows.append(new_message(scope, message, counters[scope.session_id]))
+            await repository.insert(rows)
+            await repository.set_counters(counters)
+        return [[m.id for m in r.messages] for r in requests]
+
+    async def get(self, scope: MemoryScope, message_id: uuid.UUID) -> MessageRow | None:
+        async with self._session_factory() as db:
+            return await MessageRepository(db).get(scope.user_id, message_id)
+
+    async def list(
+        self,
+        scope: MemoryScope,
+        *,
+        limit: int,
+        offset: int,
+        newest_first: bool,
+        session_only: bool,
+    ) -> list[MessageRow]:
+        async with self._session_factory() as db:
+            return await MessageRepository(db).page(
+                scope.user_id,
+                scope.session_id if session_only else None,
+                limit=limit,
+                offset=offset,
+                newest_first=newest_first,
+            )
+
+    async def update(
+        self,
+        scope: MemoryScope,
+        message_id: uuid.UUID,
+        *,
+        content: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> MessageRow:
+        """Change a message; its session's episodes and facts are rebuilt from M0."""
+        values: dict[str, Any] = {}
+        if content is not None:
+            checked = validate_message(
+                {"role": "user", "content": content}, index=0, max_chars=self.max_chars
+            )
+            values.update(content=content, token_count=checked.token_count)
+        if metadata is not None:
+            values["metadata"] = _metadata(metadata, index=0)
+        if not values:
+            raise ValidationError("nothing to update: give content or metadata")
+        async with self._session_factory.begin() as db:
+            row = await MessageRepository(db).update(scope.user_id, message_id, values)
+            if row is None:
+                raise NotFoundError(f"message {message_id} not found")
+            if content is not None:
+                await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+        return row
+
+    async def delete(self, scope: MemoryScope, message_id: uuid.UUID) -> None:
+        """Delete a message; its session's episodes and facts are rebuilt without it."""
+        async with self._session_factory.begin() as db:
+            row = await MessageRepository(db).delete(scope.user_id, message_id)
+            if row is None:
+                raise NotFoundError(f"message {message_id} not found")
+            await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+
+
+def new_message(scope: MemoryScope, message: MessageInput, seq: int) -> NewMessage:
+    return NewMessage(
+        id=message.id,
+        user_id=scope.user_id,
+        agent_id=scope.agent_id,
+        session_id=scope.session_id,
+        seq=seq,
+        role=message.role,
+        name=message.name,
+        content=message.content,
+        token_count=message.token_count,
+        metadata=dict(message.metadata),
+        created_at=message.created_at,
+    )

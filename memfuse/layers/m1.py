@@ -1,0 +1,178 @@
+"""M1, the episodic layer: consecutive messages of a session packed into episodes.
+
+Packing is greedy and deterministic: a message joins the session's open episode while the
+episode is under the target size, stays within the maximum with it, and follows the
+previous message within the idle gap; otherwise it starts a new episode. Because the last
+episode is reopened when new messages arrive, the episodes come out the same whether a
+session is processed in one go or message by message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from memfuse.layers.chunk import ChunkData
+from memfuse.layers.tokens import count_tokens
+from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow, EpisodeValues
+from memfuse.repositories.progress import Progress
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodePolicy:
+    """When an episode is full: the token target and maximum, and the idle gap that splits."""
+
+    target_tokens: int = 700
+    max_tokens: int = 800
+    idle_gap: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.target_tokens < 1 or self.max_tokens < self.target_tokens:
+            raise ValueError("need 1 <= target_tokens <= max_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class PackedEpisodes:
+    """The episodes to write: ``reopened`` is the id of the stored episode the first one
+    extends, or ``None`` when every episode is new."""
+
+    episodes: tuple[ChunkData, ...]
+    reopened: uuid.UUID | None
+
+
+def episode_line(message: ChunkData) -> str:
+    """How a message reads inside an episode: the speaker, then the text."""
+    return f"{message.speaker or message.role or 'unknown'}: {message.content}"
+
+
+def episode_chunk(row: EpisodeRow) -> ChunkData:
+    """A stored episode as a chunk that packing may extend."""
+    return ChunkData(
+        content=row.content,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        message_ids=row.message_ids,
+        first_seq=row.first_seq,
+        last_seq=row.last_seq,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        token_count=row.token_count,
+        metadata=row.metadata,
+    )
+
+
+def pack_episodes(
+    messages: Sequence[ChunkData], open_episode: ChunkData | None, policy: EpisodePolicy
+) -> list[ChunkData]:
+    """Pack messages (of one session, in order) onto the open episode and new ones after it.
+
+    The result starts with the open episode, extended or not, when one is given.
+    """
+    episodes: list[ChunkData] = [] if open_episode is None else [open_episode]
+    for message in messages:
+        line = episode_line(message)
+        tokens = count_tokens(line)
+        current = episodes[-1] if episodes else None
+        if current is not None and _fits(current, message, tokens, policy):
+            episodes[-1] = _extend(current, message, line, tokens)
+        else:
+            episodes.append(_start(message, line, tokens))
+    return episodes
+
+
+def _fits(episode: ChunkData, message: ChunkData, tokens: int, policy: EpisodePolicy) -> bool:
+    if (episode.user_id, episode.session_id) != (message.user_id, message.session_id):
+        return False
+    return (
+        episode.token_count < policy.target_tokens
+        and episode.token_count + tokens <= policy.max_tokens
+        and message.started_at - episode.ended_at <= policy.idle_gap
+    )
+
+
+def _speakers(chunk: ChunkData) -> list[str]:
+    speakers = chunk.metadata.get("speakers", [])
+    return [str(name) for name in speakers] if isinstance(speakers, list) else []
+
+
+def _start(message: ChunkData, line: str, tokens: int) -> ChunkData:
+    speaker = message.speaker or message.role or "unknown"
+    return replace(
+        message,
+        content=line,
+        token_count=tokens,
+        role=None,
+        speaker=None,
+        metadata={"speakers": [speaker]},
+    )
+
+
+def _extend(episode: ChunkData, message: ChunkData, line: str, tokens: int) -> ChunkData:
+    speakers = _speakers(episode)
+    speaker = message.speaker or message.role or "unknown"
+    if speaker not in speakers:
+        speakers.append(speaker)
+    return replace(
+        episode,
+        content=f"{episode.content}\n{line}",
+        token_count=episode.token_count + tokens,
+        message_ids=(*episode.message_ids, *message.message_ids),
+        last_seq=message.last_seq,
+        started_at=min(episode.started_at, message.started_at),
+        ended_at=max(episode.ended_at, message.ended_at),
+        metadata={**episode.metadata, "speakers": speakers},
+    )
+
+
+class EpisodeProcessor:
+    """The M1 layer for the pipeline."""
+
+    layer = "m1"
+    operation = "m1_operation"
+
+    def __init__(self, policy: EpisodePolicy) -> None:
+        self.policy = policy
+
+    async def load(self, db: AsyncSession, progress: Progress) -> EpisodeRow | None:
+        if progress.processed_seq == 0:
+            return None
+        return await EpisodeRepository(db).last_of_session(progress.session_id)
+
+    async def compute(
+        self, messages: Sequence[ChunkData], context: EpisodeRow | None
+    ) -> PackedEpisodes:
+        open_episode = None if context is None else episode_chunk(context)
+        packed = pack_episodes(messages, open_episode, self.policy)
+        if context is None:
+            return PackedEpisodes(tuple(packed), None)
+        if packed[0].last_seq == context.last_seq:
+            return PackedEpisodes(tuple(packed[1:]), None)
+        return PackedEpisodes(tuple(packed), context.id)
+
+    async def store(self, db: AsyncSession, progress: Progress, result: PackedEpisodes) -> None:
+        repository = EpisodeRepository(db)
+        episodes = list(result.episodes)
+        if result.reopened is not None:
+            await repository.replace(result.reopened, episode_values(episodes.pop(0)))
+        await repository.insert([episode_values(episode) for episode in episodes])
+
+
+def episode_values(chunk: ChunkData) -> EpisodeValues:
+    return EpisodeValues(
+        user_id=chunk.user_id,
+        agent_id=chunk.agent_id,
+        session_id=chunk.session_id,
+        content=chunk.content,
+        token_count=chunk.token_count,
+        message_ids=chunk.message_ids,
+        first_seq=chunk.first_seq,
+        last_seq=chunk.last_seq,
+        started_at=chunk.started_at,
+        ended_at=chunk.ended_at,
+        metadata=dict(chunk.metadata),
+    )

@@ -1,0 +1,245 @@
+"""The layer pipeline: folds durable M0 rows into M1 episodes and M2 facts.
+
+Work is found in the database, not in memory: a session is pending for a layer while its
+message counter is ahead of the layer's progress. So a crash or restart loses nothing, and
+the next pass picks up where the last committed one stopped. Each layer's result commits
+with its progress in one transaction, so nothing is processed twice; a pass that finds its
+progress moved (by another process, or by an edit) discards its result and reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memfuse.errors import ClosedError, PipelineError
+from memfuse.layers.m0 import message_chunk
+from memfuse.layers.processor import LayerProcessor
+from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.facts import FactRepository
+from memfuse.repositories.messages import MessageRepository
+from memfuse.repositories.progress import Progress, ProgressRepository
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(minutes=10)
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass did: messages processed per layer, and the sessions that failed."""
+
+    processed: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[Progress, BaseException]] = field(default_factory=list)
+
+    def add(self, layer: str, count: int) -> None:
+        self.processed[layer] = self.processed.get(layer, 0) + count
+
+
+class LayerPipeline:
+    """Runs the M1 and M2 processors over pending sessions, in parallel or one at a time.
+
+    ``parallel`` (switchable at run time with :meth:`set_parallel`) runs the layers of a
+    session and several sessions at once, at most ``concurrency`` units at a time;
+    sequential mode does one layer of one session at a time, M1 before M2.
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        processors: Sequence[LayerProcessor[Any, Any]],
+        monitor: PerformanceMonitor,
+        *,
+        parallel: bool = True,
+        concurrency: int = 4,
+        batch_messages: int = 500,
+    ) -> None:
+        if concurrency < 1 or batch_messages < 1:
+            raise ValueError("concurrency and batch_messages must be at least 1")
+        self._session_factory = session_factory
+        self.processors = {processor.layer: processor for processor in processors}
+        self._monitor = monitor
+        self._parallel = parallel
+        self._concurrency = concurrency
+        self._batch_messages = batch_messages
+        self._pass_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def parallel(self) -> bool:
+        return self._parallel
+
+    def set_parallel(self, parallel: bool) -> None:
+        """Switch between parallel and sequential processing; applies from the next unit."""
+        self._parallel = parallel
+
+    async def process_pending(self, *, retry_failed: bool = True) -> PassReport:
+        """Process every pending session until none is left; one pass at a time.
+
+        ``retry_failed`` also retries sessions still backing off after a failure. Failures
+        do not stop other sessions; they are in the report and logged.
+        """
+        async with self._pass_lock:
+            report = PassReport()
+            attempted: set[tuple[Any, str]] = set()
+            while True:
+                async with self._session_factory() as db:
+                    pending = await ProgressRepository(db).pending(
+                        include_backoff=retry_failed, limit=1000
+                    )
+                pending = [
+                    p
+                    for p in pending
+                    if p.layer in self.processors and (p.session_id, p.layer) not in attempted
+                ]
+                if not pending:
+                    return report
+                attempted.update((p.session_id, p.layer) for p in pending)
+                await self._process(pending, report)
+
+    async def flush(self) -> PassReport:
+        """Process everything written so far; raise :class:`PipelineError` if a session failed."""
+        report = await self.process_pending(retry_failed=True)
+        if report.failures:
+            details = "; ".join(
+                f"{p.layer} of session {p.session_id}: {error}" for p, error in report.failures
+            )
+            raise PipelineError(f"{len(report.failures)} session layer(s) failed: {details}")
+        return report
+
+    async def _process(self, pending: Sequence[Progress], report: PassReport) -> None:
+        by_session: dict[Any, list[Progress]] = {}
+        for progress in pending:
+            by_session.setdefault(progress.session_id, []).append(progress)
+        order = {layer: index for index, layer in enumerate(sorted(self.processors))}
+        units = [sorted(items, key=lambda p: order[p.layer]) for items in by_session.values()]
+        if not self._parallel:
+            for items in units:
+                for progress in items:
+                    await self._run_unit(progress, report)
+                await self._link(items[0])
+            return
+        limit = asyncio.Semaphore(self._concurrency)
+
+        async def run(progress: Progress) -> None:
+            async with limit:
+                await self._run_unit(progress, report)
+
+        async def session(items: list[Progress]) -> None:
+            await asyncio.gather(*(run(progress) for progress in items))
+            await self._link(items[0])
+
+        await asyncio.gather(*(session(items) for items in units))
+
+    async def _run_unit(self, progress: Progress, report: PassReport) -> None:
+        processor = self.processors[progress.layer]
+        try:
+            report.add(progress.layer, await self.process_session(processor, progress))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.warning(
+                "%s processing of session %s failed: %s", progress.layer, progress.session_id, error
+            )
+            report.failures.append((progress, error))
+            await self._record_failure(progress, error)
+
+    async def process_session(self, processor: LayerProcessor[Any, Any], progress: Progress) -> int:
+        """Bring one layer of one session up to date; returns the messages processed."""
+        processed = 0
+        while True:
+            async with self._session_factory.begin() as db:
+                current = await ProgressRepository(db).read(
+                    progress.user_id, progress.session_id, processor.layer
+                )
+                if current is None or not current.pending:
+                    return processed
+                rows = await MessageRepository(db).read_after(
+                    current.session_id,
+                    current.processed_seq,
+                    current.message_count,
+                    self._batch_messages,
+                )
+                context = await processor.load(db, current)
+            messages = [message_chunk(row) for row in rows]
+            full = len(rows) == self._batch_messages
+            upto = rows[-1].seq if full else current.message_count
+            with self._monitor.track_operation(processor.operation):
+                result = await processor.compute(messages, context)
+                async with self._session_factory.begin() as db:
+                    progress_rows = ProgressRepository(db)
+                    locked = await progress_rows.read(
+                        current.user_id, current.session_id, processor.layer, lock=True
+                    )
+                    if locked is None or (locked.processed_seq, locked.generation) != (
+                        current.processed_seq,
+                        current.generation,
+                    ):
+                        continue
+                    await processor.store(db, locked, result)
+                    await progress_rows.advance(current.session_id, processor.layer, upto)
+            processed += len(messages)
+
+    async def _link(self, progress: Progress) -> None:
+        """Point the session's new facts at their episodes once both layers have run."""
+        if "m2" not in self.processors:
+            return
+        try:
+            async with self._session_factory.begin() as db:
+                await FactRepository(db).link_episodes(progress.user_id, progress.session_id)
+        except Exception as error:
+            logger.warning("linking facts of session %s failed: %s", progress.session_id, error)
+
+    async def _record_failure(self, progress: Progress, error: BaseException) -> None:
+        backoff = min(timedelta(seconds=2 ** min(progress.failures + 1, 20)), MAX_BACKOFF)
+        try:
+            async with self._session_factory.begin() as db:
+                await ProgressRepository(db).record_failure(
+                    progress.session_id,
+                    progress.layer,
+                    f"{type(error).__name__}: {error}",
+                    backoff=backoff,
+                )
+        except Exception:
+            logger.exception("could not record the failure of session %s", progress.session_id)
+
+    def notify(self) -> None:
+        """Tell the background runner that new messages were written."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run passes in the background whenever :meth:`notify` is called, and once now."""
+        if self._closed:
+            raise ClosedError("the pipeline is closed")
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run_forever(), name="memfuse-pipeline")
+            self._wake.set()
+
+    async def _run_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.process_pending(retry_failed=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("background layer processing failed; retrying on next write")
+
+    async def close(self) -> None:
+        """Stop the background runner; work in progress rolls back and is redone later."""
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None

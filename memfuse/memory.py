@@ -1,0 +1,305 @@
+"""The facade: ``MemFuse`` starts everything, ``Memory`` is one user's session.
+
+```python
+async with MemFuse() as mf:
+    memory = await mf.init(user="alice", agent="assistant", session="trip-planning")
+    ids = await memory.add([{"role": "user", "content": "I'm flying to Lisbon on May 3rd."}])
+    await mf.flush()
+```
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from dependency_injector import providers
+
+from memfuse.config import Settings, load_settings
+from memfuse.container import Container, MessageBuffer, resolve, start, stop
+from memfuse.db import migrate
+from memfuse.errors import ClosedError, ConfigurationError, ValidationError
+from memfuse.layers.m0 import MessageService, WriteRequest
+from memfuse.layers.pipeline import LayerPipeline
+from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
+from memfuse.repositories.facts import FactRepository, FactRow
+from memfuse.repositories.messages import MessageRow
+from memfuse.services.tenancy import MemoryScope, TenancyService
+
+Order = Literal["asc", "desc"]
+MAX_PAGE = 1000
+
+
+class MemFuse:
+    """Long-term memory on PostgreSQL: owns the container, the buffer and the pipeline.
+
+    Without ``database_url`` (and none in the environment) an embedded PostgreSQL starts.
+    Keyword ``overrides`` take any :class:`~memfuse.config.Settings` field; or pass a whole
+    ``settings``. A host app may pass its own ``container`` (for example with its engine in
+    ``host_engine``, or test doubles overriding providers).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        container: Container | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and (database_url is not None or overrides):
+            raise ConfigurationError(
+                "settings", "give settings or database_url/overrides, not both"
+            )
+        if settings is None:
+            if database_url is not None:
+                overrides["database_url"] = database_url
+            settings = load_settings(**overrides)
+        self.settings = settings
+        self.container = container if container is not None else Container()
+        self.container.settings.override(providers.Object(settings))
+        self._started = False
+        self._closed = False
+        self._buffer: MessageBuffer | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the database (embedded if no URL), migrate or check the schema, start work."""
+        if self._closed:
+            raise ClosedError("this MemFuse was closed; create a new one")
+        if self._started:
+            return
+        await start(self.container)
+        self._started = True
+        try:
+            engine = await resolve(self.container.engine)
+            if self.settings.auto_migrate:
+                await migrate.upgrade(
+                    engine, options=migrate.MigrationOptions.from_settings(self.settings)
+                )
+            else:
+                await migrate.require_head(engine, self.settings.schema)
+            self.tenancy: TenancyService = await resolve(self.container.tenancy_service)
+            self.messages: MessageService = await resolve(self.container.message_service)
+            self.pipeline: LayerPipeline = await resolve(self.container.pipeline)
+            self._buffer = await resolve(self.container.write_buffer)
+            if self.settings.pipeline_auto:
+                self.pipeline.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    @property
+    def monitor(self) -> PerformanceMonitor:
+        monitor: PerformanceMonitor = self.container.monitor()
+        return monitor
+
+    async def init(self, user: str, agent: str | None = None, session: str | None = None) -> Memory:
+        """The memory of ``user``'s ``session`` with ``agent``, created if missing.
+
+        A missing agent is the user's default agent; a missing session is a new one.
+        """
+        self._check_open()
+        scope = await self.tenancy.resolve(user, agent, session)
+        return Memory(self, scope)
+
+    async def flush(self) -> None:
+        """Return once everything added so far is committed and processed into M1 and M2.
+
+        Raises :class:`~memfuse.errors.PipelineError` if a session could not be processed;
+        its messages stay in M0 and are retried.
+        """
+        self._check_open()
+        if self._buffer is not None:
+            await self._buffer.flush()
+        await self.pipeline.flush()
+
+    @property
+    def parallel(self) -> bool:
+        """Whether M1 and M2 run in parallel (else one after the other)."""
+        return self.pipeline.parallel
+
+    def set_parallel(self, parallel: bool) -> None:
+        self.pipeline.set_parallel(parallel)
+
+    async def close(self) -> None:
+        """Commit buffered writes, stop background work, release the database."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await stop(self.container)
+
+    async def _write(self, request: WriteRequest) -> list[uuid.UUID]:
+        self._check_open()
+        if self._buffer is not None:
+            ids = await self._buffer.submit(request)
+        else:
+            ids = (await self.messages.write([request]))[0]
+        self.pipeline.notify()
+        return ids
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this MemFuse is closed")
+        if not self._started:
+            raise ClosedError("this MemFuse is not started: use `async with MemFuse()` or start()")
+
+
+class Memory:
+    """One user's memory seen from one session; every call is bound to that user."""
+
+    def __init__(self, memfuse: MemFuse, scope: MemoryScope) -> None:
+        self._memfuse = memfuse
+        self.scope = scope
+
+    @property
+    def user(self) -> str:
+        return self.scope.user
+
+    @property
+    def agent(self) -> str:
+        return self.scope.agent
+
+    @property
+    def session(self) -> str:
+        return self.scope.session
+
+    def __repr__(self) -> str:
+        return f"Memory(user={self.user!r}, agent={self.agent!r}, session={self.session!r})"
+
+    async def add(self, messages: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
+        """Store messages in this session, atomically; returns their ids once committed.
+
+        Each message is a dict with ``role`` and ``content``, and optionally ``id`` (a retry
+        with the same ids adds nothing twice), ``created_at``, ``name`` (or ``speaker``) and
+        ``metadata``. One bad message rejects the call with a
+        :class:`~memfuse.errors.ValidationError` and nothing is written.
+        """
+        service = self._memfuse.messages
+        with self._memfuse.monitor.track_operation("m0_operation"):
+            inputs = service.validate(messages)
+            if not inputs:
+                return []
+            return await self._memfuse._write(WriteRequest(self.scope, inputs))
+
+    async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
+        """The message with this id, if it is this user's."""
+        return await self._memfuse.messages.get(self.scope, _uuid(message_id))
+
+    async def list_messages(
+        self,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        order: Order = "desc",
+        all_sessions: bool = False,
+    ) -> list[MessageRow]:
+        """Messages of this session (or all of the user's), newest first by default."""
+        _check_page(limit, offset, order)
+        return await self._memfuse.messages.list(
+            self.scope,
+            limit=limit,
+            offset=offset,
+            newest_first=order == "desc",
+            session_only=not all_sessions,
+        )
+
+    async def update_message(
+        self,
+        message_id: uuid.UUID | str,
+        *,
+        content: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MessageRow:
+        """Change a message's content or metadata; M1/M2 of its session are rebuilt."""
+        row = await self._memfuse.messages.update(
+            self.scope, _uuid(message_id), content=content, metadata=metadata
+        )
+        self._memfuse.pipeline.notify()
+        return row
+
+    async def delete_message(self, message_id: uuid.UUID | str) -> None:
+        """Delete a message; M1/M2 of its session are rebuilt without it."""
+        await self._memfuse.messages.delete(self.scope, _uuid(message_id))
+        self._memfuse.pipeline.notify()
+
+    async def list_episodes(
+        self,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        order: Order = "desc",
+        all_sessions: bool = False,
+    ) -> list[EpisodeRow]:
+        """M1 episodes of this session (or all of the user's), newest first by default."""
+        _check_page(limit, offset, order)
+        async with self._memfuse.container.session_factory()() as db:
+            return await EpisodeRepository(db).page(
+                self.scope.user_id,
+                None if all_sessions else self.scope.session_id,
+                limit=limit,
+                offset=offset,
+                newest_first=order == "desc",
+            )
+
+    async def list_facts(
+        self,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        order: Order = "desc",
+        all_sessions: bool = False,
+        include_superseded: bool = False,
+    ) -> list[FactRow]:
+        """M2 facts from this session (or all of the user's); live ones unless asked."""
+        _check_page(limit, offset, order)
+        async with self._memfuse.container.session_factory()() as db:
+            return await FactRepository(db).page(
+                self.scope.user_id,
+                None if all_sessions else self.scope.session_id,
+                include_superseded=include_superseded,
+                limit=limit,
+                offset=offset,
+                newest_first=order == "desc",
+            )
+
+    async def delete_session(self) -> None:
+        """Delete this session with its messages, episodes and facts."""
+        await self._memfuse.tenancy.delete_session(self.scope)
+
+    async def delete_user(self) -> None:
+        """Delete this user and everything stored for them."""
+        await self._memfuse.tenancy.delete_user(self.scope)
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ValidationError(f"not a message id: {value!r}") from None
+
+
+def _check_page(limit: int, offset: int, order: str) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(f"limit must be between 1 and {MAX_PAGE}, got {limit!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise ValidationError(f"offset must be 0 or more, got {offset!r}")
+    if order not in ("asc", "desc"):
+        raise ValidationError(f"order must be 'asc' or 'desc', got {order!r}")

@@ -1,0 +1,157 @@
+"""SQL for M1 episodes. Reads take the owning ``user_id``; repositories never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Row, Table, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from memfuse.db.models import Episode
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRow:
+    """A stored episode as callers see it (without its vector)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    session_id: uuid.UUID
+    content: str
+    token_count: int
+    message_ids: tuple[uuid.UUID, ...]
+    first_seq: int
+    last_seq: int
+    started_at: datetime
+    ended_at: datetime
+    metadata: dict[str, Any]
+    created_at: datetime
+    embedded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeValues:
+    """The content of an episode to insert, or to write over the session's last one."""
+
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    session_id: uuid.UUID
+    content: str
+    token_count: int
+    message_ids: tuple[uuid.UUID, ...]
+    first_seq: int
+    last_seq: int
+    started_at: datetime
+    ended_at: datetime
+    metadata: dict[str, Any]
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "content": self.content,
+            "token_count": self.token_count,
+            "message_ids": list(self.message_ids),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "metadata": self.metadata,
+        }
+
+
+_COLUMNS = (
+    Episode.id,
+    Episode.user_id,
+    Episode.agent_id,
+    Episode.session_id,
+    Episode.content,
+    Episode.token_count,
+    Episode.message_ids,
+    Episode.first_seq,
+    Episode.last_seq,
+    Episode.started_at,
+    Episode.ended_at,
+    Episode.metadata_,
+    Episode.created_at,
+    Episode.embedding.is_not(None).label("embedded"),
+)
+
+
+def _row(row: Row[Any]) -> EpisodeRow:
+    return EpisodeRow(
+        id=row.id,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        content=row.content,
+        token_count=row.token_count,
+        message_ids=tuple(row.message_ids),
+        first_seq=row.first_seq,
+        last_seq=row.last_seq,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        embedded=row.embedded,
+    )
+
+
+class EpisodeRepository:
+    """Rows of ``episodes``, always within one user."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def last_of_session(self, session_id: uuid.UUID) -> EpisodeRow | None:
+        """The session's latest episode: the one new messages may still extend."""
+        result = await self.session.execute(
+            select(*_COLUMNS)
+            .where(Episode.session_id == session_id)
+            .order_by(Episode.first_seq.desc())
+            .limit(1)
+        )
+        row = result.one_or_none()
+        return None if row is None else _row(row)
+
+    async def insert(self, episodes: Sequence[EpisodeValues]) -> None:
+        if episodes:
+            await self.session.execute(
+                insert(cast(Table, Episode.__table__)), [episode.columns() for episode in episodes]
+            )
+
+    async def replace(self, episode_id: uuid.UUID, values: EpisodeValues) -> None:
+        """Write over an episode that grew; the new content is queued for embedding."""
+        columns = values.columns()
+        columns["metadata_"] = columns.pop("metadata")
+        await self.session.execute(
+            update(Episode).where(Episode.id == episode_id).values(**columns)
+        )
+
+    async def page(
+        self,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        *,
+        limit: int,
+        offset: int,
+        newest_first: bool,
+    ) -> list[EpisodeRow]:
+        query = select(*_COLUMNS).where(Episode.user_id == user_id)
+        if session_id is not None:
+            query = query.where(Episode.session_id == session_id)
+        order = [Episode.started_at, Episode.session_id, Episode.first_seq]
+        query = query.order_by(*(column.desc() if newest_first else column for column in order))
+        result = await self.session.execute(query.limit(limit).offset(offset))
+        return [_row(row) for row in result]
+
+    async def delete_for_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        await self.session.execute(
+            delete(Episode).where(Episode.user_id == user_id, Episode.session_id == session_id)
+        )

@@ -1,0 +1,178 @@
+"""How far M1 and M2 have processed each session, and rebuilding a session after an edit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from memfuse.db.models import DERIVED_LAYERS, LayerProgress, Session
+from memfuse.repositories.episodes import EpisodeRepository
+from memfuse.repositories.facts import FactRepository
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A layer's position in one session, and the session's last message number."""
+
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    layer: str
+    processed_seq: int
+    generation: int
+    message_count: int
+    failures: int
+
+    @property
+    def pending(self) -> bool:
+        return self.processed_seq < self.message_count
+
+
+class ProgressRepository:
+    """Rows of ``layer_progress``; the pipeline's bookkeeping."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def pending(self, *, include_backoff: bool, limit: int) -> list[Progress]:
+        """Sessions with messages a layer has not processed, oldest first.
+
+        Sessions whose last attempt failed wait for their ``retry_after`` unless
+        ``include_backoff`` (an explicit flush) asks to retry them now.
+        """
+        progress = LayerProgress.__table__.alias("progress")
+        pairs = []
+        for layer in DERIVED_LAYERS:
+            joined = Session.__table__.outerjoin(
+                progress,
+                and_(progress.c.session_id == Session.id, progress.c.layer == layer),
+            )
+            done = func.coalesce(progress.c.processed_seq, 0)
+            query = (
+                select(
+                    Session.id.label("session_id"),
+                    Session.user_id,
+                    Session.agent_id,
+                    literal(layer, LayerProgress.layer.type).label("layer"),
+                    done.label("processed_seq"),
+                    func.coalesce(progress.c.generation, 0).label("generation"),
+                    Session.message_count,
+                    func.coalesce(progress.c.failures, 0).label("failures"),
+                    Session.updated_at,
+                )
+                .select_from(joined)
+                .where(Session.message_count > done)
+            )
+            if not include_backoff:
+                query = query.where(
+                    or_(progress.c.retry_after.is_(None), progress.c.retry_after <= func.now())
+                )
+            pairs.append(query)
+        union = pairs[0].union_all(*pairs[1:]).subquery()
+        result = await self.session.execute(
+            select(union).order_by(union.c.updated_at, union.c.session_id).limit(limit)
+        )
+        return [
+            Progress(
+                session_id=row.session_id,
+                user_id=row.user_id,
+                agent_id=row.agent_id,
+                layer=row.layer,
+                processed_seq=int(row.processed_seq),
+                generation=int(row.generation),
+                message_count=int(row.message_count),
+                failures=int(row.failures),
+            )
+            for row in result
+        ]
+
+    async def read(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, layer: str, *, lock: bool = False
+    ) -> Progress | None:
+        """A layer's progress in a session, creating its row; ``lock`` holds it until commit."""
+        await self.session.execute(
+            insert(LayerProgress)
+            .values(session_id=session_id, layer=layer, user_id=user_id)
+            .on_conflict_do_nothing(index_elements=[LayerProgress.session_id, LayerProgress.layer])
+        )
+        query = (
+            select(
+                LayerProgress.processed_seq,
+                LayerProgress.generation,
+                LayerProgress.failures,
+                Session.message_count,
+                Session.agent_id,
+            )
+            .join(Session, Session.id == LayerProgress.session_id)
+            .where(
+                LayerProgress.session_id == session_id,
+                LayerProgress.layer == layer,
+                LayerProgress.user_id == user_id,
+            )
+        )
+        if lock:
+            query = query.with_for_update(of=LayerProgress)
+        row = (await self.session.execute(query)).one_or_none()
+        if row is None:
+            return None
+        return Progress(
+            session_id=session_id,
+            user_id=user_id,
+            agent_id=row.agent_id,
+            layer=layer,
+            processed_seq=int(row.processed_seq),
+            generation=int(row.generation),
+            message_count=int(row.message_count),
+            failures=int(row.failures),
+        )
+
+    async def advance(self, session_id: uuid.UUID, layer: str, processed_seq: int) -> None:
+        await self.session.execute(
+            update(LayerProgress)
+            .where(LayerProgress.session_id == session_id, LayerProgress.layer == layer)
+            .values(processed_seq=processed_seq, failures=0, retry_after=None, last_error=None)
+        )
+
+    async def record_failure(
+        self, session_id: uuid.UUID, layer: str, error: str, *, backoff: timedelta
+    ) -> None:
+        """Count a failed attempt and keep the session's messages for a later retry."""
+        await self.session.execute(
+            update(LayerProgress)
+            .where(LayerProgress.session_id == session_id, LayerProgress.layer == layer)
+            .values(
+                failures=LayerProgress.failures + 1,
+                retry_after=func.now() + backoff,
+                last_error=error[:2000],
+            )
+        )
+
+    async def rebuild_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        """Forget a session's episodes and facts so the pipeline derives them again from M0.
+
+        Called in the transaction that edits or deletes a message. Resetting the progress
+        rows locks them first, so a layer processing the session concurrently either commits
+        before this (and its rows are removed here) or sees the new ``generation`` and
+        discards its work. Facts of other sessions that this session's facts had closed
+        are reopened.
+        """
+        await self.session.execute(
+            update(LayerProgress)
+            .where(LayerProgress.session_id == session_id)
+            .values(
+                processed_seq=0,
+                generation=LayerProgress.generation + 1,
+                failures=0,
+                retry_after=None,
+                last_error=None,
+            )
+        )
+        facts = FactRepository(self.session)
+        await facts.lock_user(user_id)
+        await facts.delete_for_session(user_id, session_id)
+        await EpisodeRepository(self.session).delete_for_session(user_id, session_id)
