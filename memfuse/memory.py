@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from dependency_injector import providers
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memfuse.config import Settings, load_settings
 from memfuse.container import Container, MessageBuffer, resolve, start, stop
@@ -93,6 +94,9 @@ class MemFuse:
                 )
             else:
                 await migrate.require_head(engine, self.settings.schema)
+            self.session_factory: async_sessionmaker[AsyncSession] = await resolve(
+                self.container.session_factory
+            )
             self.tenancy: TenancyService = await resolve(self.container.tenancy_service)
             self.messages: MessageService = await resolve(self.container.message_service)
             self.pipeline: LayerPipeline = await resolve(self.container.pipeline)
@@ -248,7 +252,7 @@ class Memory:
     ) -> list[EpisodeRow]:
         """M1 episodes of this session (or all of the user's), newest first by default."""
         _check_page(limit, offset, order)
-        async with self._memfuse.container.session_factory()() as db:
+        async with self._memfuse.session_factory() as db:
             return await EpisodeRepository(db).page(
                 self.scope.user_id,
                 None if all_sessions else self.scope.session_id,
@@ -268,7 +272,7 @@ class Memory:
     ) -> list[FactRow]:
         """M2 facts from this session (or all of the user's); live ones unless asked."""
         _check_page(limit, offset, order)
-        async with self._memfuse.container.session_factory()() as db:
+        async with self._memfuse.session_factory() as db:
             return await FactRepository(db).page(
                 self.scope.user_id,
                 None if all_sessions else self.scope.session_id,

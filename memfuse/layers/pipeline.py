@@ -111,7 +111,7 @@ class LayerPipeline:
         report = await self.process_pending(retry_failed=True)
         if report.failures:
             details = "; ".join(
-                f"{p.layer} of session {p.session_id}: {error}" for p, error in report.failures
+                f"{p.layer} of session {p.session_id}: {error!r}" for p, error in report.failures
             )
             raise PipelineError(f"{len(report.failures)} session layer(s) failed: {details}")
         return report
@@ -148,7 +148,7 @@ class LayerPipeline:
             raise
         except Exception as error:
             logger.warning(
-                "%s processing of session %s failed: %s", progress.layer, progress.session_id, error
+                "%s processing of session %s failed: %r", progress.layer, progress.session_id, error
             )
             report.failures.append((progress, error))
             await self._record_failure(progress, error)

@@ -97,7 +97,7 @@ def _row(row: Row[Any]) -> EpisodeRow:
         last_seq=row.last_seq,
         started_at=row.started_at,
         ended_at=row.ended_at,
-        metadata=row.metadata,
+        metadata=row.metadata_,
         created_at=row.created_at,
         embedded=row.embedded,
     )

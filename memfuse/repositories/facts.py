@@ -150,7 +150,7 @@ def _row(row: Row[Any]) -> FactRow:
         valid_from=row.valid_from,
         valid_to=row.valid_to,
         superseded_by=row.superseded_by,
-        metadata=row.metadata,
+        metadata=row.metadata_,
         created_at=row.created_at,
         embedded=row.embedded,
     )

@@ -101,7 +101,7 @@ def _row(row: Row[Any]) -> MessageRow:
         name=row.name,
         content=row.content,
         token_count=row.token_count,
-        metadata=row.metadata,
+        metadata=row.metadata_,
         created_at=row.created_at,
         updated_at=row.updated_at,
         embedded=row.embedded,

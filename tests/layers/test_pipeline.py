@@ -1,0 +1,195 @@
+"""The layer pipeline on a real database: modes, crash recovery, failures, background runs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from dependency_injector import providers
+from scripted_extractor import ScriptedExtractor
+from sqlalchemy import text
+
+from memfuse.container import Container
+from memfuse.errors import PipelineError
+from memfuse.layers.extractors.offline import OfflineFactExtractor
+from memfuse.memory import MemFuse, Memory
+
+DAY_1 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+
+
+def conversation(session: int, turns: int = 30) -> list[dict[str, Any]]:
+    """A LoCoMo-like exchange: two speakers, first-person statements, one date."""
+    at = DAY_1 + timedelta(days=7 * session)
+    lines = []
+    for turn in range(turns):
+        speaker = "Caroline" if turn % 2 == 0 else "Melanie"
+        lines.append(
+            {
+                "role": "user",
+                "name": speaker,
+                "content": f"I went to the art class number {session}-{turn} yesterday "
+                f"and painted a lake with {speaker}'s brushes.",
+                "created_at": at + timedelta(minutes=turn),
+            }
+        )
+    return lines
+
+
+async def load(mf: MemFuse, user: str, sessions: int = 3) -> list[Memory]:
+    memories = []
+    for number in range(sessions):
+        memory = await mf.init(user, session=f"session-{number}")
+        await memory.add(conversation(number))
+        memories.append(memory)
+    return memories
+
+
+async def layer_contents(memory: Memory) -> tuple[list[Any], list[Any]]:
+    episodes = await memory.list_episodes(all_sessions=True, order="asc", limit=1000)
+    facts = await memory.list_facts(all_sessions=True, include_superseded=True, limit=1000)
+    return (
+        sorted((e.content, e.first_seq, e.last_seq, len(e.message_ids)) for e in episodes),
+        sorted((f.content, f.fact_type, f.fact_key, f.valid_to is None) for f in facts),
+    )
+
+
+async def count(mf: MemFuse, sql: str) -> int:
+    async with mf.session_factory() as db:
+        return int((await db.execute(text(sql))).scalar_one())
+
+
+async def test_parallel_and_sequential_modes_give_the_same_layers(database_url: str) -> None:
+    async with MemFuse(
+        database_url,
+        pipeline_auto=False,
+        pipeline_batch_messages=7,
+        episode_target_tokens=120,
+        episode_max_tokens=160,
+    ) as mf:
+        parallel_user = await load(mf, "parallel")
+        mf.set_parallel(True)
+        await mf.flush()
+        sequential_user = await load(mf, "sequential")
+        mf.set_parallel(False)
+        assert not mf.parallel
+        await mf.flush()
+
+        parallel = await layer_contents(parallel_user[0])
+        sequential = await layer_contents(sequential_user[0])
+    assert parallel == sequential
+    episodes, facts = parallel
+    assert len(episodes) > 3 and len(facts) >= 90
+
+
+async def test_every_layer_is_timed_in_the_monitor(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        mf.monitor.clear()
+        await load(mf, "timed", sessions=1)
+        await mf.flush()
+        names = set(mf.monitor.all_stats())
+    assert {"m0_operation", "m1_operation", "m2_operation", "buffer_flush"} <= names
+
+
+async def test_processing_cancelled_midway_resumes_after_restart_without_loss_or_duplicates(
+    database_url: str,
+) -> None:
+    extractor = ScriptedExtractor({}, delegate=OfflineFactExtractor())
+    extractor.pause_on_call = 3
+    container = Container()
+    container.fact_extractor.override(providers.Object(extractor))
+    async with MemFuse(
+        database_url, container=container, pipeline_auto=False, pipeline_batch_messages=10
+    ) as mf:
+        mf.set_parallel(False)
+        memories = await load(mf, "crash", sessions=2)
+        flushing = asyncio.create_task(mf.flush())
+        await asyncio.wait_for(extractor.paused.wait(), timeout=10)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        partly = await count(
+            mf, "SELECT count(*) FROM memfuse.layer_progress WHERE processed_seq > 0"
+        )
+        assert partly >= 1
+
+    async with MemFuse(database_url, pipeline_auto=False) as restarted:
+        await restarted.flush()
+        memory = await restarted.init("crash", session="session-0")
+        messages = await memory.list_messages(all_sessions=True, limit=1000)
+        episodes = await memory.list_episodes(all_sessions=True, limit=1000)
+        lineage = [i for e in episodes for i in e.message_ids]
+        assert sorted(lineage) == sorted(m.id for m in messages), "each message in one episode"
+        facts = await memory.list_facts(all_sessions=True, include_superseded=True, limit=1000)
+        assert len({f.content for f in facts}) == len(facts) == 60
+        assert {i for f in facts for i in f.message_ids} == {m.id for m in messages}
+    assert len(memories) == 2
+
+
+async def test_a_failing_layer_keeps_its_messages_and_is_retried(database_url: str) -> None:
+    extractor = ScriptedExtractor({"I love hiking.": [("Ana loves hiking.", None)]})
+    extractor.fail_next = 1
+    container = Container()
+    container.fact_extractor.override(providers.Object(extractor))
+    async with MemFuse(database_url, container=container, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "I love hiking."}])
+        with pytest.raises(PipelineError, match="extractor unavailable"):
+            await mf.flush()
+        assert len(await memory.list_episodes()) == 1, "M1 is not held back by M2"
+        assert await memory.list_facts() == []
+        failures = await count(mf, "SELECT failures FROM memfuse.layer_progress WHERE layer = 'm2'")
+        assert failures == 1
+
+        await mf.flush()
+        assert [f.content for f in await memory.list_facts()] == ["Ana loves hiking."]
+        assert await count(mf, "SELECT max(failures) FROM memfuse.layer_progress") == 0
+
+
+async def test_the_background_runner_processes_new_messages(database_url: str) -> None:
+    async with MemFuse(database_url) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "I adopted a cat named Miso."}])
+        for _ in range(100):
+            if await memory.list_episodes():
+                break
+            await asyncio.sleep(0.05)
+        [episode] = await memory.list_episodes()
+    assert "Miso" in episode.content
+
+
+async def test_an_edit_rebuilds_the_session_from_its_messages(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        first, second = await memory.add(
+            [
+                {"role": "user", "content": "I adopted a cat named Miso."},
+                {"role": "user", "content": "I work at the bakery on Main Street."},
+            ]
+        )
+        await mf.flush()
+        await memory.update_message(first, content="I adopted a dog named Rex.")
+        await memory.delete_message(second)
+        await mf.flush()
+        [episode] = await memory.list_episodes()
+        facts = await memory.list_facts(include_superseded=True)
+    assert "Rex" in episode.content and "Miso" not in episode.content
+    assert episode.message_ids == (first,)
+    assert facts and all("Miso" not in f.content and "bakery" not in f.content for f in facts)
+    assert all(f.message_ids == (first,) for f in facts)
+
+
+async def test_new_messages_extend_the_open_episode(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        first = await memory.add([{"role": "user", "content": "Hello there."}])
+        await mf.flush()
+        second = await memory.add([{"role": "assistant", "content": "Hi Ana."}])
+        await mf.flush()
+        [episode] = await memory.list_episodes()
+    assert episode.message_ids == (*first, *second)
+    assert episode.content == "user: Hello there.\nassistant: Hi Ana."
+    assert uuid.UUID(str(episode.id))
