@@ -1,4 +1,4 @@
-"""The ``memfuse`` command: database migrations and the demo."""
+"""The ``memfuse`` command: database migrations, the demo, and importing conversations."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine
-from memfuse.errors import MemfuseError
+from memfuse.errors import MemfuseError, ValidationError
 
 
 def _write(text: str) -> None:
@@ -41,7 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="show the current revision")
 
-    commands.add_parser("demo", help="migrate, create a user and session, print the monitor report")
+    commands.add_parser(
+        "demo", help="ingest a short conversation, list messages, episodes and facts"
+    )
+    ingest = commands.add_parser(
+        "ingest", help="import a conversation file (JSON: memfuse's format or LoCoMo's)"
+    )
+    ingest.add_argument("file", help="the JSON file (see docs/ingest.md)")
+    ingest.add_argument("--user", help="user name (for a file of one conversation)")
+    ingest.add_argument("--agent", help="agent name (default: the file's, else 'default')")
+    ingest.add_argument(
+        "--no-flush", action="store_true", help="return without waiting for M1/M2 processing"
+    )
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -72,6 +85,29 @@ async def run_db_command(settings: Settings, action: str, revision: str | None) 
             await engine.dispose()
 
 
+async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
+    from memfuse.ingest import ingest_conversations, load_conversations
+    from memfuse.memory import MemFuse
+
+    conversations = load_conversations(args.file, user=args.user, agent=args.agent)
+    if args.user and len(conversations) > 1:
+        raise ValidationError(
+            f"{args.file} holds {len(conversations)} conversations; --user only applies to a "
+            "file of one (each conversation keeps its own user otherwise)"
+        )
+    started = time.perf_counter()
+    async with MemFuse(settings=settings) as mf:
+        report = await ingest_conversations(mf, conversations, progress=not args.quiet)
+        _write(
+            f"added {report.messages} messages in {report.sessions} sessions of "
+            f"{report.users} user(s) in {time.perf_counter() - started:.1f} s"
+        )
+        if not args.no_flush:
+            flushing = time.perf_counter()
+            await mf.flush()
+            _write(f"processed into episodes and facts in {time.perf_counter() - flushing:.1f} s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -86,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from memfuse.demo import run_demo
 
             asyncio.run(run_demo(settings, _write))
+        elif args.command == "ingest":
+            asyncio.run(run_ingest(settings, args))
     except MemfuseError as error:
         sys.stderr.write(f"memfuse: {error}\n")
         return 2

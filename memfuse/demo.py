@@ -1,40 +1,82 @@
-"""The README's demo: migrate the database, create a user and session, show the monitor."""
+"""The README's demo: a short multi-session conversation through the whole write path.
+
+It starts the database (embedded when no URL is configured), migrates it, adds two sessions
+of a conversation with ``Memory.add``, flushes the layers, then prints the messages (M0),
+episodes (M1), facts (M2, with one superseded) and the performance monitor's report.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-
-from dependency_injector import providers
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from memfuse.config import Settings
-from memfuse.container import Container, resolve, start, stop
-from memfuse.db import migrate
+from memfuse.memory import MemFuse
+
+FIRST = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+SECOND = datetime(2023, 6, 20, 9, 30, tzinfo=UTC)
+
+SESSIONS: dict[str, list[tuple[str, str]]] = {
+    "spring-catch-up": [
+        ("Ana", "Hi! I live in Porto and I work as a nurse at the city hospital."),
+        ("assistant", "Nice to meet you, Ana. How was your week?"),
+        ("Ana", "I went to a pottery workshop yesterday and made my first bowl."),
+        ("Ana", "My favorite food is grilled sardines."),
+        ("assistant", "Noted! Sardines and pottery."),
+    ],
+    "summer-plans": [
+        ("Ana", "Big news: I moved to Lisbon last month."),
+        ("Ana", "I'm flying to Madeira next Friday with my sister Rita."),
+        ("assistant", "Have a great trip!"),
+    ],
+}
+
+
+def conversation(start: datetime, turns: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "assistant" if speaker == "assistant" else "user",
+            "name": speaker,
+            "content": content,
+            "created_at": start + timedelta(minutes=index),
+        }
+        for index, (speaker, content) in enumerate(turns)
+    ]
 
 
 async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
     """Run the demo against ``settings``' database, writing what happens through ``write``."""
-    container = Container()
-    container.settings.override(providers.Object(settings))
-    await start(container)
-    try:
-        engine = await resolve(container.engine)
+    async with MemFuse(settings=settings) as mf:
         where = settings.masked_database_url or "the embedded PostgreSQL server"
         write(f"database: {where} (schema {settings.schema!r})")
-        await migrate.upgrade(engine, options=migrate.MigrationOptions.from_settings(settings))
-        revision = await migrate.current_revision(engine, settings.schema)
-        write(f"migrated to revision {revision}")
 
-        tenancy = await resolve(container.tenancy_service)
-        scope = await tenancy.resolve("demo-user", "assistant", "demo-session")
-        write(f"user {scope.user!r} = {scope.user_id}")
-        write(f"agent {scope.agent!r} = {scope.agent_id}")
-        write(f"session {scope.session!r} = {scope.session_id}")
+        memory = None
+        for (name, turns), start in zip(SESSIONS.items(), (FIRST, SECOND), strict=True):
+            memory = await mf.init(user="demo-ana", agent="assistant", session=name)
+            ids = await memory.add(conversation(start, turns))
+            write(f"added {len(ids)} messages to session {name!r}")
+        assert memory is not None
+        await mf.flush()
 
-        write("\nengines:")
-        for stats in container.engine_registry().stats().values():
-            write(json.dumps(stats.to_dict(), indent=2))
+        write("\nM0 messages (newest first):")
+        for message in await memory.list_messages(limit=20, all_sessions=True):
+            speaker = message.name or message.role
+            write(f"  {message.created_at:%Y-%m-%d} #{message.seq} {speaker}: {message.content}")
+
+        write("\nM1 episodes:")
+        for episode in await memory.list_episodes(all_sessions=True, order="asc"):
+            write(
+                f"  {episode.started_at:%Y-%m-%d %H:%M} - {episode.ended_at:%H:%M}, "
+                f"{len(episode.message_ids)} messages, {episode.token_count} tokens"
+            )
+
+        write("\nM2 facts (live and superseded):")
+        facts = await memory.list_facts(all_sessions=True, include_superseded=True, order="asc")
+        for fact in facts:
+            status = "live" if fact.valid_to is None else f"superseded {fact.valid_to:%Y-%m-%d}"
+            when = f", occurred {fact.occurred_at:%Y-%m-%d}" if fact.occurred_at else ""
+            write(f"  [{fact.fact_type}, {status}{when}] {fact.content}")
+
         write("\nperformance monitor:")
-        write(container.monitor().report())
-    finally:
-        await stop(container)
+        write(mf.monitor.report())

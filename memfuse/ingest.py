@@ -16,14 +16,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
 
 from memfuse.errors import ValidationError
+
+if TYPE_CHECKING:
+    from memfuse.memory import MemFuse
 
 __all__ = [
     "NAMESPACE",
     "ConversationData",
+    "IngestReport",
     "SessionData",
+    "ingest_conversations",
     "load_conversations",
     "parse_conversations",
     "parse_locomo_datetime",
@@ -63,6 +70,43 @@ class ConversationData:
     def message_count(self) -> int:
         """Messages over all sessions, so a caller can size a progress bar up front."""
         return sum(len(session.messages) for session in self.sessions)
+
+
+INGEST_CHUNK = 200
+"""Messages per ``add()`` call when importing: each call is one atomic, idempotent write."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What an import wrote: users, sessions and messages sent to ``Memory.add``."""
+
+    users: int
+    sessions: int
+    messages: int
+
+
+async def ingest_conversations(
+    memfuse: MemFuse, conversations: list[ConversationData], *, progress: bool = True
+) -> IngestReport:
+    """Write conversations through the normal write path, session by session, in chunks.
+
+    Each chunk is one atomic ``add()``; as messages carry stable ids (LoCoMo) a re-run after
+    a failure adds nothing twice. Layer processing follows in the background or on flush.
+    """
+    total = sum(conversation.message_count for conversation in conversations)
+    sessions = 0
+    with tqdm(total=total, unit="msg", desc="ingest", disable=not progress) as bar:
+        for conversation in conversations:
+            for session in conversation.sessions:
+                memory = await memfuse.init(conversation.user, conversation.agent, session.name)
+                sessions += 1
+                for start in range(0, len(session.messages), INGEST_CHUNK):
+                    chunk = session.messages[start : start + INGEST_CHUNK]
+                    await memory.add(chunk)
+                    bar.update(len(chunk))
+    return IngestReport(
+        users=len({c.user for c in conversations}), sessions=sessions, messages=total
+    )
 
 
 def load_conversations(

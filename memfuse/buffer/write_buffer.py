@@ -187,16 +187,22 @@ class WriteBuffer(Generic[Request, Result]):
                     deadline = self._queue[0].enqueued_at + self.max_delay
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), deadline - now)
-                batch = self._take()
+                batch, last_ticket = self._take()
+                self._changed.notify_all()
             await self._write(batch, reason)
             async with self._changed:
-                self._done = max(self._done, batch[-1].ticket) if batch else self._done
+                self._done = max(self._done, last_ticket)
                 self._changed.notify_all()
 
-    def _take(self) -> list[_Pending[Request, Result]]:
-        """The oldest calls up to ``max_messages`` (at least one); cancelled calls dropped."""
+    def _take(self) -> tuple[list[_Pending[Request, Result]], int]:
+        """The oldest calls up to ``max_messages`` (at least one), and the last ticket taken.
+
+        Calls cancelled while queued are dropped: their callers were never told they were
+        written. They still count as taken, so a flush does not wait for them.
+        """
         batch: list[_Pending[Request, Result]] = []
         messages = 0
+        last_ticket = self._done
         while self._queue:
             entry = self._queue[0]
             if batch and messages + entry.size > self.max_messages:
@@ -204,12 +210,12 @@ class WriteBuffer(Generic[Request, Result]):
             self._queue.popleft()
             self._pending_messages -= entry.size
             self._pending_tokens -= entry.tokens
+            last_ticket = entry.ticket
             if entry.future.cancelled():
-                self._done = max(self._done, entry.ticket)
                 continue
             batch.append(entry)
             messages += entry.size
-        return batch
+        return batch, last_ticket
 
     async def _write(self, batch: list[_Pending[Request, Result]], reason: str) -> None:
         if not batch:

@@ -11,12 +11,19 @@ Everything here is pure, deterministic and stdlib-only. Conventions:
   "last Friday" the most recent Friday strictly before the reference day, "next Friday" the
   first Friday strictly after it;
 * "last/this/next weekend" is the Saturday and Sunday of the previous/current/next week;
-* "N days ago" denotes a day, "N weeks ago" a Monday-start week, "N months ago" a month and
-  "N years ago" a year, each containing the reference moved back by N units (months clamp
-  the day, so 31 March minus one month lands in February); "a few" is 3, "a couple" 2;
+* "N hours/days ago" denotes a day, "N weeks ago" a Monday-start week, "N months ago" a month
+  and "N years ago" a year, each containing the reference moved back by N units (months
+  clamp the day, so 31 March minus one month lands in February); "in N days/weeks/months/
+  years" likewise forward; N is digits, one to twelve, "a"/"an", "a couple (of)" (2) or
+  "a few" (3);
+* "this past weekend" means "last weekend", "this coming Friday" "next Friday";
 * seasons are the northern hemisphere's meteorological ones (spring is March to May, summer
-  June to August, fall September to November, winter December to February);
-* a date without a year ("May 7th", "7th of May") takes the reference's year.
+  June to August, fall September to November, winter December to February, labelled
+  "winter 2022-2023"); "last summer" is the latest summer that ended before the current
+  season began, "this summer" the one of the reference's year ("this winter" before June is
+  the one that began the previous December);
+* absolute dates ("7 May 2023", "May 7, 2023", "7th of May", "2023-05-07", "May 2023",
+  "in 2022") are found and left as written; one without a year takes the reference's.
 
 Deliberately not resolved, because a wrong date is worse than none: a bare weekday ("Friday",
 "on Friday", which may be past or future), a bare month ("in May"), "next summer", phrases

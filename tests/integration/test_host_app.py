@@ -33,7 +33,7 @@ from memfuse.db.models import SCHEMA, VERSION_TABLE
 from memfuse.db.models import Base as MemfuseBase
 
 HOST_HEAD = "host0001"
-MEMFUSE_HEAD = "0001"
+MEMFUSE_HEAD = migrate.head_revision()
 HOST_TABLES = {"customers", "orders", "alembic_version"}
 MEMFUSE_TABLES = {table.name for table in MemfuseBase.metadata.tables.values()} | {VERSION_TABLE}
 

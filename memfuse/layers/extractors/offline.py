@@ -14,6 +14,7 @@ sentences, or understand negation beyond not matching attribute patterns that co
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
@@ -31,8 +32,16 @@ ATTRIBUTE_CONFIDENCE = 0.8
 FIRST_PERSON_CONFIDENCE = 0.7
 NAMED_CONFIDENCE = 0.6
 REPORTED_CONFIDENCE = 0.5
+INLINE_BATCH = 20
+"""Batches up to this many messages (a few milliseconds) run on the event loop directly."""
 
 _MIN_WORDS = 4
+
+
+def _words(text: str) -> frozenset[str]:
+    """The space-separated words of ``text``: a compact way to write a word list."""
+    return frozenset(text.split())
+
 
 _EMOJI = "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d]"
 _EMOJI_RE = re.compile(f"{_EMOJI}+")
@@ -48,45 +57,12 @@ _BOUNDARY_RE = re.compile(
 _PREVIOUS_TOKEN_RE = re.compile(r"(\S+)$")
 _NEXT_CHARACTER_RE = re.compile(r"\s*(\S)")
 # Abbreviations after which a period never ends a sentence.
-_ABBREVIATIONS = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "sr",
-        "jr",
-        "st",
-        "vs",
-        "e.g",
-        "i.e",
-        "eg",
-        "ie",
-        "approx",
-        "dept",
-        "fig",
-        "vol",
-        "mt",
-        "ft",
-        "u.s",
-        "u.k",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-    ]
+_ABBREVIATIONS = _words(
+    "mr mrs ms dr prof sr jr st vs e.g i.e eg ie approx dept fig vol mt ft u.s u.k jan feb "
+    "mar apr jun jul aug sep sept oct nov dec"
 )
 # Abbreviations that may end a sentence: a boundary only when a capital letter follows.
-_SOFT_ABBREVIATIONS = frozenset(["etc", "a.m", "p.m", "am", "pm", "inc", "ltd", "co"])
+_SOFT_ABBREVIATIONS = _words("etc a.m p.m am pm inc ltd co")
 
 
 def _is_boundary(text: str, match: re.Match[str]) -> bool:
@@ -161,7 +137,9 @@ _ACKNOWLEDGEMENT_RE = re.compile(
     rf"|such|an?|quite|pretty|truly|incredibly))*\s+(?:{_POSITIVE})"
     r"(?:\s+(?:to\s+hear|news|of\s+you|for\s+you|idea|thing|stuff|experience|time))?"
     r"(?:\s+(?:to\s+hear|that|about\s+that|it))?"
-    r"|thanks?\b.*|thank\s+you\b.*|ty|thx|noted|got\s+it|you\s+too|me\s+too|same\s+here|same"
+    # thanks, unless a first-person statement follows: "Thanks to therapy I sleep again."
+    r"|(?:thanks?|thank\s+you|ty|thx)\b(?!\s+to\b)(?:(?!\bi\b|\bi').)*"
+    r"|noted|got\s+it|you\s+too|me\s+too|same\s+here|same"
     r"|no\s+(?:problem|worries)|of\s+course|my\s+pleasure|(?:you're|you\s+are)\s+welcome"
     r"|see\s+(?:you|ya)\b.*|talk\s+(?:to\s+you\s+)?(?:soon|later)\b.*|take\s+care\b.*"
     r"|(?:have|enjoy)\s+(?:a|an|your)\s+(?:\w+\s+)?(?:day|night|evening|weekend|time|trip)\b.*"
@@ -179,116 +157,14 @@ _ACKNOWLEDGEMENT_RE = re.compile(
     r")[\s!.,]*$",
     re.IGNORECASE,
 )
-_FILLER_TOKENS = frozenset(
-    [
-        "i",
-        "i'm",
-        "i've",
-        "i'll",
-        "i'd",
-        "me",
-        "my",
-        "mine",
-        "myself",
-        "am",
-        "is",
-        "was",
-        "were",
-        "do",
-        "did",
-        "does",
-        "don't",
-        "didn't",
-        "have",
-        "has",
-        "had",
-        "will",
-        "would",
-        "can",
-        "could",
-        "so",
-        "too",
-        "also",
-        "really",
-        "very",
-        "just",
-        "it",
-        "that",
-        "this",
-        "know",
-        "see",
-        "agree",
-        "guess",
-        "think",
-        "bet",
-        "mean",
-        "hope",
-        "understand",
-        "remember",
-        "love",
-        "like",
-        "feel",
-        "get",
-        "got",
-        "same",
-        "totally",
-        "definitely",
-        "sure",
-        "yes",
-        "no",
-        "not",
-        "a",
-        "an",
-        "the",
-        "to",
-        "of",
-        "and",
-        "but",
-        "or",
-        "you",
-        "your",
-        "well",
-        "oh",
-        "thanks",
-        "thank",
-        "glad",
-        "happy",
-        "sorry",
-        "hear",
-        "mind",
-        "wish",
-        "wonder",
-        "miss",
-        "promise",
-        "swear",
-        "suppose",
-        "believe",
-        "doubt",
-        "care",
-        "try",
-        "tried",
-        "can't",
-        "won't",
-        "there",
-        "here",
-        "now",
-        "again",
-        "all",
-        "right",
-        "ok",
-        "okay",
-        "haha",
-        "lol",
-        "wow",
-        "yeah",
-        "fine",
-        "good",
-        "great",
-        "alright",
-        "agreed",
-        "excited",
-        "proud",
-    ]
+_FILLER_TOKENS = _words(
+    "i i'm i've i'll i'd me my mine myself am is was were do did does don't didn't have has "
+    "had will would can could so too also really very just it that this know see agree guess "
+    "think bet mean hope understand remember love like feel get got same totally definitely "
+    "sure yes no not a an the to of and but or you your well oh thanks thank glad happy sorry "
+    "hear mind wish wonder miss promise swear suppose believe doubt care try tried can't "
+    "won't there here now again all right ok okay haha lol wow yeah fine good great alright "
+    "agreed excited proud"
 )
 
 
@@ -323,27 +199,9 @@ _FIRST_PERSON_RE = re.compile(
     re.IGNORECASE,
 )
 _NEXT_WORDS_RE = re.compile(r"(?:\s+([A-Za-z']+))(?:\s+([A-Za-z']+))?")
-_HAD_AFTER_I_D = frozenset(
-    ["been", "had", "gone", "done", "seen", "got", "taken", "made", "better", "rather"]
-)
-_ADVERBS_AFTER_I_D = frozenset(
-    ["just", "never", "already", "ever", "always", "really", "not", "also"]
-)
-_ED_NOT_PAST = frozenset(
-    [
-        "need",
-        "feed",
-        "proceed",
-        "succeed",
-        "exceed",
-        "bleed",
-        "breed",
-        "speed",
-        "seed",
-        "weed",
-        "heed",
-    ]
-)
+_HAD_AFTER_I_D = _words("been had gone done seen got taken made better rather")
+_ADVERBS_AFTER_I_D = _words("just never already ever always really not also")
+_ED_NOT_PAST = _words("need feed proceed succeed exceed bleed breed speed seed weed heed")
 
 
 def _would_or_had(text: str, end: int) -> str:
@@ -533,221 +391,29 @@ def _fact_type(sentence: str, resolution: DateResolution, now: datetime, key: st
 # --- entities ------------------------------------------------------------------------------
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][\w&'-]*")
-_NOT_ENTITIES = frozenset(
-    [
-        "i",
-        "i'm",
-        "i've",
-        "i'll",
-        "i'd",
-        "me",
-        "my",
-        "we",
-        "you",
-        "he",
-        "she",
-        "they",
-        "it",
-        "his",
-        "her",
-        "their",
-        "our",
-        "your",
-        "its",
-        "this",
-        "that",
-        "omg",
-        "lol",
-        "ok",
-        "okay",
-        "lmao",
-        "btw",
-        "haha",
-        "yes",
-        "no",
-        "hi",
-        "hey",
-        "hello",
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-    ]
+_NOT_ENTITIES = _words(
+    "i i'm i've i'll i'd me my we you he she they it his her their our your its this that omg "
+    "lol ok okay lmao btw haha yes no hi hey hello january february march april may june july "
+    "august september october november december monday tuesday wednesday thursday friday "
+    "saturday sunday"
 )
 # Capitalised at the start of a sentence for grammar's sake, not because they are names.
-_SENTENCE_STARTERS = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "my",
-        "our",
-        "your",
-        "his",
-        "her",
-        "their",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "we",
-        "you",
-        "he",
-        "she",
-        "they",
-        "it",
-        "yesterday",
-        "today",
-        "tomorrow",
-        "tonight",
-        "last",
-        "next",
-        "so",
-        "and",
-        "but",
-        "or",
-        "well",
-        "oh",
-        "wow",
-        "hey",
-        "hi",
-        "hello",
-        "thanks",
-        "thank",
-        "yes",
-        "no",
-        "yeah",
-        "just",
-        "also",
-        "then",
-        "when",
-        "what",
-        "how",
-        "why",
-        "where",
-        "who",
-        "if",
-        "because",
-        "after",
-        "before",
-        "since",
-        "there",
-        "here",
-        "maybe",
-        "sure",
-        "ok",
-        "okay",
-        "haha",
-        "lol",
-        "omg",
-        "please",
-        "let",
-        "sounds",
-        "that's",
-        "it's",
-        "we're",
-        "you're",
-        "they're",
-        "there's",
-        "what's",
-        "being",
-        "been",
-        "do",
-        "did",
-        "does",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "was",
-        "were",
-        "is",
-        "are",
-        "am",
-        "have",
-        "has",
-        "had",
-        "not",
-        "all",
-        "some",
-        "any",
-        "every",
-        "each",
-        "one",
-        "two",
-        "many",
-        "much",
-        "more",
-        "most",
-        "very",
-        "really",
-        "actually",
-        "honestly",
-        "definitely",
-        "totally",
-        "anyway",
-        "recently",
-        "lately",
-        "finally",
-        "luckily",
-        "unfortunately",
-        "hopefully",
-        "sometimes",
-        "always",
-        "never",
-        "often",
-        "usually",
-        "still",
-        "even",
-        "again",
-        "though",
-        "although",
-        "as",
-        "at",
-        "in",
-        "on",
-        "for",
-        "with",
-        "from",
-        "to",
-        "by",
-        "about",
-        "like",
-        "love",
-        "great",
-        "good",
-        "nice",
-        "awesome",
-        "amazing",
-        "cool",
-        "congrats",
-        "congratulations",
-        "glad",
-        "happy",
-        "sorry",
-        "now",
-        "back",
-        "first",
-        "once",
-    ]
+_SENTENCE_STARTERS = _words(
+    "the a an my our your his her their its this that these those we you he she they it "
+    "yesterday today tomorrow tonight last next so and but or well oh wow hey hi hello thanks "
+    "thank yes no yeah just also then when what how why where who if because after before "
+    "since there here maybe sure ok okay haha lol omg please let sounds that's it's we're "
+    "you're they're there's what's being been do did does can could would should will was "
+    "were is are am have has had not all some any every each one two many much more most very "
+    "really actually honestly definitely totally anyway recently lately finally luckily "
+    "unfortunately hopefully sometimes always never often usually still even again though "
+    "although as at in on for with from to by about like love great good nice awesome amazing "
+    "cool congrats congratulations glad happy sorry now back first once"
 )
+
+
+_TITLE_GAP_RE = re.compile(r"\.\s+")
+_TITLES = _words("mr mrs ms dr prof st")
 
 
 def _entities(sentence: str, speaker: str, names: frozenset[str]) -> tuple[str, ...]:
@@ -758,16 +424,12 @@ def _entities(sentence: str, speaker: str, names: frozenset[str]) -> tuple[str, 
     """
     found: list[str] = [speaker]
     seen = {speaker.casefold()}
-    run: list[str] = []
-    run_end = -1
-    run_at_start = False
+    run: list[re.Match[str]] = []
 
     def flush() -> None:
-        words = run
-        if run_at_start and len(run) == 1 and run[0].casefold() not in names:
-            words = []
-        if words:
-            name = " ".join(words)
+        single_opening = len(run) == 1 and run[0].start() == 0
+        if not (single_opening and _bare(run[0].group()) not in names):
+            name = sentence[run[0].start() : run[-1].end()]
             if name.lower().endswith("'s"):
                 name = name[:-2]
             if name.casefold() not in seen:
@@ -776,23 +438,28 @@ def _entities(sentence: str, speaker: str, names: frozenset[str]) -> tuple[str, 
         run.clear()
 
     for index, token in enumerate(_TOKEN_RE.finditer(sentence)):
-        word = token.group()
-        lowered = word.lower()
-        bare = lowered[:-2] if lowered.endswith("'s") else lowered
-        is_name = word[:1].isupper() and bare not in _NOT_ENTITIES
+        bare = _bare(token.group())
+        is_name = token.group()[:1].isupper() and bare not in _NOT_ENTITIES
         if index == 0 and bare in _SENTENCE_STARTERS:
             is_name = False
-        contiguous = bool(run) and sentence[run_end : token.start()].isspace()
-        if run and (not is_name or not contiguous):
-            flush()
+        if run:
+            gap = sentence[run[-1].end() : token.start()]
+            contiguous = gap.isspace() or (
+                bool(_TITLE_GAP_RE.fullmatch(gap)) and _bare(run[-1].group()) in _TITLES
+            )
+            if not is_name or not contiguous:
+                flush()
         if is_name:
-            if not run:
-                run_at_start = index == 0
-            run.append(word)
-            run_end = token.end()
+            run.append(token)
     if run:
         flush()
     return tuple(found)
+
+
+def _bare(word: str) -> str:
+    """``word`` lowercased without a possessive "'s"."""
+    lowered = word.lower()
+    return lowered[:-2] if lowered.endswith("'s") else lowered
 
 
 # --- extraction ----------------------------------------------------------------------------
@@ -877,9 +544,19 @@ class OfflineFactExtractor:
     name = "offline"
 
     async def extract(self, messages: Sequence[ChunkData]) -> list[FactCandidate]:
-        """Facts of every message in order; each fact's lineage is its one message."""
-        participants = tuple(dict.fromkeys(_speaker_of(message) for message in messages))
-        facts: list[FactCandidate] = []
-        for message in messages:
-            facts.extend(facts_from_message(message, participants))
-        return facts
+        """Facts of every message in order; each fact's lineage is its one message.
+
+        Large batches run in a worker thread so the event loop stays responsive.
+        """
+        if len(messages) <= INLINE_BATCH:
+            return extract_facts(messages)
+        return await asyncio.to_thread(extract_facts, messages)
+
+
+def extract_facts(messages: Sequence[ChunkData]) -> list[FactCandidate]:
+    """The extractor's work, synchronously: facts of every message in order."""
+    participants = tuple(dict.fromkeys(_speaker_of(message) for message in messages))
+    facts: list[FactCandidate] = []
+    for message in messages:
+        facts.extend(facts_from_message(message, participants))
+    return facts

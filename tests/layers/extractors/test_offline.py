@@ -48,8 +48,10 @@ async def extract(*messages: ChunkData) -> list[FactCandidate]:
     return await OfflineFactExtractor().extract(messages)
 
 
-async def only_fact(content: str, **kwargs: object) -> FactCandidate:
-    facts = await extract(turn(content, **kwargs))  # type: ignore[arg-type]
+async def only_fact(
+    content: str, speaker: str | None = "Caroline", role: str | None = "user"
+) -> FactCandidate:
+    facts = await extract(turn(content, speaker=speaker, role=role))
     assert len(facts) == 1, facts
     return facts[0]
 
@@ -98,6 +100,7 @@ async def test_a_dated_event_is_attributed_to_the_speaker_and_pinned_to_a_day() 
         "I know, right?",
         "Good luck with the adoption!",
         "Sure thing.",
+        "😊",
     ],
 )
 async def test_questions_greetings_and_reactions_give_no_fact(content: str) -> None:
@@ -165,6 +168,7 @@ async def test_sentences_that_only_look_like_attributes_have_no_key(content: str
     [
         ("I'm proud of my kids.", "Caroline is proud of Caroline's kids."),
         ("I've been painting since 2010.", "Caroline has been painting since 2010."),
+        ("I\u2019ve adopted two cats.", "Caroline has adopted two cats."),
         ("I'll bring my guitar next time.", "Caroline will bring Caroline's guitar next time."),
         ("I'd love to visit Japan someday.", "Caroline would love to visit Japan someday."),
         ("I'd never been there before.", "Caroline had never been there before."),
@@ -180,6 +184,12 @@ async def test_sentences_that_only_look_like_attributes_have_no_key(content: str
 )
 async def test_first_person_is_rewritten_to_the_speaker(content: str, expected: str) -> None:
     assert (await only_fact(content)).content == expected
+
+
+async def test_thanks_followed_by_a_statement_is_kept() -> None:
+    fact = await only_fact("Thanks to my therapist I finally sleep well again.")
+
+    assert fact.content == "Thanks to Caroline's therapist Caroline finally sleep well again."
 
 
 async def test_a_sentence_without_first_person_is_reported_as_said() -> None:
@@ -228,7 +238,7 @@ async def test_a_plan_for_a_future_day_occurs_on_that_day() -> None:
 async def test_entities_are_the_speaker_then_proper_nouns() -> None:
     fact = await only_fact("Yesterday I met Melanie's brother in New York with Dr. Lee.")
 
-    assert fact.entities == ("Caroline", "Melanie", "New York", "Dr", "Lee")
+    assert fact.entities == ("Caroline", "Melanie", "New York", "Dr. Lee")
 
 
 async def test_a_participant_opening_a_sentence_is_an_entity() -> None:

@@ -1,0 +1,736 @@
+"""Write path and layers benchmark: ``add()`` latency and throughput, M1/M2 processing time.
+
+Run: ``.venv/bin/python -m benchmarks.layers [--rounds 5] [--ops 300] [--writers 64]
+[--writer-ops 20] [--messages 2000] [--layer-rounds 2] [--output FILE.json]``
+(database: ``MEMFUSE_DATABASE_URL``, else a fresh embedded server in a temporary directory).
+
+Three measurements on one server in one run, each against a baseline measured in the same run:
+
+1. ``add_latency``: sequential single-message ``Memory.add()`` with the write buffer on and off
+   (``pipeline_auto=False``), against raw asyncpg inserting one equivalent row into a plain
+   table on a pooled connection in an explicit transaction (``BEGIN; INSERT; COMMIT``); an
+   autocommit single-statement insert is shown too. Rounds interleave as in the foundation
+   benchmark (whose ``compare`` this reuses).
+2. ``throughput``: ``--writers`` concurrent tasks, each with its own session, each doing
+   ``--writer-ops`` sequential single-message adds; buffer on, buffer off, and raw asyncpg
+   writers on a pool as large as memfuse's (``pool_size + max_overflow``). The candidates
+   take turns within each round, in rotating order.
+3. ``layers``: ``--messages`` chat messages (LoCoMo's dev conversations when the file exists,
+   else a fixed generator) loaded with ``pipeline_auto=False``, then ``await mf.flush()`` timed
+   in sequential and in parallel mode, with fresh users for every mode and round. M1 and M2
+   time per message is the monitor's ``m1_operation`` / ``m2_operation`` total over the
+   messages, from the sequential runs (in parallel mode the units overlap).
+
+Everything runs in schemas of its own (dropped at the start and at the end), so a real
+database given by ``MEMFUSE_DATABASE_URL`` keeps its ``memfuse`` schema untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from benchmarks.foundation import Operation, compare, summary
+from memfuse.config import Settings
+from memfuse.db.embedded import database_url_for
+from memfuse.db.urls import asyncpg_connect_args
+from memfuse.ingest import load_conversations
+from memfuse.layers.tokens import count_tokens
+from memfuse.memory import MemFuse, Memory
+from memfuse.monitor.performance import Alert, PerformanceMonitor
+from memfuse.services.tenancy import MemoryScope
+
+DEFAULT_LOCOMO = Path(__file__).resolve().parents[2] / "shared/data/locomo/locomo_dev.json"
+WRITE_SCHEMA = "bench_write"
+LAYER_SCHEMA = "bench_layers"
+RAW_SCHEMA = "bench_raw"
+TARGETS_MS = {"m0_add": 100.0, "m1_per_message": 150.0, "m2_per_message": 150.0}
+"""The original's budgets: M0 < 100 ms per add, M1 and M2 < 150 ms per message."""
+
+RAW_TABLE = f"""
+CREATE TABLE {RAW_SCHEMA}.bench_raw_messages (
+    id uuid PRIMARY KEY,
+    session_id uuid,
+    seq bigint,
+    role text,
+    content text,
+    metadata jsonb,
+    created_at timestamptz DEFAULT now()
+)"""
+RAW_INSERT = (
+    f"INSERT INTO {RAW_SCHEMA}.bench_raw_messages (id, session_id, seq, role, content, metadata)"
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySql:
+    """memfuse's write transaction for one message, as plain SQL on its own tables.
+
+    The statements ``MessageService.write`` sends for one single-message call: lock the
+    session's counter, look the id up, insert the row, store the counter. Replayed on raw
+    asyncpg they separate the server's share (schema, indexes, triggers) from the client's.
+    """
+
+    lock: str
+    locate: str
+    insert: str
+    counter: str
+
+    @classmethod
+    def for_schema(cls, schema: str) -> ReplaySql:
+        return cls(
+            lock=f'SELECT message_count FROM "{schema}".sessions'
+            " WHERE user_id = $1 AND id = $2 FOR UPDATE",
+            locate=f'SELECT id, session_id FROM "{schema}".messages WHERE id = ANY($1::uuid[])',
+            insert=f'INSERT INTO "{schema}".messages (id, user_id, agent_id, session_id, seq,'
+            " role, name, content, token_count, metadata, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, now())",
+            counter=f'UPDATE "{schema}".sessions SET message_count = $1 WHERE id = $2',
+        )
+
+    async def write(
+        self, connection: PoolConnectionProxy[asyncpg.Record], scope: MemoryScope, message: Message
+    ) -> None:
+        message_id = uuid.uuid4()
+        async with connection.transaction():
+            count = await connection.fetchval(self.lock, scope.user_id, scope.session_id)
+            await connection.fetch(self.locate, [message_id])
+            await connection.execute(
+                self.insert,
+                message_id,
+                scope.user_id,
+                scope.agent_id,
+                scope.session_id,
+                count + 1,
+                message["role"],
+                message.get("name"),
+                message["content"],
+                count_tokens(message["content"]),
+                json.dumps(message.get("metadata", {})),
+            )
+            await connection.execute(self.counter, count + 1, scope.session_id)
+
+
+Message = dict[str, Any]
+RawPool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """``asyncpg.connect`` keywords for ``url`` (typed loosely, as the stubs want)."""
+    return dict(asyncpg_connect_args(url))
+
+
+def log(line: str) -> None:
+    print(line, flush=True)  # noqa: T201 - benchmark output
+
+
+# --- the text ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One user's sessions of chat messages (dicts as ``Memory.add`` takes them, no ids)."""
+
+    user: str
+    sessions: tuple[tuple[Message, ...], ...]
+
+
+def load_corpus(path: Path) -> tuple[str, list[Conversation]]:
+    """LoCoMo's conversations if ``path`` exists, else generated ones; with the source's name.
+
+    Ids are dropped: they are global, and every mode and round writes the text again.
+    """
+    if not path.is_file():
+        return "generated (benchmarks.layers.generated_corpus)", generated_corpus()
+    conversations = [
+        Conversation(
+            user=data.user,
+            sessions=tuple(
+                tuple({k: v for k, v in m.items() if k != "id"} for m in session.messages)
+                for session in data.sessions
+            ),
+        )
+        for data in load_conversations(path)
+    ]
+    return f"LoCoMo dev split ({path.name})", conversations
+
+
+def generated_corpus(users: int = 5, sessions: int = 24, turns: int = 24) -> list[Conversation]:
+    """Fixed chat-like text for when the LoCoMo file is missing (seeded, so always the same)."""
+    rng = random.Random(20240503)
+    names = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jon"]
+    openers = ["Guess what,", "By the way,", "Honestly,", "So,", "Last weekend", "Yesterday"]
+    verbs = ["started", "finished", "signed up for", "gave up on", "booked", "found"]
+    things = [
+        "a pottery class",
+        "a trip to Lisbon",
+        "the marathon training plan",
+        "a new job at the library",
+        "volunteering at the shelter",
+        "a painting of the lake",
+        "guitar lessons",
+        "a book club",
+    ]
+    tails = [
+        "and it felt great.",
+        "because my sister recommended it.",
+        "- I'll tell you how it goes!",
+        "which was harder than I expected.",
+        "with my kids, they loved it.",
+        "and I think I'll keep doing it.",
+    ]
+    start = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    corpus = []
+    for user in range(users):
+        pair = rng.sample(names, 2)
+        user_sessions = []
+        for number in range(sessions):
+            at = start + timedelta(days=7 * number, hours=user)
+            user_sessions.append(
+                tuple(
+                    {
+                        "role": "user",
+                        "name": pair[turn % 2],
+                        "content": " ".join(
+                            (rng.choice(openers), "I", rng.choice(verbs), rng.choice(things))
+                        )
+                        + " "
+                        + rng.choice(tails),
+                        "created_at": at,
+                        "metadata": {"turn": f"D{number + 1}:{turn + 1}"},
+                    }
+                    for turn in range(turns)
+                )
+            )
+        corpus.append(Conversation(f"generated-{user}", tuple(user_sessions)))
+    return corpus
+
+
+def first_messages(conversations: list[Conversation], count: int) -> list[Conversation]:
+    """The first ``count`` messages in file order, cut into whole conversations and sessions.
+
+    If the corpus is shorter, it is repeated under new user names.
+    """
+    taken: list[Conversation] = []
+    left = count
+    for copy in itertools.count():
+        for conversation in conversations:
+            sessions = []
+            for session in conversation.sessions:
+                if left <= 0:
+                    break
+                sessions.append(session[:left])
+                left -= len(sessions[-1])
+            if sessions:
+                taken.append(Conversation(f"{conversation.user}-{copy}", tuple(sessions)))
+            if left <= 0:
+                return taken
+    raise AssertionError("unreachable")
+
+
+def single_messages(conversations: list[Conversation]) -> Iterator[Message]:
+    """An endless stream of one-message payloads (no id, no time: the server stamps it)."""
+    flat = [
+        {k: v for k, v in message.items() if k != "created_at"}
+        for conversation in conversations
+        for session in conversation.sessions
+        for message in session
+    ]
+    return itertools.cycle(flat)
+
+
+def raw_args(message: Message, session_id: uuid.UUID, seq: int) -> tuple[object, ...]:
+    """The baseline row for one message: the same text, role and metadata as memfuse writes."""
+    return (
+        uuid.uuid4(),
+        session_id,
+        seq,
+        message["role"],
+        message["content"],
+        json.dumps(message.get("metadata", {})),
+    )
+
+
+# --- 1. add() latency -------------------------------------------------------------------------
+
+
+async def add_latency(
+    buffered: MemFuse,
+    direct: MemFuse,
+    raw_pool: RawPool,
+    messages: Iterator[Message],
+    rounds: int,
+    ops: int,
+) -> dict[str, Any]:
+    on = await buffered.init("bench-latency", "bench", "buffer-on")
+    off = await direct.init("bench-latency", "bench", "buffer-off")
+    replayed = (await direct.init("bench-latency", "bench", "replay")).scope
+    replay = ReplaySql.for_schema(WRITE_SCHEMA)
+    session_id = uuid.uuid4()
+    seq = itertools.count(1)
+
+    def add(memory: Memory) -> Operation:
+        async def operation() -> object:
+            return await memory.add([next(messages)])
+
+        return operation
+
+    async def raw_transaction() -> None:
+        args = raw_args(next(messages), session_id, next(seq))
+        async with raw_pool.acquire() as connection, connection.transaction():
+            await connection.execute(RAW_INSERT, *args)
+
+    async def raw_autocommit() -> None:
+        args = raw_args(next(messages), session_id, next(seq))
+        async with raw_pool.acquire() as connection:
+            await connection.execute(RAW_INSERT, *args)
+
+    async def raw_replay() -> None:
+        async with raw_pool.acquire() as connection:
+            await replay.write(connection, replayed, next(messages))
+
+    result = await compare(
+        "add_latency",
+        {
+            "asyncpg_insert_transaction": raw_transaction,
+            "asyncpg_insert_autocommit": raw_autocommit,
+            "asyncpg_memfuse_sql": raw_replay,
+            "memfuse_add_buffer_on": add(on),
+            "memfuse_add_buffer_off": add(off),
+        },
+        "asyncpg_insert_transaction",
+        rounds,
+        ops,
+    )
+    for key in ("memfuse_add_buffer_on", "memfuse_add_buffer_off"):
+        target = TARGETS_MS["m0_add"]
+        result[key]["p50_ratio_vs_target_100ms"] = round(result[key]["p50_ms"] / target, 4)
+        result[key]["p95_ratio_vs_target_100ms"] = round(result[key]["p95_ms"] / target, 4)
+    result["baseline_note"] = (
+        "raw asyncpg, pooled connection, explicit transaction: BEGIN; INSERT one row; COMMIT "
+        "(asyncpg_insert_autocommit: the INSERT alone, committed by the server; "
+        "asyncpg_memfuse_sql: memfuse's own four statements on its own tables, see ReplaySql)"
+    )
+    return result
+
+
+# --- 2. throughput with concurrent writers ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class WriterRun:
+    """One round of concurrent writers: messages per second, this process's CPU per message
+    (the client side: memfuse or asyncpg, not the server) and every call's latency."""
+
+    msgs_per_s: float
+    client_cpu_ms_per_msg: float
+    latencies: list[float]
+
+
+async def run_writers(
+    writers: int, per_writer: int, write: Callable[[int], Awaitable[object]]
+) -> WriterRun:
+    """``writers`` concurrent tasks, each making ``per_writer`` sequential calls."""
+    latencies: list[float] = []
+
+    async def writer(index: int) -> None:
+        for _ in range(per_writer):
+            start = time.perf_counter()
+            await write(index)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+
+    messages = writers * per_writer
+    cpu = time.process_time()
+    start = time.perf_counter()
+    await asyncio.gather(*(writer(index) for index in range(writers)))
+    wall = time.perf_counter() - start
+    cpu_ms = (time.process_time() - cpu) * 1000.0
+    return WriterRun(messages / wall, cpu_ms / messages, latencies)
+
+
+def buffer_counts(mf: MemFuse) -> dict[str, int]:
+    buffer = mf._buffer
+    assert buffer is not None
+    return {
+        "batches": sum(buffer.stats.batches.values()),
+        "messages": buffer.stats.messages_written,
+        **{f"batches_{reason}": count for reason, count in buffer.stats.batches.items()},
+    }
+
+
+async def throughput(
+    buffered: MemFuse,
+    direct: MemFuse,
+    raw_pool: RawPool,
+    messages: Iterator[Message],
+    *,
+    writers: int,
+    per_writer: int,
+    rounds: int,
+) -> dict[str, Any]:
+    on = [await buffered.init("bench-writers", "bench", f"on-{i}") for i in range(writers)]
+    off = [await direct.init("bench-writers", "bench", f"off-{i}") for i in range(writers)]
+    replayed = [
+        (await direct.init("bench-writers", "bench", f"replay-{i}")).scope for i in range(writers)
+    ]
+    replay = ReplaySql.for_schema(WRITE_SCHEMA)
+    raw_sessions = [uuid.uuid4() for _ in range(writers)]
+    raw_seq = [itertools.count(1) for _ in range(writers)]
+
+    async def raw(index: int) -> None:
+        args = raw_args(next(messages), raw_sessions[index], next(raw_seq[index]))
+        async with raw_pool.acquire() as connection, connection.transaction():
+            await connection.execute(RAW_INSERT, *args)
+
+    async def raw_replay(index: int) -> None:
+        async with raw_pool.acquire() as connection:
+            await replay.write(connection, replayed[index], next(messages))
+
+    def add(memories: list[Memory]) -> Callable[[int], Awaitable[object]]:
+        async def write(index: int) -> object:
+            return await memories[index].add([next(messages)])
+
+        return write
+
+    candidates = {
+        "asyncpg_pool_insert_transaction": raw,
+        "asyncpg_pool_memfuse_sql": raw_replay,
+        "memfuse_add_buffer_on": add(on),
+        "memfuse_add_buffer_off": add(off),
+    }
+    baseline = "asyncpg_pool_insert_transaction"
+    for write in candidates.values():  # warm-up: opens the pools' connections
+        await run_writers(writers, 2, write)
+    rates: dict[str, list[float]] = {key: [] for key in candidates}
+    cpu: dict[str, list[float]] = {key: [] for key in candidates}
+    latencies: dict[str, list[float]] = {key: [] for key in candidates}
+    batches: list[dict[str, int]] = []
+    buffered.monitor.clear("buffer_flush")
+    names = list(candidates)
+    for number in range(rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        for key in order:
+            before = buffer_counts(buffered)
+            outcome = await run_writers(writers, per_writer, candidates[key])
+            rates[key].append(outcome.msgs_per_s)
+            cpu[key].append(outcome.client_cpu_ms_per_msg)
+            latencies[key].extend(outcome.latencies)
+            if key == "memfuse_add_buffer_on":
+                after = buffer_counts(buffered)
+                batches.append({name: after[name] - before[name] for name in after})
+    result: dict[str, Any] = {
+        "writers": writers,
+        "adds_per_writer": per_writer,
+        "messages_per_round": writers * per_writer,
+        "baseline": baseline,
+    }
+    base = statistics.median(rates[baseline])
+    for key in candidates:
+        ratios = [mine / theirs for mine, theirs in zip(rates[key], rates[baseline], strict=True)]
+        result[key] = {
+            "median_msgs_per_s": round(statistics.median(rates[key]), 1),
+            "rounds_msgs_per_s": [round(rate, 1) for rate in rates[key]],
+            "ratio_vs_baseline": round(statistics.median(rates[key]) / base, 3),
+            "round_ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],
+            "call_latency": summary(latencies[key]),
+            "median_client_cpu_ms_per_msg": round(statistics.median(cpu[key]), 4),
+        }
+    flushes = buffered.monitor.stats("buffer_flush")
+    per_round = [entry["batches"] for entry in batches]
+    result["memfuse_add_buffer_on"]["buffer"] = {
+        "batches_per_round": per_round,
+        "median_batches_per_round": statistics.median(per_round),
+        "mean_messages_per_batch": round(
+            sum(entry["messages"] for entry in batches) / max(1, sum(per_round)), 2
+        ),
+        "reasons": {
+            name.removeprefix("batches_"): sum(entry[name] for entry in batches)
+            for name in batches[0]
+            if name.startswith("batches_")
+        },
+        "largest_batch_calls": buffered._buffer.stats.largest_batch if buffered._buffer else 0,
+        "monitor_buffer_flush": None
+        if flushes is None
+        else {
+            "count": flushes.count,
+            "p50_ms": round(flushes.p50_ms, 3),
+            "p95_ms": round(flushes.p95_ms, 3),
+            "max_ms": round(flushes.max_ms, 3),
+        },
+    }
+    log(f"throughput: {json.dumps(result)}")
+    return result
+
+
+# --- 3. M1 and M2 processing ------------------------------------------------------------------
+
+
+def operation_total(monitor: PerformanceMonitor, operation: str) -> dict[str, float]:
+    stats = monitor.stats(operation)
+    if stats is None:
+        return {"units": 0, "total_ms": 0.0, "unit_p50_ms": 0.0, "unit_max_ms": 0.0}
+    return {
+        "units": stats.count,
+        "total_ms": round(stats.count * stats.avg_ms, 3),
+        "unit_p50_ms": round(stats.p50_ms, 3),
+        "unit_max_ms": round(stats.max_ms, 3),
+    }
+
+
+async def layer_round(
+    mf: MemFuse, conversations: list[Conversation], mode: str, tag: str
+) -> dict[str, Any]:
+    """Load the conversations as fresh users, then time one flush in ``mode``."""
+    count = sum(len(session) for c in conversations for session in c.sessions)
+    start = time.perf_counter()
+    for conversation in conversations:
+        for number, session in enumerate(conversation.sessions):
+            memory = await mf.init(f"{conversation.user}-{tag}", "bench", f"session-{number}")
+            await memory.add(session)
+    load_s = time.perf_counter() - start
+    mf.set_parallel(mode == "parallel")
+    mf.monitor.clear("m1_operation")
+    mf.monitor.clear("m2_operation")
+    cpu = time.process_time()
+    start = time.perf_counter()
+    await mf.flush()
+    flush_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
+    m1 = operation_total(mf.monitor, "m1_operation")
+    m2 = operation_total(mf.monitor, "m2_operation")
+    return {
+        "messages": count,
+        "load_s": round(load_s, 3),
+        "flush_s": round(flush_s, 3),
+        "flush_ms_per_message": round(flush_s * 1000.0 / count, 4),
+        "flush_client_cpu_s": round(cpu_s, 3),
+        "m1": {**m1, "ms_per_message": round(m1["total_ms"] / count, 4)},
+        "m2": {**m2, "ms_per_message": round(m2["total_ms"] / count, 4)},
+    }
+
+
+async def layers(
+    mf: MemFuse, conversations: list[Conversation], count: int, rounds: int
+) -> dict[str, Any]:
+    subset = first_messages(conversations, count)
+    runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "parallel": []}
+    for number in range(rounds):
+        modes = ["sequential", "parallel"] if number % 2 == 0 else ["parallel", "sequential"]
+        for mode in modes:
+            run = await layer_round(mf, subset, mode, f"{mode}-{number}")
+            runs[mode].append(run)
+            log(f"layers {mode} round {number}: {json.dumps(run)}")
+    sequential, parallel = runs["sequential"], runs["parallel"]
+    m1 = statistics.median(run["m1"]["ms_per_message"] for run in sequential)
+    m2 = statistics.median(run["m2"]["ms_per_message"] for run in sequential)
+    wall_seq = statistics.median(run["flush_s"] for run in sequential)
+    wall_par = statistics.median(run["flush_s"] for run in parallel)
+    load = statistics.median(run["load_s"] for run in sequential + parallel)
+    messages = sequential[0]["messages"]
+    sessions = sum(len(c.sessions) for c in subset)
+    result = {
+        "messages": messages,
+        "users": len(subset),
+        "sessions": sessions,
+        "rounds": rounds,
+        "sequential": {
+            "median_flush_s": round(wall_seq, 3),
+            "median_msgs_per_s": round(messages / wall_seq, 1),
+            "m1_ms_per_message": round(m1, 4),
+            "m2_ms_per_message": round(m2, 4),
+            "m1_ratio_vs_target_150ms": round(m1 / TARGETS_MS["m1_per_message"], 5),
+            "m2_ratio_vs_target_150ms": round(m2 / TARGETS_MS["m2_per_message"], 5),
+        },
+        "parallel": {
+            "median_flush_s": round(wall_par, 3),
+            "median_msgs_per_s": round(messages / wall_par, 1),
+            "speedup_vs_sequential": round(wall_seq / wall_par, 3),
+        },
+        "load": {
+            "median_load_s": round(load, 3),
+            "median_msgs_per_s": round(messages / load, 1),
+            "note": "one add() per session (whole session per call), buffer on",
+        },
+        "runs": runs,
+    }
+    log(f"layers: {json.dumps({k: v for k, v in result.items() if k != 'runs'})}")
+    return result
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def total_memory() -> str | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    kib = int(meminfo.read_text().splitlines()[0].split()[1])
+    return f"{round(kib / 1024 / 1024, 1)} GiB"
+
+
+async def machine(url: str, source: str) -> dict[str, Any]:
+    connection = await asyncpg.connect(**connect_args(url))
+    try:
+        server = await connection.fetchval("SHOW server_version")
+        vector = await connection.fetchval(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        )
+    finally:
+        await connection.close()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory": total_memory(),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        "python": platform.python_version(),
+        "server_version": server,
+        "pgvector_version": vector,
+        "database": source,
+    }
+
+
+async def reset_schemas(url: str, *, create_raw: bool) -> None:
+    connection = await asyncpg.connect(**connect_args(url))
+    try:
+        for schema in (WRITE_SCHEMA, LAYER_SCHEMA, RAW_SCHEMA):
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        if create_raw:
+            await connection.execute(f"CREATE SCHEMA {RAW_SCHEMA}")
+            await connection.execute(RAW_TABLE)
+    finally:
+        await connection.close()
+
+
+async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
+    alerts: Counter[str] = Counter()
+
+    def count_alert(alert: Alert) -> None:
+        alerts[alert.operation] += 1
+
+    text_source, conversations = load_corpus(args.locomo)
+    messages = single_messages(conversations)
+    results: dict[str, Any] = {"machine": await machine(url, source)}
+    await reset_schemas(url, create_raw=True)
+    common: dict[str, Any] = {"pipeline_auto": False, "monitor_history_size": 100_000}
+    buffered = MemFuse(url, schema=WRITE_SCHEMA, **common)
+    direct = MemFuse(url, schema=WRITE_SCHEMA, buffer_enabled=False, **common)
+    pool = buffered.settings.pool
+    pool_size = pool.pool_size + pool.max_overflow
+    raw_pool: RawPool = await asyncpg.create_pool(
+        **connect_args(url), min_size=pool_size, max_size=pool_size
+    )
+    try:
+        async with buffered, direct:
+            buffered.monitor.add_alert_callback(count_alert)
+            results["settings"] = {
+                "pool_size": pool.pool_size,
+                "max_overflow": pool.max_overflow,
+                "pool_pre_ping": pool.pool_pre_ping,
+                "raw_asyncpg_pool_size": pool_size,
+                "buffer_max_messages": buffered.settings.buffer_max_messages,
+                "buffer_max_delay": buffered.settings.buffer_max_delay,
+                "monitor_enabled": buffered.settings.monitor_enabled,
+            }
+            results["text"] = {
+                "source": text_source,
+                "messages": sum(len(s) for c in conversations for s in c.sessions),
+                "mean_chars": round(
+                    statistics.mean(
+                        len(m["content"]) for c in conversations for s in c.sessions for m in s
+                    ),
+                    1,
+                ),
+            }
+            results["add_latency"] = await add_latency(
+                buffered, direct, raw_pool, messages, args.rounds, args.ops
+            )
+            results["throughput"] = await throughput(
+                buffered,
+                direct,
+                raw_pool,
+                messages,
+                writers=args.writers,
+                per_writer=args.writer_ops,
+                rounds=args.rounds,
+            )
+        async with MemFuse(url, schema=LAYER_SCHEMA, **common) as mf:
+            results["layers"] = await layers(mf, conversations, args.messages, args.layer_rounds)
+            results["layers"]["settings"] = {
+                "fact_extractor": mf.settings.fact_extractor,
+                "pipeline_concurrency": mf.settings.pipeline_concurrency,
+                "pipeline_batch_messages": mf.settings.pipeline_batch_messages,
+                "episode_target_tokens": mf.settings.episode_target_tokens,
+                "episode_max_tokens": mf.settings.episode_max_tokens,
+            }
+            mf.monitor.remove_alert_callback(count_alert)
+    finally:
+        await raw_pool.close()
+        if not args.keep:
+            await reset_schemas(url, create_raw=False)
+    results["targets_ms"] = TARGETS_MS
+    results["monitor_alerts"] = dict(sorted(alerts.items()))
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    command = shlex.join([".venv/bin/python", "-m", "benchmarks.layers", *sys.argv[1:]])
+    meta = {
+        "command": command,
+        "rounds": args.rounds,
+        "ops_per_round": args.ops,
+        "writers": args.writers,
+        "writer_ops": args.writer_ops,
+        "messages": args.messages,
+        "layer_rounds": args.layer_rounds,
+    }
+    env_url = os.environ.get("MEMFUSE_DATABASE_URL")
+    source = "MEMFUSE_DATABASE_URL" if env_url else "embedded PostgreSQL (Unix socket)"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
+        async with database_url_for(Settings(database_url=env_url, data_dir=Path(data_dir))) as url:
+            results = await run(url, args, source)
+    meta["duration_s"] = round(time.perf_counter() - started, 1)
+    return {"meta": meta, **results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of parts 1 and 2")
+    parser.add_argument("--ops", type=int, default=300, help="adds per candidate per round")
+    parser.add_argument("--writers", type=int, default=64)
+    parser.add_argument("--writer-ops", type=int, default=20, help="adds per writer per round")
+    parser.add_argument("--messages", type=int, default=2000, help="messages for M1/M2")
+    parser.add_argument("--layer-rounds", type=int, default=2, help="flushes per mode")
+    parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args))
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
