@@ -325,7 +325,7 @@ async def test_a_call_cancelled_before_its_batch_is_taken_is_not_written(
 
     await buffer.flush()
     assert calls["b"].cancelled()
-    assert (calls["a"].result(), calls["c"].result()) == ("a written", "c written")
+    assert (await calls["a"], await calls["c"]) == ("a written", "c written")
     assert writer.batches == [["a", "c"]]
     await buffer.close()
 
