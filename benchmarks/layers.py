@@ -272,6 +272,22 @@ def raw_args(message: Message, session_id: uuid.UUID, seq: int) -> tuple[object,
     )
 
 
+class AlertTally:
+    """The monitor's threshold alerts counted by operation (its own list keeps only 100)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, alert: Alert) -> None:
+        self.counts[alert.operation] += 1
+
+    def mark(self) -> Counter[str]:
+        return Counter(self.counts)
+
+    def since(self, mark: Counter[str]) -> dict[str, int]:
+        return dict(sorted((self.counts - mark).items()))
+
+
 # --- 1. add() latency -------------------------------------------------------------------------
 
 
@@ -388,6 +404,7 @@ async def throughput(
     writers: int,
     per_writer: int,
     rounds: int,
+    alerts: AlertTally,
 ) -> dict[str, Any]:
     on = [await buffered.init("bench-writers", "bench", f"on-{i}") for i in range(writers)]
     off = [await direct.init("bench-writers", "bench", f"off-{i}") for i in range(writers)]
@@ -425,6 +442,7 @@ async def throughput(
     rates: dict[str, list[float]] = {key: [] for key in candidates}
     cpu: dict[str, list[float]] = {key: [] for key in candidates}
     latencies: dict[str, list[float]] = {key: [] for key in candidates}
+    alerted: dict[str, Counter[str]] = {key: Counter() for key in candidates}
     batches: list[dict[str, int]] = []
     buffered.monitor.clear("buffer_flush")
     names = list(candidates)
@@ -432,7 +450,9 @@ async def throughput(
         order = names[number % len(names) :] + names[: number % len(names)]
         for key in order:
             before = buffer_counts(buffered)
+            mark = alerts.mark()
             outcome = await run_writers(writers, per_writer, candidates[key])
+            alerted[key].update(alerts.since(mark))
             rates[key].append(outcome.msgs_per_s)
             cpu[key].append(outcome.client_cpu_ms_per_msg)
             latencies[key].extend(outcome.latencies)
@@ -455,6 +475,7 @@ async def throughput(
             "round_ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],
             "call_latency": summary(latencies[key]),
             "median_client_cpu_ms_per_msg": round(statistics.median(cpu[key]), 4),
+            "monitor_alerts": dict(sorted(alerted[key].items())),
         }
     flushes = buffered.monitor.stats("buffer_flush")
     per_round = [entry["batches"] for entry in batches]
@@ -559,12 +580,18 @@ async def layers(
             "median_msgs_per_s": round(messages / wall_seq, 1),
             "m1_ms_per_message": round(m1, 4),
             "m2_ms_per_message": round(m2, 4),
+            "median_flush_client_cpu_s": statistics.median(
+                run["flush_client_cpu_s"] for run in sequential
+            ),
             "m1_ratio_vs_target_150ms": round(m1 / TARGETS_MS["m1_per_message"], 5),
             "m2_ratio_vs_target_150ms": round(m2 / TARGETS_MS["m2_per_message"], 5),
         },
         "parallel": {
             "median_flush_s": round(wall_par, 3),
             "median_msgs_per_s": round(messages / wall_par, 1),
+            "median_flush_client_cpu_s": statistics.median(
+                run["flush_client_cpu_s"] for run in parallel
+            ),
             "speedup_vs_sequential": round(wall_seq / wall_par, 3),
         },
         "load": {
@@ -624,14 +651,10 @@ async def reset_schemas(url: str, *, create_raw: bool) -> None:
 
 
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
-    alerts: Counter[str] = Counter()
-
-    def count_alert(alert: Alert) -> None:
-        alerts[alert.operation] += 1
-
+    alerts = AlertTally()
     text_source, conversations = load_corpus(args.locomo)
     messages = single_messages(conversations)
-    results: dict[str, Any] = {"machine": await machine(url, source)}
+    results: dict[str, Any] = {"machine": {}}
     await reset_schemas(url, create_raw=True)
     common: dict[str, Any] = {"pipeline_auto": False, "monitor_history_size": 100_000}
     buffered = MemFuse(url, schema=WRITE_SCHEMA, **common)
@@ -643,7 +666,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     )
     try:
         async with buffered, direct:
-            buffered.monitor.add_alert_callback(count_alert)
+            results["machine"] = await machine(url, source)
+            buffered.monitor.add_alert_callback(alerts)
             results["settings"] = {
                 "pool_size": pool.pool_size,
                 "max_overflow": pool.max_overflow,
@@ -663,9 +687,11 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                     1,
                 ),
             }
+            mark = alerts.mark()
             results["add_latency"] = await add_latency(
                 buffered, direct, raw_pool, messages, args.rounds, args.ops
             )
+            results["add_latency"]["monitor_alerts"] = alerts.since(mark)
             results["throughput"] = await throughput(
                 buffered,
                 direct,
@@ -674,9 +700,12 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                 writers=args.writers,
                 per_writer=args.writer_ops,
                 rounds=args.rounds,
+                alerts=alerts,
             )
         async with MemFuse(url, schema=LAYER_SCHEMA, **common) as mf:
+            mark = alerts.mark()
             results["layers"] = await layers(mf, conversations, args.messages, args.layer_rounds)
+            results["layers"]["monitor_alerts"] = alerts.since(mark)
             results["layers"]["settings"] = {
                 "fact_extractor": mf.settings.fact_extractor,
                 "pipeline_concurrency": mf.settings.pipeline_concurrency,
@@ -684,13 +713,14 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                 "episode_target_tokens": mf.settings.episode_target_tokens,
                 "episode_max_tokens": mf.settings.episode_max_tokens,
             }
-            mf.monitor.remove_alert_callback(count_alert)
+            mf.monitor.remove_alert_callback(alerts)
     finally:
         await raw_pool.close()
         if not args.keep:
             await reset_schemas(url, create_raw=False)
     results["targets_ms"] = TARGETS_MS
-    results["monitor_alerts"] = dict(sorted(alerts.items()))
+    results["monitor_alerts"] = alerts.since(Counter())
+    results["monitor_thresholds_ms"] = buffered.monitor.thresholds
     return results
 
 

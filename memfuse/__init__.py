@@ -2,21 +2,34 @@
 
 from memfuse.config import PoolSettings, Settings, load_settings
 from memfuse.errors import (
+    ClosedError,
     ConfigurationError,
     DimensionMismatchError,
+    ExtractionError,
     MemfuseError,
+    NotFoundError,
+    PipelineError,
     SchemaError,
+    ValidationError,
 )
+from memfuse.memory import MemFuse, Memory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClosedError",
     "ConfigurationError",
     "DimensionMismatchError",
+    "ExtractionError",
+    "MemFuse",
     "MemfuseError",
+    "Memory",
+    "NotFoundError",
+    "PipelineError",
     "PoolSettings",
     "SchemaError",
     "Settings",
+    "ValidationError",
     "__version__",
     "load_settings",
 ]

@@ -26,6 +26,7 @@ from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
+from memfuse.repositories.tenancy import SessionRepository, UserRepository
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class LayerPipeline:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            if not await self._session_exists(progress):
+                logger.debug("session %s was deleted while processed", progress.session_id)
+                return
             logger.warning(
                 "%s processing of session %s failed: %r", progress.layer, progress.session_id, error
             )
@@ -176,6 +180,8 @@ class LayerPipeline:
             with self._monitor.track_operation(processor.operation):
                 result = await processor.compute(messages, context)
                 async with self._session_factory.begin() as db:
+                    if not await self._lock_scope(db, current):
+                        return processed
                     progress_rows = ProgressRepository(db)
                     locked = await progress_rows.read(
                         current.user_id, current.session_id, processor.layer, lock=True
@@ -189,6 +195,18 @@ class LayerPipeline:
                     await progress_rows.advance(current.session_id, processor.layer, upto)
             processed += len(messages)
 
+    @staticmethod
+    async def _lock_scope(db: AsyncSession, progress: Progress) -> bool:
+        """Hold the user and session (shared) while writing; ``False`` if they were deleted."""
+        if not await UserRepository(db).lock([progress.user_id]):
+            return False
+        return await SessionRepository(db).lock(progress.user_id, progress.session_id)
+
+    async def _session_exists(self, progress: Progress) -> bool:
+        async with self._session_factory() as db:
+            found = await SessionRepository(db).get(progress.user_id, progress.session_id)
+        return found is not None
+
     async def _link(self, progress: Progress) -> None:
         """Point the session's new facts at their episodes once both layers have run."""
         if "m2" not in self.processors:
@@ -197,6 +215,9 @@ class LayerPipeline:
             async with self._session_factory.begin() as db:
                 await FactRepository(db).link_episodes(progress.user_id, progress.session_id)
         except Exception as error:
+            if not await self._session_exists(progress):
+                logger.debug("session %s was deleted while processed", progress.session_id)
+                return
             logger.warning("linking facts of session %s failed: %s", progress.session_id, error)
 
     async def _record_failure(self, progress: Progress, error: BaseException) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import DateTime
 
 from memfuse.db.models import Message, Session
+from memfuse.repositories.tenancy import UserRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +120,19 @@ class MessageRepository:
     ) -> dict[uuid.UUID, int]:
         """Lock the counters of ``(user_id, session_id)`` pairs in id order; their counts.
 
+        Their users get a shared key lock first (see ``UserRepository.lock`` for the order).
         Locking in one order keeps concurrent multi-session writers free of deadlocks; the
         locks last until commit, so sequence numbers follow commit order without gaps.
         Sessions that do not exist (or are another user's) are absent from the result.
         """
         if not sessions:
             return {}
+        await UserRepository(self.session).lock(sorted({user_id for user_id, _ in sessions}))
         result = await self.session.execute(
             select(Session.id, Session.message_count)
             .where(tuple_(Session.user_id, Session.id).in_(sessions))
             .order_by(Session.id)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
         return {row.id: int(row.message_count) for row in result}
 

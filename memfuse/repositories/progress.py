@@ -94,10 +94,18 @@ class ProgressRepository:
     async def read(
         self, user_id: uuid.UUID, session_id: uuid.UUID, layer: str, *, lock: bool = False
     ) -> Progress | None:
-        """A layer's progress in a session, creating its row; ``lock`` holds it until commit."""
+        """A layer's progress in a session, creating its row; ``lock`` holds it until commit.
+
+        ``None`` when the session does not exist (any more) for this user.
+        """
         await self.session.execute(
             insert(LayerProgress)
-            .values(session_id=session_id, layer=layer, user_id=user_id)
+            .from_select(
+                ["session_id", "layer", "user_id"],
+                select(Session.id, literal(layer), Session.user_id).where(
+                    Session.id == session_id, Session.user_id == user_id
+                ),
+            )
             .on_conflict_do_nothing(index_elements=[LayerProgress.session_id, LayerProgress.layer])
         )
         query = (
@@ -150,6 +158,20 @@ class ProgressRepository:
                 retry_after=func.now() + backoff,
                 last_error=error[:2000],
             )
+        )
+
+    async def lock(self, *, user_id: uuid.UUID, session_id: uuid.UUID | None = None) -> None:
+        """Lock the progress rows of a session (or of all a user's sessions) until commit.
+
+        Deletions take these locks first, in the same order as the pipeline (progress row,
+        then the user's fact lock), so a deletion and a layer step queue up instead of
+        deadlocking.
+        """
+        query = select(LayerProgress.session_id).where(LayerProgress.user_id == user_id)
+        if session_id is not None:
+            query = query.where(LayerProgress.session_id == session_id)
+        await self.session.execute(
+            query.order_by(LayerProgress.session_id, LayerProgress.layer).with_for_update()
         )
 
     async def rebuild_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:

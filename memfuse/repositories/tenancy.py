@@ -7,6 +7,7 @@ user level takes the owning ``user_id``, so one tenant's names never resolve to 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -33,6 +34,25 @@ class UserRepository:
         user = await self.get_by_name(name)
         assert user is not None  # inserted above or by a concurrent caller
         return user
+
+    async def lock(
+        self, user_ids: Sequence[uuid.UUID], *, exclusive: bool = False
+    ) -> set[uuid.UUID]:
+        """Lock users until commit, in id order; returns those that exist.
+
+        Lock order everywhere in memfuse: user, then session, then layer progress, then the
+        user's fact lock. Writers take a shared key lock on the user, so deleting a user
+        (``exclusive``) waits for them instead of deadlocking with their foreign-key checks.
+        """
+        if not user_ids:
+            return set()
+        query = select(User.id).where(User.id.in_(user_ids)).order_by(User.id)
+        query = (
+            query.with_for_update()
+            if exclusive
+            else query.with_for_update(read=True, key_share=True)
+        )
+        return set((await self.session.execute(query)).scalars())
 
     async def delete(self, user_id: uuid.UUID) -> bool:
         """Delete a user; the database cascades to every row of theirs."""
@@ -92,6 +112,22 @@ class SessionRepository:
         found = await self.get_by_name(user_id, name)
         assert found is not None
         return found
+
+    async def lock(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, *, exclusive: bool = False
+    ) -> bool:
+        """Lock a session of the user until commit (shared key lock unless ``exclusive``).
+
+        Layer steps hold the shared lock while they write, so deleting the session waits for
+        them. Returns whether the session exists.
+        """
+        query = select(Session.id).where(Session.user_id == user_id, Session.id == session_id)
+        query = (
+            query.with_for_update()
+            if exclusive
+            else query.with_for_update(read=True, key_share=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none() is not None
 
     async def delete(self, user_id: uuid.UUID, session_id: uuid.UUID) -> bool:
         """Delete a session; the database cascades to its messages, episodes and facts."""

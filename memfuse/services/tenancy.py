@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memfuse.errors import NotFoundError, ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.facts import FactRepository
+from memfuse.repositories.progress import ProgressRepository
 from memfuse.repositories.tenancy import AgentRepository, SessionRepository, UserRepository
 
 DEFAULT_AGENT = "default"
@@ -72,17 +73,23 @@ class TenancyService:
         live again afterwards.
         """
         async with self._session_factory.begin() as db:
+            await UserRepository(db).lock([scope.user_id])
+            sessions = SessionRepository(db)
+            if not await sessions.lock(scope.user_id, scope.session_id, exclusive=True):
+                raise NotFoundError(f"session {scope.session!r} does not exist")
+            await ProgressRepository(db).lock(user_id=scope.user_id, session_id=scope.session_id)
             facts = FactRepository(db)
             await facts.lock_user(scope.user_id)
             await facts.delete_for_session(scope.user_id, scope.session_id)
-            if not await SessionRepository(db).delete(scope.user_id, scope.session_id):
-                raise NotFoundError(f"session {scope.session!r} does not exist")
+            await sessions.delete(scope.user_id, scope.session_id)
 
     async def delete_user(self, scope: MemoryScope) -> None:
         """Delete a user and everything stored for them."""
         async with self._session_factory.begin() as db:
-            if not await UserRepository(db).delete(scope.user_id):
+            users = UserRepository(db)
+            if not await users.lock([scope.user_id], exclusive=True):
                 raise NotFoundError(f"user {scope.user!r} does not exist")
+            await users.delete(scope.user_id)
 
 
 def validate_name(field: str, value: object) -> None:

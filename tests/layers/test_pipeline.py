@@ -192,3 +192,17 @@ async def test_new_messages_extend_the_open_episode(database_url: str) -> None:
     assert episode.message_ids == (*first, *second)
     assert episode.content == "user: Hello there.\nassistant: Hi Ana."
     assert uuid.UUID(str(episode.id))
+
+
+async def test_deleting_a_user_while_their_sessions_are_processed(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_auto=False, pipeline_batch_messages=5) as mf:
+        memories = await load(mf, "leaving", sessions=3)
+        staying = await load(mf, "staying", sessions=1)
+        flushing = asyncio.create_task(mf.flush())
+        await asyncio.sleep(0.01)
+        await memories[0].delete_user()
+        await flushing
+        await mf.flush()
+        assert await count(mf, "SELECT count(*) FROM memfuse.messages") == 30
+        assert len(await staying[0].list_episodes(all_sessions=True)) >= 1
+        assert await memories[0].list_messages(all_sessions=True) == []
