@@ -87,6 +87,7 @@ class Settings:
     pipeline_concurrency: int = 4
     pipeline_auto: bool = True
     pipeline_batch_messages: int = 500
+    pipeline_poll_interval: float = 30.0
     episode_target_tokens: int = 700
     episode_max_tokens: int = 800
     episode_idle_gap: float = 3600.0
@@ -127,6 +128,16 @@ class Settings:
         for name in ("buffer_max_delay", "episode_idle_gap", "llm_max_retries"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(name, f"must be 0 or more, got {getattr(self, name)}")
+        if self.pipeline_poll_interval <= 0:
+            raise ConfigurationError(
+                "pipeline_poll_interval", f"must be positive, got {self.pipeline_poll_interval}"
+            )
+        if self.llm_base_url is not None and not self.llm_base_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigurationError(
+                "llm_base_url", f"must be an http(s) URL, got {self.llm_base_url!r}"
+            )
         if self.llm_timeout <= 0:
             raise ConfigurationError("llm_timeout", f"must be positive, got {self.llm_timeout}")
         if self.buffer_max_pending < self.buffer_max_messages:

@@ -1,9 +1,10 @@
 """The dependency-injector container: settings, monitor, engines, sessions, repositories, services.
 
-Resources (the embedded server, the engine) start in ``await container.init_resources()`` and
-stop in ``await container.shutdown_resources()``. Tests and host apps override any provider,
-e.g. ``container.settings.override(providers.Object(my_settings))``, or hand in their own
-engine with ``container.host_engine.override(providers.Object(engine))``.
+Resources (the engine, with the embedded server when no URL is set; the write buffer; the fact
+extractor; the layer pipeline) start in ``await container.init_resources()`` and stop in
+``await container.shutdown_resources()``, each before what it depends on. Tests and host apps
+override any provider, e.g. ``container.settings.override(providers.Object(my_settings))``, or
+hand in their own engine with ``container.host_engine.override(providers.Object(engine))``.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ async def resolve(provider: providers.Provider[T]) -> T:
 
 
 async def start(container: containers.Container) -> None:
-    """Start the container's resources (the embedded server and the engine)."""
+    """Start the container's resources (engine, buffer, extractor, pipeline)."""
     pending = container.init_resources()
     if pending is not None:
         await pending
 
 
 async def stop(container: containers.Container) -> None:
-    """Stop the resources in reverse order: release the engine, then the embedded server."""
+    """Stop the resources, dependents first: buffer and pipeline, then the engine and server."""
     pending = container.shutdown_resources()
     if pending is not None:
         await pending
@@ -150,6 +151,7 @@ async def pipeline_resource(
         parallel=settings.pipeline_parallel,
         concurrency=settings.pipeline_concurrency,
         batch_messages=settings.pipeline_batch_messages,
+        poll_interval=settings.pipeline_poll_interval,
     )
     try:
         yield pipeline

@@ -61,6 +61,7 @@ class LayerPipeline:
         parallel: bool = True,
         concurrency: int = 4,
         batch_messages: int = 500,
+        poll_interval: float = 30.0,
     ) -> None:
         if concurrency < 1 or batch_messages < 1:
             raise ValueError("concurrency and batch_messages must be at least 1")
@@ -70,6 +71,7 @@ class LayerPipeline:
         self._parallel = parallel
         self._concurrency = concurrency
         self._batch_messages = batch_messages
+        self._poll_interval = poll_interval
         self._pass_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -238,7 +240,9 @@ class LayerPipeline:
         self._wake.set()
 
     def start(self) -> None:
-        """Run passes in the background whenever :meth:`notify` is called, and once now."""
+        """Run passes in the background: now, whenever :meth:`notify` is called, and every
+        ``poll_interval`` seconds (which retries failed sessions and picks up messages other
+        processes wrote but did not process)."""
         if self._closed:
             raise ClosedError("the pipeline is closed")
         if self._runner is None:
@@ -247,7 +251,8 @@ class LayerPipeline:
 
     async def _run_forever(self) -> None:
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             self._wake.clear()
             try:
                 await self.process_pending(retry_failed=False)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -248,34 +249,71 @@ class FactRepository:
         )
 
     async def delete_for_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-        """Delete a session's facts; facts they had closed become live again.
+        """Delete a session's facts and repair the slots they were part of.
 
-        A closed fact is reopened only if no live fact has the same content, so the rule
-        of one live copy per content holds.
+        A fact that one of them had closed is then closed by its next newer fact of the same
+        slot, or live again if none is left; so each slot keeps exactly one live fact.
         """
-        closer = aliased(Fact)
-        duplicate = aliased(Fact)
-        await self.session.execute(
-            update(Fact)
-            .where(
-                Fact.user_id == user_id,
-                Fact.superseded_by.in_(
-                    select(closer.id).where(
-                        closer.user_id == user_id, closer.session_id == session_id
+        keys = list(
+            (
+                await self.session.execute(
+                    select(Fact.fact_key)
+                    .distinct()
+                    .where(
+                        Fact.user_id == user_id,
+                        Fact.session_id == session_id,
+                        Fact.fact_key.is_not(None),
                     )
-                ),
-                ~exists().where(
-                    and_(
-                        duplicate.user_id == user_id,
-                        duplicate.valid_to.is_(None),
-                        func.md5(duplicate.content) == func.md5(Fact.content),
-                    )
-                ),
-            )
-            .values(valid_to=None, superseded_by=None)
+                )
+            ).scalars()
         )
         await self.session.execute(
             delete(Fact).where(Fact.user_id == user_id, Fact.session_id == session_id)
+        )
+        await self.rechain_slots(user_id, keys)
+
+    async def rechain_slots(self, user_id: uuid.UUID, keys: Sequence[str | None]) -> None:
+        """Close every fact of these slots by its next newer one; the newest stays live.
+
+        The newest is not reopened if a live fact with the same content exists elsewhere:
+        one live copy per content wins over reopening.
+        """
+        if not keys:
+            return
+        ordering = (Fact.valid_from, Fact.created_at, Fact.id)
+        chain = (
+            select(
+                Fact.id.label("fact_id"),
+                func.lead(Fact.id)
+                .over(partition_by=Fact.fact_key, order_by=ordering)
+                .label("next_id"),
+                func.lead(Fact.valid_from)
+                .over(partition_by=Fact.fact_key, order_by=ordering)
+                .label("next_from"),
+            )
+            .where(Fact.user_id == user_id, Fact.fact_key.in_(keys))
+            .subquery()
+        )
+        duplicate = aliased(Fact)
+        live_copy = exists().where(
+            and_(
+                duplicate.user_id == user_id,
+                duplicate.valid_to.is_(None),
+                duplicate.id != Fact.id,
+                func.md5(duplicate.content) == func.md5(Fact.content),
+            )
+        )
+        await self.session.execute(
+            update(Fact)
+            .where(
+                Fact.id == chain.c.fact_id,
+                or_(
+                    Fact.superseded_by.is_distinct_from(chain.c.next_id),
+                    Fact.valid_to.is_distinct_from(chain.c.next_from),
+                ),
+                or_(chain.c.next_id.is_not(None), ~live_copy),
+            )
+            .values(superseded_by=chain.c.next_id, valid_to=chain.c.next_from)
         )
 
 

@@ -22,6 +22,7 @@ MAY_1 = datetime(2023, 5, 1, tzinfo=UTC)
 JUNE_1 = datetime(2023, 6, 1, tzinfo=UTC)
 SCRIPT = {
     "I live in Boston.": [("Caroline lives in Boston.", "caroline|lives_in")],
+    "I moved to Austin.": [("Caroline lives in Austin.", "caroline|lives_in")],
     "I moved to Denver.": [("Caroline lives in Denver.", "caroline|lives_in")],
     "I love hiking.": [("Caroline loves hiking.", None)],
     "Hiking is my thing, I love hiking.": [("Caroline loves hiking.", None)],
@@ -115,6 +116,21 @@ async def test_facts_point_at_the_episode_holding_their_message(mf: MemFuse) -> 
     [fact] = await memory.list_facts()
     assert fact.episode_id == episode.id
     assert set(fact.message_ids) <= set(episode.message_ids)
+
+
+async def test_deleting_a_middle_fact_closes_the_older_one_by_the_newer(mf: MemFuse) -> None:
+    sessions = [await mf.init("caroline", session=name) for name in ("a", "b", "c")]
+    await say(sessions[0], "I live in Boston.", MAY_1)
+    await say(sessions[1], "I moved to Denver.", JUNE_1)
+    await say(sessions[2], "I moved to Austin.", JUNE_1 + timedelta(days=30))
+    await mf.flush()
+
+    await sessions[1].delete_session()
+    live = await sessions[0].list_facts(all_sessions=True)
+    assert [f.content for f in live] == ["Caroline lives in Austin."]
+    history = await sessions[0].list_facts(all_sessions=True, include_superseded=True, order="asc")
+    boston, austin = history
+    assert (boston.superseded_by, boston.valid_to) == (austin.id, austin.valid_from)
 
 
 def chunk(text: str, at: datetime) -> ChunkData:
