@@ -144,3 +144,37 @@ def test_dimension_above_the_hnsw_limit_is_rejected() -> None:
 def test_pool_keys_at_the_top_level_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"\[store\]"):
         load_settings(write_config(tmp_path, "pool_size = 99\n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"buffer_max_messages": 0}, "buffer_max_messages"),
+        ({"buffer_max_pending": 10, "buffer_max_messages": 20}, "buffer_max_pending"),
+        ({"buffer_max_delay": -1}, "buffer_max_delay"),
+        ({"episode_target_tokens": 900, "episode_max_tokens": 800}, "episode_max_tokens"),
+        ({"fact_extractor": "magic"}, "fact_extractor"),
+        ({"fact_extractor": "llm"}, "llm_base_url"),
+        ({"fact_extractor": "llm", "llm_base_url": "http://x/v1"}, "llm_model"),
+        ({"llm_base_url": "ftp://x"}, "llm_base_url"),
+        ({"pipeline_poll_interval": 0}, "pipeline_poll_interval"),
+        ({"max_message_chars": 0}, "max_message_chars"),
+    ],
+)
+def test_layer_settings_are_checked(
+    clean_env: None, overrides: dict[str, object], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(**overrides)
+    assert caught.value.setting == setting
+
+
+def test_every_setting_reads_its_environment_variable(clean_env: None) -> None:
+    settings = load_settings(
+        environ={"MEMFUSE_BUFFER_MAX_DELAY": "0.25", "MEMFUSE_PIPELINE_PARALLEL": "false"}
+    )
+    assert (settings.buffer_max_delay, settings.pipeline_parallel) == (0.25, False)
+
+
+def test_the_llm_api_key_is_masked(clean_env: None) -> None:
+    assert "sk-secret" not in repr(load_settings(llm_api_key="sk-secret"))

@@ -147,3 +147,38 @@ def test_monitor_follows_the_settings() -> None:
     finally:
         monitor.enable()
         monitor.set_history_size(1000)
+
+
+async def test_the_fact_extractor_follows_the_settings(database_url: str) -> None:
+    from memfuse.layers.extractors import OfflineFactExtractor
+    from memfuse.layers.extractors.llm import LLMFactExtractor
+
+    for name, expected in (("offline", OfflineFactExtractor), ("llm", LLMFactExtractor)):
+        container = isolated_container(database_url)
+        settings = Settings(
+            database_url=database_url,
+            fact_extractor=name,
+            llm_base_url="http://127.0.0.1:9/v1",
+            llm_model="local-model",
+        )
+        container.settings.override(providers.Object(settings))
+        await container.init_resources()
+        try:
+            assert isinstance(await container.fact_extractor(), expected)
+            pipeline = await container.pipeline()
+            assert set(pipeline.processors) == {"m1", "m2"}
+        finally:
+            await container.shutdown_resources()
+
+
+async def test_without_a_fact_extractor_the_pipeline_runs_m1_only(database_url: str) -> None:
+    container = isolated_container(database_url)
+    settings = Settings(database_url=database_url, fact_extractor="none", buffer_enabled=False)
+    container.settings.override(providers.Object(settings))
+    await container.init_resources()
+    try:
+        assert await container.fact_extractor() is None
+        assert await container.write_buffer() is None
+        assert set((await container.pipeline()).processors) == {"m1"}
+    finally:
+        await container.shutdown_resources()
