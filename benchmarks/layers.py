@@ -36,6 +36,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -745,6 +746,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {"meta": meta, **results}
 
 
+def source_version() -> dict[str, Any]:
+    """The checked-out commit, and whether the working tree differs from it (read-only git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "modified_files": None}
+    return {"git_commit": commit, "modified_files": [line[3:] for line in status.splitlines()]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of parts 1 and 2")
@@ -757,7 +777,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    version = source_version()
     results = asyncio.run(main_async(args))
+    results["meta"].update(version)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -78,29 +78,16 @@ _COLUMNS = (
     Episode.last_seq,
     Episode.started_at,
     Episode.ended_at,
-    Episode.metadata_,
+    Episode.metadata_.label("metadata"),
     Episode.created_at,
     Episode.embedding.is_not(None).label("embedded"),
 )
 
 
 def _row(row: Row[Any]) -> EpisodeRow:
-    return EpisodeRow(
-        id=row.id,
-        user_id=row.user_id,
-        agent_id=row.agent_id,
-        session_id=row.session_id,
-        content=row.content,
-        token_count=row.token_count,
-        message_ids=tuple(row.message_ids),
-        first_seq=row.first_seq,
-        last_seq=row.last_seq,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        metadata=row.metadata_,
-        created_at=row.created_at,
-        embedded=row.embedded,
-    )
+    values = dict(row._mapping)
+    values["message_ids"] = tuple(values["message_ids"])
+    return EpisodeRow(**values)
 
 
 class EpisodeRepository:

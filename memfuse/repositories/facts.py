@@ -128,33 +128,17 @@ _COLUMNS = (
     Fact.valid_from,
     Fact.valid_to,
     Fact.superseded_by,
-    Fact.metadata_,
+    Fact.metadata_.label("metadata"),
     Fact.created_at,
     Fact.embedding.is_not(None).label("embedded"),
 )
 
 
 def _row(row: Row[Any]) -> FactRow:
-    return FactRow(
-        id=row.id,
-        user_id=row.user_id,
-        agent_id=row.agent_id,
-        session_id=row.session_id,
-        content=row.content,
-        fact_type=row.fact_type,
-        fact_key=row.fact_key,
-        entities=tuple(row.entities),
-        confidence=row.confidence,
-        occurred_at=row.occurred_at,
-        message_ids=tuple(row.message_ids),
-        episode_id=row.episode_id,
-        valid_from=row.valid_from,
-        valid_to=row.valid_to,
-        superseded_by=row.superseded_by,
-        metadata=row.metadata_,
-        created_at=row.created_at,
-        embedded=row.embedded,
-    )
+    values = dict(row._mapping)
+    values["entities"] = tuple(values["entities"])
+    values["message_ids"] = tuple(values["message_ids"])
+    return FactRow(**values)
 
 
 class FactRepository:

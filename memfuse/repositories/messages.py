@@ -63,7 +63,7 @@ _COLUMNS = (
     Message.name,
     Message.content,
     Message.token_count,
-    Message.metadata_,
+    Message.metadata_.label("metadata"),
     Message.created_at,
     Message.updated_at,
     Message.embedding.is_not(None).label("embedded"),
@@ -92,21 +92,7 @@ _INSERT = insert(_TABLE).values(
 
 
 def _row(row: Row[Any]) -> MessageRow:
-    return MessageRow(
-        id=row.id,
-        user_id=row.user_id,
-        agent_id=row.agent_id,
-        session_id=row.session_id,
-        seq=row.seq,
-        role=row.role,
-        name=row.name,
-        content=row.content,
-        token_count=row.token_count,
-        metadata=row.metadata_,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        embedded=row.embedded,
-    )
+    return MessageRow(**row._mapping)
 
 
 class MessageRepository:
