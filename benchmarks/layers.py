@@ -8,13 +8,15 @@ Three measurements on one server in one run, each against a baseline measured in
 
 1. ``add_latency``: sequential single-message ``Memory.add()`` with the write buffer on and off
    (``pipeline_auto=False``), against raw asyncpg inserting one equivalent row into a plain
-   table on a pooled connection in an explicit transaction (``BEGIN; INSERT; COMMIT``); an
-   autocommit single-statement insert is shown too. Rounds interleave as in the foundation
-   benchmark (whose ``compare`` this reuses).
+   table on a pooled connection in an explicit transaction (``BEGIN; INSERT; COMMIT``). Also
+   shown: an autocommit single-statement insert, and memfuse's own write statements replayed
+   on raw asyncpg (:class:`ReplaySql`), which splits server time from client time. Rounds
+   interleave as in the foundation benchmark (whose ``compare`` this reuses).
 2. ``throughput``: ``--writers`` concurrent tasks, each with its own session, each doing
    ``--writer-ops`` sequential single-message adds; buffer on, buffer off, and raw asyncpg
-   writers on a pool as large as memfuse's (``pool_size + max_overflow``). The candidates
-   take turns within each round, in rotating order.
+   writers (plain insert, and memfuse's SQL) on a pool as large as memfuse's
+   (``pool_size + max_overflow``). The candidates take turns within each round, in rotating
+   order; the buffered run's batches come from the buffer's own stats.
 3. ``layers``: ``--messages`` chat messages (LoCoMo's dev conversations when the file exists,
    else a fixed generator) loaded with ``pipeline_auto=False``, then ``await mf.flush()`` timed
    in sequential and in parallel mode, with fresh users for every mode and round. M1 and M2
@@ -83,6 +85,9 @@ RAW_INSERT = (
     " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
 )
 
+Message = dict[str, Any]
+RawPool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
 
 @dataclass(frozen=True, slots=True)
 class ReplaySql:
@@ -131,10 +136,6 @@ class ReplaySql:
                 json.dumps(message.get("metadata", {})),
             )
             await connection.execute(self.counter, count + 1, scope.session_id)
-
-
-Message = dict[str, Any]
-RawPool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 
 def connect_args(url: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ MAX_NAME_CHARS = 255
 
 @dataclass(frozen=True, slots=True)
 class MessageInput:
-    """One message that passed validation; ``id`` is the caller's or a new UUID."""
+    """One message that passed validation; ``id`` is the caller's (``client_id``) or new."""
 
     id: uuid.UUID
     role: str
@@ -38,6 +38,7 @@ class MessageInput:
     created_at: datetime | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     token_count: int = 0
+    client_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput
 
     return MessageInput(
         id=_message_id(raw.get("id"), index=index),
+        client_id=raw.get("id") is not None,
         role=role,
         content=content,
         name=name,
@@ -233,7 +235,7 @@ class MessageService:
             counters = await repository.lock_sessions(
                 sorted({(r.scope.user_id, r.scope.session_id) for r in requests})
             )
-            supplied = [m.id for r in requests for m in r.messages]
+            supplied = [m.id for r in requests for m in r.messages if m.client_id]
             existing = await repository.locate(supplied)
             rows: list[NewMessage] = []
             written: dict[uuid.UUID, uuid.UUID] = {}
