@@ -73,7 +73,7 @@ async def compare(
     result: dict[str, Any] = {"baseline": baseline}
     base = summary(collected[baseline])
     for key, latencies in collected.items():
-        figures = summary(latencies)
+        figures: dict[str, Any] = dict(summary(latencies))
         ratios = [
             mine / theirs
             for mine, theirs in zip(round_medians[key], round_medians[baseline], strict=True)

@@ -138,11 +138,6 @@ class ReplaySql:
             await connection.execute(self.counter, count + 1, scope.session_id)
 
 
-def connect_args(url: str) -> dict[str, Any]:
-    """``asyncpg.connect`` keywords for ``url`` (typed loosely, as the stubs want)."""
-    return dict(asyncpg_connect_args(url))
-
-
 def log(line: str) -> None:
     print(line, flush=True)  # noqa: T201 - benchmark output
 
@@ -619,7 +614,7 @@ def total_memory() -> str | None:
 
 
 async def machine(url: str, source: str) -> dict[str, Any]:
-    connection = await asyncpg.connect(**connect_args(url))
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
         server = await connection.fetchval("SHOW server_version")
         vector = await connection.fetchval(
@@ -641,7 +636,7 @@ async def machine(url: str, source: str) -> dict[str, Any]:
 
 
 async def reset_schemas(url: str, *, create_raw: bool) -> None:
-    connection = await asyncpg.connect(**connect_args(url))
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
         for schema in (WRITE_SCHEMA, LAYER_SCHEMA, RAW_SCHEMA):
             await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -664,7 +659,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     pool = buffered.settings.pool
     pool_size = pool.pool_size + pool.max_overflow
     raw_pool: RawPool = await asyncpg.create_pool(
-        **connect_args(url), min_size=pool_size, max_size=pool_size
+        **asyncpg_connect_args(url), min_size=pool_size, max_size=pool_size
     )
     try:
         async with buffered, direct:

@@ -49,13 +49,13 @@ async def server_url() -> AsyncIterator[str]:
 async def database_url(server_url: str) -> AsyncIterator[str]:
     """A new, empty database on the test server, dropped after the test."""
     name = f"memfuse_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))  # type: ignore[arg-type]
+    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))  # type: ignore[arg-type]
+    admin = await asyncpg.connect(**asyncpg_connect_args(server_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

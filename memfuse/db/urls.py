@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -62,7 +64,7 @@ def engine_key(url: str | URL) -> str:
     return mask_url(url)
 
 
-def asyncpg_connect_args(url: str | URL) -> dict[str, object]:
+def asyncpg_connect_args(url: str | URL) -> dict[str, Any]:
     """Keyword arguments for ``asyncpg.connect`` from a URL, Unix-socket hosts included.
 
     For connections that must live outside the pool, such as a long-lived LISTEN.

@@ -13,7 +13,7 @@ from memfuse.db.urls import asyncpg_connect_args
 
 
 async def scalar(url: str, sql: str) -> object:
-    connection = await asyncpg.connect(**asyncpg_connect_args(url))  # type: ignore[arg-type]
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
         return await connection.fetchval(sql)
     finally:

@@ -261,7 +261,7 @@ async def test_listen_connection_receives_wake_up(
     migrated_engine: AsyncEngine, database_url: str
 ) -> None:
     received: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(**asyncpg_connect_args(database_url))  # type: ignore[arg-type]
+    listener = await asyncpg.connect(**asyncpg_connect_args(database_url))
     try:
         await listener.add_listener(
             embedding_channel("memfuse"),
