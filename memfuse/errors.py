@@ -57,6 +57,10 @@ class ExtractionError(MemfuseError):
     """A fact extractor failed; the messages stay unprocessed and are retried later."""
 
 
+class EmbeddingError(MemfuseError):
+    """Texts could not be embedded; nothing was returned, so the caller can retry later."""
+
+
 class PipelineError(MemfuseError):
     """Some sessions could not be processed into M1/M2; their messages are kept for a retry."""
 

