@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
+
+from dependency_injector import providers
 
 from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine
-from memfuse.errors import MemfuseError, ValidationError
+from memfuse.errors import ConfigurationError, MemfuseError, ValidationError
 
 
 def _write(text: str) -> None:
@@ -55,11 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-flush", action="store_true", help="return without waiting for M1/M2 processing"
     )
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    worker = commands.add_parser("worker", help="run the embedding worker until interrupted")
+    worker.add_argument("--concurrency", type=int, help="batches at once (default: setting)")
+    worker.add_argument("--batch-size", type=int, help="jobs per batch (default: setting)")
+    worker.add_argument("--poll-interval", type=float, help="seconds between polls")
+    worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    worker.add_argument(
+        "--requeue-dead-letters", action="store_true", help="re-queue dead letters, then exit"
+    )
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
+    for option, setting in (
+        ("concurrency", "worker_concurrency"),
+        ("batch_size", "embedding_batch_size"),
+        ("poll_interval", "worker_poll_interval"),
+    ):
+        if getattr(args, option, None) is not None:
+            overrides[setting] = getattr(args, option)
     if args.database_url:
         overrides["database_url"] = args.database_url
     if args.schema:
@@ -108,6 +128,38 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
             _write(f"processed into episodes and facts in {time.perf_counter() - flushing:.1f} s")
 
 
+async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
+    """The worker as its own process: embeds until SIGINT/SIGTERM, then stops gracefully."""
+    from memfuse.container import Container, resolve, start, stop
+
+    container = Container()
+    container.settings.override(providers.Object(replace(settings, worker_enabled=True)))
+    await start(container)
+    try:
+        worker = await resolve(container.embedding_worker)
+        if worker is None:
+            raise ConfigurationError("embedder", "the worker needs an embedder (not 'none')")
+        await worker.verify()
+        if args.requeue_dead_letters:
+            _write(f"re-queued {await worker.requeue_dead_letters()} dead letters")
+            return
+        if args.once:
+            await worker.drain()
+            _write(f"embedded {worker.stats.vectors_written} rows")
+            return
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stopped.set)
+        worker.start()
+        _write(f"embedding worker running ({worker.embedder.model_name}); Ctrl-C stops it")
+        await stopped.wait()
+        await worker.close()
+        _write(f"stopped after embedding {worker.stats.vectors_written} rows")
+    finally:
+        await stop(container)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -124,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(settings, _write))
         elif args.command == "ingest":
             asyncio.run(run_ingest(settings, args))
+        elif args.command == "worker":
+            asyncio.run(run_worker(settings, args))
     except MemfuseError as error:
         sys.stderr.write(f"memfuse: {error}\n")
         return 2

@@ -58,7 +58,8 @@ class PoolSettings:
 
 
 FACT_EXTRACTORS = ("offline", "llm", "none")
-_SECRETS = frozenset({"database_url", "llm_api_key"})
+EMBEDDERS = ("local", "openai", "none")
+_SECRETS = frozenset({"database_url", "llm_api_key", "embedding_api_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,15 @@ class Settings:
     llm_timeout: float = 30.0
     llm_max_retries: int = 3
     llm_batch_size: int = 20
+    embedder: str = "local"
+    embedding_base_url: str | None = None
+    embedding_model: str | None = None
+    embedding_api_key: str | None = field(default=None, repr=False)
+    embedding_batch_size: int = 64
+    worker_enabled: bool = True
+    worker_concurrency: int = 1
+    worker_poll_interval: float = 5.0
+    worker_max_attempts: int = 5
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
@@ -122,6 +132,9 @@ class Settings:
             "pipeline_batch_messages",
             "episode_target_tokens",
             "llm_batch_size",
+            "embedding_batch_size",
+            "worker_concurrency",
+            "worker_max_attempts",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
@@ -157,6 +170,18 @@ class Settings:
                 "fact_extractor",
                 f"must be one of {', '.join(FACT_EXTRACTORS)}, got {self.fact_extractor!r}",
             )
+        if self.worker_poll_interval <= 0:
+            raise ConfigurationError(
+                "worker_poll_interval", f"must be positive, got {self.worker_poll_interval}"
+            )
+        if self.embedder not in EMBEDDERS:
+            raise ConfigurationError(
+                "embedder", f"must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}"
+            )
+        if self.embedder == "openai":
+            for name in ("embedding_base_url", "embedding_model"):
+                if not getattr(self, name):
+                    raise ConfigurationError(name, "is required when embedder is 'openai'")
         if self.fact_extractor == "llm":
             for name in ("llm_base_url", "llm_model"):
                 if not getattr(self, name):

@@ -22,6 +22,8 @@ from memfuse.buffer import WriteBuffer
 from memfuse.config import Settings, load_settings
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
+from memfuse.embedding.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.layers.extractors import FactExtractor
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.m1 import EpisodePolicy, EpisodeProcessor
@@ -189,6 +191,61 @@ async def write_buffer_resource(
         await buffer.close()
 
 
+async def embedder_resource(settings: Settings) -> AsyncIterator[Embedder | None]:
+    """The configured embedder (``None`` when off); its model or HTTP client closes at stop."""
+    if settings.embedder == "none":
+        yield None
+        return
+    embedder: Embedder
+    if settings.embedder == "local":
+        local = LocalEmbedder(batch_size=settings.embedding_batch_size)
+        await local.load()
+        embedder = local
+    else:
+        assert settings.embedding_base_url is not None and settings.embedding_model is not None
+        embedder = OpenAIEmbedder(
+            settings.embedding_base_url,
+            settings.embedding_model,
+            dimension=settings.embedding_dimension,
+            api_key=settings.embedding_api_key,
+            batch_size=settings.embedding_batch_size,
+        )
+    try:
+        yield embedder
+    finally:
+        await embedder.aclose()
+
+
+async def embedding_worker_resource(
+    settings: Settings,
+    engine: AsyncEngine,
+    embedder: Embedder | None,
+    monitor: PerformanceMonitor,
+) -> AsyncIterator[EmbeddingWorker | None]:
+    """The in-process embedding worker (``None`` without an embedder or when disabled).
+
+    It checks the embedder's dimension against the schema when started, not here: the
+    schema may not be migrated yet when the container starts.
+    """
+    if embedder is None or not settings.worker_enabled:
+        yield None
+        return
+    worker = EmbeddingWorker(
+        engine,
+        embedder,
+        monitor,
+        schema=settings.schema,
+        batch_size=settings.embedding_batch_size,
+        concurrency=settings.worker_concurrency,
+        poll_interval=settings.worker_poll_interval,
+        max_attempts=settings.worker_max_attempts,
+    )
+    try:
+        yield worker
+    finally:
+        await worker.close()
+
+
 class Container(containers.DeclarativeContainer):
     """Wiring of memfuse's parts; every provider can be overridden."""
 
@@ -229,4 +286,12 @@ class Container(containers.DeclarativeContainer):
         monitor=monitor,
         extractor=fact_extractor,
         engine=engine,
+    )
+    embedder = providers.Resource(embedder_resource, settings=settings)
+    embedding_worker = providers.Resource(
+        embedding_worker_resource,
+        settings=settings,
+        engine=engine,
+        embedder=embedder,
+        monitor=monitor,
     )

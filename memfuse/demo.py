@@ -7,6 +7,7 @@ episodes (M1), facts (M2, with one superseded) and the performance monitor's rep
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,9 +34,16 @@ SESSIONS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def conversation(start: datetime, turns: list[tuple[str, str]]) -> list[dict[str, Any]]:
+DEMO_IDS = uuid.UUID("5b0d6c1e-4a53-4f0e-9d7e-2f1c8a9e6b10")
+
+
+def conversation(
+    session: str, start: datetime, turns: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Messages with ids derived from their place, so running the demo again adds nothing."""
     return [
         {
+            "id": uuid.uuid5(DEMO_IDS, f"{session}/{index}"),
             "role": "assistant" if speaker == "assistant" else "user",
             "name": speaker,
             "content": content,
@@ -54,7 +62,7 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
         memory = None
         for (name, turns), start in zip(SESSIONS.items(), (FIRST, SECOND), strict=True):
             memory = await mf.init(user="demo-ana", agent="assistant", session=name)
-            ids = await memory.add(conversation(start, turns))
+            ids = await memory.add(conversation(name, start, turns))
             write(f"added {len(ids)} messages to session {name!r}")
         assert memory is not None
         await mf.flush()
@@ -77,6 +85,16 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
             status = "live" if fact.valid_to is None else f"superseded {fact.valid_to:%Y-%m-%d}"
             when = f", occurred {fact.occurred_at:%Y-%m-%d}" if fact.occurred_at else ""
             write(f"  [{fact.fact_type}, {status}{when}] {fact.content}")
+
+        if mf.worker is None:
+            write("\nembeddings: off (embedder 'none')")
+        else:
+            messages = await memory.list_messages(limit=100, all_sessions=True)
+            episodes = await memory.list_episodes(limit=100, all_sessions=True)
+            flags = [row.embedded for row in messages]
+            flags += [row.embedded for row in episodes] + [row.embedded for row in facts]
+            embedded, total = sum(flags), len(flags)
+            write(f"\nembeddings ({mf.worker.embedder.model_name}): {embedded} of {total} rows")
 
         write("\nperformance monitor:")
         write(mf.monitor.report())

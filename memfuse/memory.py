@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memfuse.config import Settings, load_settings
 from memfuse.container import Container, MessageBuffer, resolve, start, stop
 from memfuse.db import migrate
+from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, ConfigurationError, ValidationError
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
@@ -65,6 +66,7 @@ class MemFuse:
         self._started = False
         self._closed = False
         self._buffer: MessageBuffer | None = None
+        self.worker: EmbeddingWorker | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -101,6 +103,10 @@ class MemFuse:
             self.messages: MessageService = await resolve(self.container.message_service)
             self.pipeline: LayerPipeline = await resolve(self.container.pipeline)
             self._buffer = await resolve(self.container.write_buffer)
+            self.worker = await resolve(self.container.embedding_worker)
+            if self.worker is not None:
+                await self.worker.verify()
+                self.worker.start()
             if self.settings.pipeline_auto:
                 self.pipeline.start()
         except BaseException:
@@ -122,15 +128,19 @@ class MemFuse:
         return Memory(self, scope)
 
     async def flush(self) -> None:
-        """Return once everything added so far is committed and processed into M1 and M2.
+        """Return once everything added so far is committed, processed into M1 and M2, and
+        (with the in-process worker) embedded.
 
         Raises :class:`~memfuse.errors.PipelineError` if a session could not be processed;
-        its messages stay in M0 and are retried.
+        its messages stay in M0 and are retried. Rows whose embedding keeps failing wait in
+        the queue (or the dead-letter table) and do not hold up ``flush``.
         """
         self._check_open()
         if self._buffer is not None:
             await self._buffer.flush()
         await self.pipeline.flush()
+        if self.worker is not None:
+            await self.worker.drain()
 
     @property
     def parallel(self) -> bool:
@@ -155,6 +165,8 @@ class MemFuse:
         else:
             ids = (await self.messages.write([request]))[0]
         self.pipeline.notify()
+        if self.worker is not None:
+            self.worker.notify()
         return ids
 
     def _check_open(self) -> None:

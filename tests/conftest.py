@@ -24,6 +24,11 @@ from memfuse.db.engines import create_engine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.monitor import PerformanceMonitor
 
+# MemFuse instances in tests run without the embedding model unless a test asks for it
+# (embedder="local"): loading it into every instance would only slow the suite down.
+os.environ.setdefault("MEMFUSE_EMBEDDER", "none")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 async def server_url() -> AsyncIterator[str]:

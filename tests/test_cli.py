@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,31 @@ def test_bad_setting_exits_non_zero_with_the_setting_named() -> None:
     assert result.returncode == 2
     assert "database_url" in result.stderr
     assert "pw@" not in result.stderr
+
+
+def test_worker_once_embeds_what_is_queued(database_url: str) -> None:
+    async def write() -> None:
+        async with MemFuse(database_url, pipeline_auto=False, embedder="none") as mf:
+            memory = await mf.init("ana")
+            await memory.add([{"role": "user", "content": "I adopted a cat named Miso."}])
+            await mf.flush()
+
+    asyncio.run(write())
+    env = {**os.environ, "MEMFUSE_EMBEDDER": "local", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*MEMFUSE, "--database-url", database_url, "worker", "--once"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert "embedded 3 rows" in result.stdout, "the message, its episode and its fact"
+
+    async def embedded() -> list[bool]:
+        async with MemFuse(database_url, pipeline_auto=False, embedder="none") as mf:
+            memory = await mf.init("ana")
+            messages = await memory.list_messages(all_sessions=True)
+            rows = [*messages, *await memory.list_episodes(all_sessions=True)]
+            return [row.embedded for row in rows]
+
+    assert asyncio.run(embedded()) == [True, True]

@@ -306,3 +306,21 @@ async def test_migrated_schema_is_required(database_url: str, model: LocalEmbedd
         await make_worker(engine, model).verify()
     finally:
         await engine.dispose()
+
+
+async def test_memfuse_runs_the_worker_and_flush_waits_for_the_vectors(database_url: str) -> None:
+    async with MemFuse(database_url, embedder="local", pipeline_auto=False) as mf:
+        assert mf.worker is not None
+        memory = await mf.init("ana")
+        await memory.add(
+            [
+                {"role": "user", "content": "I moved to Lisbon last month."},
+                {"role": "assistant", "content": "How do you like it?"},
+            ]
+        )
+        await mf.flush()
+        messages = await memory.list_messages()
+        episodes = await memory.list_episodes()
+        facts = await memory.list_facts()
+    assert messages and episodes and facts
+    assert all(row.embedded for row in (*messages, *episodes, *facts))
