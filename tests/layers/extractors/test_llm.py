@@ -264,11 +264,11 @@ async def test_429_honours_retry_after(server: ChatServer) -> None:
 
 def test_retry_after_and_backoff_are_capped() -> None:
     ex = LLMFactExtractor("http://127.0.0.1:9/v1", MODEL, backoff_base=1.0)
-    assert ex._delay(0, 3600.0) == 30.0
-    assert ex._delay(0, 0.0) == 0.0
-    assert 1.0 <= ex._delay(0, None) <= 1.1
-    assert 4.0 <= ex._delay(2, None) <= 4.4
-    assert ex._delay(20, None) == 30.0
+    assert ex.api.delay(0, 3600.0) == 30.0
+    assert ex.api.delay(0, 0.0) == 0.0
+    assert 1.0 <= ex.api.delay(0, None) <= 1.1
+    assert 4.0 <= ex.api.delay(2, None) <= 4.4
+    assert ex.api.delay(20, None) == 30.0
 
 
 @pytest.mark.parametrize(
