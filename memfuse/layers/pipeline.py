@@ -164,6 +164,10 @@ class LayerPipeline:
         processed = 0
         while True:
             async with self._session_factory.begin() as db:
+                # Creating the progress row checks its foreign keys; lock in the usual order
+                # first, or a concurrent user deletion deadlocks with that check.
+                if not await self._lock_scope(db, progress):
+                    return processed
                 current = await ProgressRepository(db).read(
                     progress.user_id, progress.session_id, processor.layer
                 )
