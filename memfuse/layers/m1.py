@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.layers.chunk import ChunkData
 from memfuse.layers.tokens import count_tokens
-from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow, EpisodeValues
+from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
 from memfuse.repositories.progress import Progress
 
 
@@ -158,21 +158,5 @@ class EpisodeProcessor:
         repository = EpisodeRepository(db)
         episodes = list(result.episodes)
         if result.reopened is not None:
-            await repository.replace(result.reopened, episode_values(episodes.pop(0)))
-        await repository.insert([episode_values(episode) for episode in episodes])
-
-
-def episode_values(chunk: ChunkData) -> EpisodeValues:
-    return EpisodeValues(
-        user_id=chunk.user_id,
-        agent_id=chunk.agent_id,
-        session_id=chunk.session_id,
-        content=chunk.content,
-        token_count=chunk.token_count,
-        message_ids=chunk.message_ids,
-        first_seq=chunk.first_seq,
-        last_seq=chunk.last_seq,
-        started_at=chunk.started_at,
-        ended_at=chunk.ended_at,
-        metadata=dict(chunk.metadata),
-    )
+            await repository.replace(result.reopened, episodes.pop(0))
+        await repository.insert(episodes)

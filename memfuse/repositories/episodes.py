@@ -12,6 +12,7 @@ from sqlalchemy import Row, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import Episode
+from memfuse.layers.chunk import ChunkData
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,36 +35,24 @@ class EpisodeRow:
     embedded: bool
 
 
-@dataclass(frozen=True, slots=True)
-class EpisodeValues:
-    """The content of an episode to insert, or to write over the session's last one."""
+_TABLE = cast(Table, Episode.__table__)
 
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    session_id: uuid.UUID
-    content: str
-    token_count: int
-    message_ids: tuple[uuid.UUID, ...]
-    first_seq: int
-    last_seq: int
-    started_at: datetime
-    ended_at: datetime
-    metadata: dict[str, Any]
 
-    def columns(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "agent_id": self.agent_id,
-            "session_id": self.session_id,
-            "content": self.content,
-            "token_count": self.token_count,
-            "message_ids": list(self.message_ids),
-            "first_seq": self.first_seq,
-            "last_seq": self.last_seq,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "metadata": self.metadata,
-        }
+def _columns(chunk: ChunkData) -> dict[str, Any]:
+    """The columns of an episode made of ``chunk``."""
+    return {
+        "user_id": chunk.user_id,
+        "agent_id": chunk.agent_id,
+        "session_id": chunk.session_id,
+        "content": chunk.content,
+        "token_count": chunk.token_count,
+        "message_ids": list(chunk.message_ids),
+        "first_seq": chunk.first_seq,
+        "last_seq": chunk.last_seq,
+        "started_at": chunk.started_at,
+        "ended_at": chunk.ended_at,
+        "metadata": dict(chunk.metadata),
+    }
 
 
 _COLUMNS = (
@@ -107,18 +96,14 @@ class EpisodeRepository:
         row = result.one_or_none()
         return None if row is None else _row(row)
 
-    async def insert(self, episodes: Sequence[EpisodeValues]) -> None:
+    async def insert(self, episodes: Sequence[ChunkData]) -> None:
         if episodes:
-            await self.session.execute(
-                insert(cast(Table, Episode.__table__)), [episode.columns() for episode in episodes]
-            )
+            await self.session.execute(insert(_TABLE), [_columns(chunk) for chunk in episodes])
 
-    async def replace(self, episode_id: uuid.UUID, values: EpisodeValues) -> None:
+    async def replace(self, episode_id: uuid.UUID, episode: ChunkData) -> None:
         """Write over an episode that grew; the new content is queued for embedding."""
-        columns = values.columns()
-        columns["metadata_"] = columns.pop("metadata")
         await self.session.execute(
-            update(Episode).where(Episode.id == episode_id).values(**columns)
+            update(_TABLE).where(_TABLE.c.id == episode_id).values(**_columns(episode))
         )
 
     async def page(
