@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
-from memfuse.errors import ClosedError, ConfigurationError, MemfuseError
+from memfuse.errors import ClosedError, ConfigurationError, ModelCallError
 
 if TYPE_CHECKING:
     import httpx
@@ -62,7 +62,7 @@ class JsonApiClient:
         max_retries: int,
         backoff_base: float,
         client: httpx.AsyncClient | None,
-        error: type[MemfuseError],
+        error: type[ModelCallError],
         failure: str,
         request: str,
         owner: str,
@@ -123,7 +123,8 @@ class JsonApiClient:
                 if attempt + 1 >= attempts:
                     raise self._error(
                         f"{self._failure} failed after {attempts} attempt(s) "
-                        f"(POST {self.display_url}, model {self.model!r}): {error.reason}"
+                        f"(POST {self.display_url}, model {self.model!r}): {error.reason}",
+                        transient=True,
                     ) from None
                 delay = self.delay(attempt, error.retry_after)
                 logger.warning(

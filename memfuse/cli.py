@@ -75,7 +75,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for option, setting in (
         ("concurrency", "worker_concurrency"),
-        ("batch_size", "embedding_batch_size"),
+        ("batch_size", "worker_batch_size"),
         ("poll_interval", "worker_poll_interval"),
     ):
         if getattr(args, option, None) is not None:

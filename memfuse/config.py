@@ -104,6 +104,7 @@ class Settings:
     embedding_model: str | None = None
     embedding_api_key: str | None = field(default=None, repr=False)
     embedding_batch_size: int = 64
+    worker_batch_size: int = 256
     worker_enabled: bool = True
     worker_concurrency: int = 1
     worker_poll_interval: float = 5.0
@@ -133,6 +134,7 @@ class Settings:
             "episode_target_tokens",
             "llm_batch_size",
             "embedding_batch_size",
+            "worker_batch_size",
             "worker_concurrency",
             "worker_max_attempts",
         ):

@@ -235,7 +235,7 @@ async def embedding_worker_resource(
         embedder,
         monitor,
         schema=settings.schema,
-        batch_size=settings.embedding_batch_size,
+        batch_size=settings.worker_batch_size,
         concurrency=settings.worker_concurrency,
         poll_interval=settings.worker_poll_interval,
         max_attempts=settings.worker_max_attempts,

@@ -53,11 +53,23 @@ class NotFoundError(MemfuseError, LookupError):
     """The row does not exist in the caller's scope (another user's rows are never found)."""
 
 
-class ExtractionError(MemfuseError):
+class ModelCallError(MemfuseError):
+    """A call to a model failed.
+
+    ``transient`` means the service rather than the input was at fault (timeouts, HTTP 5xx or
+    429 after every retry): splitting the input into smaller calls would not help.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ExtractionError(ModelCallError):
     """A fact extractor failed; the messages stay unprocessed and are retried later."""
 
 
-class EmbeddingError(MemfuseError):
+class EmbeddingError(ModelCallError):
     """Texts could not be embedded; nothing was returned, so the caller can retry later."""
 
 

@@ -32,9 +32,9 @@ from memfuse.db.migrate import check_embedding_dimension
 from memfuse.db.models import EmbeddingJob, embedding_channel
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import Embedder
-from memfuse.errors import ClosedError
+from memfuse.errors import ClosedError, ModelCallError
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.jobs import Job, JobRepository, RowText
+from memfuse.repositories.jobs import Job, JobRepository, QueueCounts, RowText
 
 logger = logging.getLogger(__name__)
 
@@ -146,33 +146,65 @@ class EmbeddingWorker:
             return await JobRepository(db).requeue_dead_letters(table_name)
 
     async def queue_depth(self) -> int:
+        """Jobs waiting, due or not (also refreshes the monitor's queue gauges)."""
+        return (await self.refresh_gauges()).depth
+
+    async def refresh_gauges(self) -> QueueCounts:
+        """Read the queue's depth and dead letters into the monitor's gauges."""
         async with self._session_factory() as db:
-            return await JobRepository(db).depth()
+            counts = await JobRepository(db).counts()
+        self._monitor.set_gauge("embedding_queue_depth", counts.depth)
+        self._monitor.set_gauge("embedding_dead_letters", counts.dead_letters)
+        return counts
 
     async def _embed(
         self, texts: list[RowText]
     ) -> tuple[dict[RowKey, list[float]], dict[RowKey, str]]:
-        """Vectors by row; on a failed batch call each text alone, so a poison one fails alone."""
+        """Vectors by row, and errors by row.
+
+        If the batch call fails, each text is embedded alone so a poison text fails alone;
+        unless the embedder reports the service itself down (``transient``), then the whole
+        batch waits for a retry without a call per text.
+        """
         if not texts:
             return {}, {}
+        try:
+            return self._checked(texts, await self._call(texts))
+        except Exception as error:
+            if len(texts) == 1 or _transient(error):
+                return {}, {_key(text): _describe(error) for text in texts}
+        results: dict[RowKey, list[float]] = {}
+        errors: dict[RowKey, str] = {}
+        for index, text in enumerate(texts):
+            try:
+                single, failed = self._checked([text], await self._call([text]))
+            except Exception as error:
+                errors[_key(text)] = _describe(error)
+                if _transient(error):
+                    errors.update({_key(rest): _describe(error) for rest in texts[index + 1 :]})
+                    break
+                continue
+            results.update(single)
+            errors.update(failed)
+        return results, errors
+
+    async def _call(self, texts: list[RowText]) -> list[list[float]]:
+        """One embedder call, timed as ``embedding_batch`` (a failed call counts as an error)."""
         started = time.perf_counter()
+        success = False
         try:
             vectors = await self.embedder.embed_documents([text.content for text in texts])
-        except Exception as error:
+            success = True
+            return vectors
+        finally:
             elapsed = (time.perf_counter() - started) * 1000
-            self._monitor.record("embedding_batch", elapsed, success=False)
-            if len(texts) == 1:
-                return {}, {_key(texts[0]): _describe(error)}
-            results: dict[RowKey, list[float]] = {}
-            errors: dict[RowKey, str] = {}
-            for text in texts:
-                single, failed = await self._embed([text])
-                results.update(single)
-                errors.update(failed)
-            return results, errors
-        self._monitor.record("embedding_batch", (time.perf_counter() - started) * 1000)
-        results = {}
-        errors = {}
+            self._monitor.record("embedding_batch", elapsed, success=success)
+
+    def _checked(
+        self, texts: list[RowText], vectors: list[list[float]]
+    ) -> tuple[dict[RowKey, list[float]], dict[RowKey, str]]:
+        results: dict[RowKey, list[float]] = {}
+        errors: dict[RowKey, str] = {}
         for text, vector in zip(texts, vectors, strict=True):
             if len(vector) == self.embedder.dimension:
                 results[_key(text)] = vector
@@ -191,6 +223,7 @@ class EmbeddingWorker:
             if job.attempts + 1 >= self.max_attempts:
                 await repository.dead_letter([job], error)
                 self.stats.dead_lettered += 1
+                self._monitor.increment("embedding_jobs_dead_lettered")
                 logger.warning(
                     "embedding of %s %s dead-lettered: %s", job.table_name, job.row_id, error
                 )
@@ -220,6 +253,9 @@ class EmbeddingWorker:
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         self.stats.batch_sizes.append(len(jobs))
         del self.stats.batch_sizes[:-1000]
+        self._monitor.set_gauge("embedding_last_batch_jobs", len(jobs))
+        self._monitor.increment("embedding_vectors_written", len(vectors))
+        self._monitor.increment("embedding_jobs_failed", len(failed))
 
     def start(self) -> None:
         """Run ``concurrency`` loops and the LISTEN connection in the background.
@@ -251,9 +287,17 @@ class EmbeddingWorker:
             except Exception as error:
                 self.stats.last_error = _describe(error)
                 logger.exception("embedding batch failed; retrying after the poll interval")
+            await self._refresh_gauges_quietly()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
+
+    async def _refresh_gauges_quietly(self) -> None:
+        """Gauges are best effort: a failed count must not stop the loop."""
+        try:
+            await self.refresh_gauges()
+        except Exception as error:
+            logger.warning("could not read the queue's depth: %s", _describe(error))
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN connection of its own; reconnect when it drops."""
@@ -312,6 +356,11 @@ def _setter(event: asyncio.Event) -> Callable[[object], None]:
 
 def _key(text: RowText) -> RowKey:
     return (text.table_name, text.row_id)
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether the embedder said the service, not the input, failed."""
+    return isinstance(error, ModelCallError) and error.transient
 
 
 def _describe(error: BaseException) -> str:

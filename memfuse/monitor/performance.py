@@ -215,6 +215,8 @@ class PerformanceMonitor:
         self._enabled = enabled
         self._lock = threading.Lock()
         self._ops: dict[str, _OperationData] = {}
+        self._gauges: dict[str, float] = {}
+        self._counters: dict[str, int] = {}
         self._alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._callbacks: list[AlertCallback] = []
         self._baseline: dict[str, OperationStats] | None = None
@@ -287,6 +289,32 @@ class PerformanceMonitor:
                     callback(alert)
                 except Exception:
                     logger.exception("performance alert callback %r failed", callback)
+
+    def set_gauge(self, name: str, value: float) -> None:
+        """Store the current value of a level (a queue's depth, say); the last value wins."""
+        if not math.isfinite(value):
+            raise ValueError(f"gauge {name!r} must be finite, got {value!r}")
+        if self._enabled:
+            with self._lock:
+                self._gauges[name] = float(value)
+
+    def gauges(self) -> dict[str, float]:
+        """Current gauge values by name, sorted."""
+        with self._lock:
+            return dict(sorted(self._gauges.items()))
+
+    def increment(self, name: str, amount: int = 1) -> None:
+        """Add to a counter of events (jobs failed, say); counters only go up."""
+        if amount < 0:
+            raise ValueError(f"counter {name!r} cannot decrease (amount {amount!r})")
+        if self._enabled:
+            with self._lock:
+                self._counters[name] = self._counters.get(name, 0) + amount
+
+    def counters(self) -> dict[str, int]:
+        """Counter totals by name, sorted."""
+        with self._lock:
+            return dict(sorted(self._counters.items()))
 
     def track_operation(self, operation: str) -> AbstractContextManager[None]:
         """Time a ``with`` block (works inside coroutines too); failures are recorded.
@@ -473,6 +501,8 @@ class PerformanceMonitor:
     def export(self) -> dict[str, Any]:
         """Everything as JSON-able builtins, for dashboards or saving a baseline."""
         stats = self.all_stats()
+        gauges = self.gauges()
+        counters = self.counters()
         with self._lock:
             thresholds = dict(self._thresholds)
             alerts = list(self._alerts)
@@ -482,6 +512,8 @@ class PerformanceMonitor:
             "history_size": self._history_size,
             "thresholds": thresholds,
             "operations": {name: s.to_dict() for name, s in stats.items()},
+            "gauges": gauges,
+            "counters": counters,
             "alerts": [alert.to_dict() for alert in alerts],
             "baseline": (
                 None
@@ -497,8 +529,12 @@ class PerformanceMonitor:
     def report(self) -> str:
         """Fixed-width table for logs and CLI output; ``!`` marks p95 above threshold."""
         stats = self.all_stats()
-        if not stats:
+        levels = {**self.gauges(), **self.counters()}
+        if not stats and not levels:
             return "No operations recorded."
+        level_lines = [f"{name} = {value:g}" for name, value in sorted(levels.items())]
+        if not stats:
+            return "\n".join(level_lines)
         thresholds = self.thresholds
         name_width = max(len("operation"), *(len(name) for name in stats))
         header = (
@@ -517,13 +553,15 @@ class PerformanceMonitor:
             )
             lines.append(row.rstrip())
         lines.append("(times in ms; ! = p95 above threshold)")
-        return "\n".join(lines)
+        return "\n".join(lines + level_lines)
 
     def clear(self, operation: str | None = None) -> None:
-        """Forget samples (one operation, or all plus alerts); config and baseline stay."""
+        """Forget samples (one operation, or everything recorded); config and baseline stay."""
         with self._lock:
             if operation is None:
                 self._ops.clear()
+                self._gauges.clear()
+                self._counters.clear()
                 self._alerts.clear()
             else:
                 self._ops.pop(operation, None)

@@ -44,6 +44,14 @@ class RowText:
     content: str
 
 
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """How much work the queue holds."""
+
+    depth: int
+    dead_letters: int
+
+
 class JobRepository:
     """Rows of ``embedding_jobs`` and ``embedding_dead_letters``."""
 
@@ -160,8 +168,19 @@ class JobRepository:
 
     async def depth(self) -> int:
         """Jobs waiting, due or not."""
-        return int((await self.session.execute(select(func.count(EmbeddingJob.id)))).scalar_one())
+        return (await self.counts()).depth
 
     async def dead_letter_count(self) -> int:
-        result = await self.session.execute(select(func.count(EmbeddingDeadLetter.id)))
-        return int(result.scalar_one())
+        return (await self.counts()).dead_letters
+
+    async def counts(self) -> QueueCounts:
+        """Jobs waiting (due or not) and dead letters, in one round trip."""
+        row = (
+            await self.session.execute(
+                select(
+                    select(func.count(EmbeddingJob.id)).scalar_subquery(),
+                    select(func.count(EmbeddingDeadLetter.id)).scalar_subquery(),
+                )
+            )
+        ).one()
+        return QueueCounts(depth=int(row[0]), dead_letters=int(row[1]))

@@ -208,7 +208,15 @@ async def test_content_update_requeues_and_clears_stale_vector(
             )
         ).scalar_one()
     assert embedding is None
-    assert await jobs_for(migrated_engine, message_id) == 2
+    assert await jobs_for(migrated_engine, message_id) == 1, "the queued job covers the new text"
+
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text("DELETE FROM memfuse.embedding_jobs"))
+        await connection.execute(
+            text("UPDATE memfuse.messages SET content = 'changed again' WHERE id = :id"),
+            {"id": message_id},
+        )
+    assert await jobs_for(migrated_engine, message_id) == 1, "with no job queued, an edit queues"
 
 
 async def test_rolled_back_insert_leaves_no_job(migrated_engine: AsyncEngine) -> None:

@@ -340,6 +340,7 @@ async def test_unauthorized_fails_at_once_without_the_key(
     with pytest.raises(EmbeddingError, match="HTTP 401") as caught:
         await remote.embed_documents(["hi"])
     assert len(server.requests) == 1
+    assert not caught.value.transient, "a rejected request is the caller's problem"
     assert API_KEY not in str(caught.value)
     assert "***" in str(caught.value)
     assert API_KEY not in caplog.text
@@ -366,9 +367,10 @@ async def test_timeout_is_retried_then_fails(server: EmbeddingServer) -> None:
     async with OpenAIEmbedder(
         server.base_url, MODEL, dimension=DIMENSION, timeout=0.2, max_retries=1, backoff_base=0.001
     ) as embedder:
-        with pytest.raises(EmbeddingError, match=r"2 attempt\(s\).*timed out"):
+        with pytest.raises(EmbeddingError, match=r"2 attempt\(s\).*timed out") as caught:
             await embedder.embed_documents(["hi"])
     assert len(server.requests) == 2
+    assert caught.value.transient, "the service was down, not the text at fault"
 
 
 async def test_passed_in_client_is_not_closed(server: EmbeddingServer) -> None:

@@ -17,7 +17,7 @@ from memfuse.db import migrate
 from memfuse.db.engines import create_engine
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import DimensionMismatchError
+from memfuse.errors import DimensionMismatchError, EmbeddingError
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor import PerformanceMonitor
 
@@ -183,6 +183,34 @@ async def test_a_poison_row_is_retried_then_dead_lettered_while_its_batch_succee
     assert (await message_vectors(engine_for_worker))["POISON pill"] is not None
 
 
+async def test_an_embedder_that_is_down_fails_the_batch_without_a_call_per_text(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, *(f"message {i}" for i in range(10)))
+    embedder = ScriptedEmbedder(model)
+
+    def down(_: Sequence[str]) -> None:
+        raise EmbeddingError("embedding failed after 4 attempt(s): HTTP 503", transient=True)
+
+    embedder.before = down
+    worker = make_worker(engine_for_worker, embedder, backoff_base=60.0)
+    assert await worker.process_batch() == 10
+    assert embedder.calls == 1, "no point in calling a service that is down once per text"
+    assert worker.stats.failures == 10 and worker.stats.vectors_written == 0
+    async with engine_for_worker.connect() as connection:
+        waiting = (
+            await connection.execute(
+                text(
+                    "SELECT count(*) FROM memfuse.embedding_jobs "
+                    "WHERE attempts = 1 AND retry_after > clock_timestamp() "
+                    "AND last_error LIKE '%HTTP 503%'"
+                )
+            )
+        ).scalar_one()
+    assert waiting == 10, "every job backs off and keeps its error"
+
+
 async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
@@ -212,6 +240,88 @@ async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
     assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
 
 
+async def test_graceful_stop_finishes_the_batch_in_hand(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, *(f"slow message {i}" for i in range(5)))
+    embedding = asyncio.Event()
+    embedder = ScriptedEmbedder(model)
+
+    async def pause(_: Sequence[str]) -> None:
+        embedding.set()
+        await asyncio.sleep(0.5)
+
+    embedder.before = pause
+    worker = make_worker(engine_for_worker, embedder, poll_interval=30.0, listen=False)
+    worker.start()
+    await asyncio.wait_for(embedding.wait(), 10)
+    await worker.close(grace=10.0)
+
+    assert worker.stats.jobs_done == 5
+    assert await jobs(engine_for_worker) == 0
+    assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_a_stop_past_its_grace_rolls_the_batch_back(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, *(f"stuck message {i}" for i in range(5)))
+    embedding = asyncio.Event()
+    embedder = ScriptedEmbedder(model)
+
+    async def hang(_: Sequence[str]) -> None:
+        embedding.set()
+        await asyncio.sleep(3600)
+
+    embedder.before = hang
+    worker = make_worker(engine_for_worker, embedder, poll_interval=30.0, listen=False)
+    worker.start()
+    await asyncio.wait_for(embedding.wait(), 10)
+    await worker.close(grace=0.1)
+
+    assert worker.stats.jobs_done == 0
+    assert await jobs(engine_for_worker) == 5, "the jobs are back in the queue"
+    assert all(v is None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_the_monitor_shows_queue_depth_dead_letters_and_batches(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, "fine", "POISON", "also fine")
+    monitor = PerformanceMonitor()
+    embedder = ScriptedEmbedder(model)
+    worker = EmbeddingWorker(
+        engine_for_worker,
+        embedder,
+        monitor,
+        max_attempts=1,
+        backoff_base=0.0,  # type: ignore[arg-type]
+    )
+    assert await worker.queue_depth() == 3
+    assert monitor.gauges()["embedding_queue_depth"] == 3
+
+    await worker.process_batch()
+    await worker.refresh_gauges()
+
+    gauges, counters = monitor.gauges(), monitor.counters()
+    assert gauges["embedding_queue_depth"] == 0
+    assert gauges["embedding_dead_letters"] == 1
+    assert gauges["embedding_last_batch_jobs"] == 3
+    assert counters == {
+        "embedding_jobs_dead_lettered": 1,
+        "embedding_jobs_failed": 1,
+        "embedding_vectors_written": 2,
+    }
+    lag = monitor.stats("embedding_lag")
+    assert lag is not None and lag.count == 2
+    batch = monitor.stats("embedding_batch")
+    assert batch is not None and batch.errors >= 1, "the failed batch call is counted"
+    assert "embedding_dead_letters = 1" in monitor.report()
+
+
 async def test_two_workers_process_each_job_once(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
@@ -238,6 +348,21 @@ async def test_a_content_update_is_embedded_again(
     await worker.drain()
     vector = (await message_vectors(engine_for_worker))["I live in Lisbon."]
     assert vector is not None and close_to(vector, await model.embed_query("I live in Lisbon."))
+
+
+async def test_edits_before_a_worker_runs_share_one_job(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    [message_id] = await add(memory, "draft 0")
+    for n in range(1, 6):
+        await memory.update_message(message_id, content=f"draft {n}")
+    assert await jobs(engine_for_worker) == 1, "the queued job reads the text when claimed"
+    worker = make_worker(engine_for_worker, model)
+    await worker.drain()
+    assert worker.stats.vectors_written == 1
+    vector = (await message_vectors(engine_for_worker))["draft 5"]
+    assert vector is not None and close_to(vector, await model.embed_query("draft 5"))
 
 
 async def test_a_row_changed_while_embedding_keeps_no_stale_vector(

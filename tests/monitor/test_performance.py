@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -735,3 +736,41 @@ def test_history_can_be_resized_keeping_recent_samples() -> None:
     assert (stats.window, stats.count, stats.p50_ms) == (3, 10, 8.0)
     with pytest.raises(ValueError, match="history_size"):
         monitor.set_history_size(0)
+
+
+# -- gauges and counters -----------------------------------------------------------------
+
+
+def test_a_gauge_keeps_the_last_value_and_a_counter_adds_up() -> None:
+    monitor = PerformanceMonitor()
+    monitor.set_gauge("queue_depth", 7)
+    monitor.set_gauge("queue_depth", 3)
+    monitor.increment("jobs_failed")
+    monitor.increment("jobs_failed", 4)
+    assert monitor.gauges() == {"queue_depth": 3.0}
+    assert monitor.counters() == {"jobs_failed": 5}
+    exported = monitor.export()
+    assert exported["gauges"] == {"queue_depth": 3.0}
+    assert exported["counters"] == {"jobs_failed": 5}
+    assert monitor.report() == "jobs_failed = 5\nqueue_depth = 3"
+
+
+def test_gauges_and_counters_reject_bad_values_and_clear_with_everything() -> None:
+    monitor = PerformanceMonitor()
+    with pytest.raises(ValueError, match="finite"):
+        monitor.set_gauge("depth", math.nan)
+    with pytest.raises(ValueError, match="cannot decrease"):
+        monitor.increment("failed", -1)
+    monitor.set_gauge("depth", 1)
+    monitor.increment("failed")
+    monitor.clear("depth")
+    assert monitor.gauges() == {"depth": 1.0}, "clearing one operation leaves levels alone"
+    monitor.clear()
+    assert monitor.gauges() == {} and monitor.counters() == {}
+
+
+def test_a_disabled_monitor_keeps_no_levels() -> None:
+    monitor = PerformanceMonitor(enabled=False)
+    monitor.set_gauge("depth", 1)
+    monitor.increment("failed")
+    assert monitor.gauges() == {} and monitor.counters() == {}

