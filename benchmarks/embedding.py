@@ -309,7 +309,7 @@ async def vector_write(url: str, engine: AsyncEngine, batch_size: int, ops: int)
                 raise _Rollback
 
         items = [
-            (RowText("messages", row["id"], row["content"]), v)
+            (RowText("messages", row["id"], row["content"], row["content"]), v)
             for row, v in zip(rows, as_lists, strict=True)
         ]
 

@@ -58,6 +58,10 @@ _NOW = text("now()")
 _EMPTY_OBJECT = text("'{}'::jsonb")
 _NEW_UUID = text("gen_random_uuid()")
 _TSVECTOR = f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, content)"
+_MESSAGE_TSVECTOR = (
+    f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, coalesce(name || ': ', '') || content)"
+)
+"""A message is searched with its speaker's name, as it is embedded (``name: content``)."""
 
 
 class Base(DeclarativeBase):
@@ -94,8 +98,8 @@ def _embedding() -> Mapped[list[float] | None]:
     return mapped_column(Vector(), nullable=True)
 
 
-def _content_tsv() -> Mapped[Any]:
-    return mapped_column(TSVECTOR, Computed(_TSVECTOR, persisted=True))
+def _content_tsv(expression: str = _TSVECTOR) -> Mapped[Any]:
+    return mapped_column(TSVECTOR, Computed(expression, persisted=True))
 
 
 def _memory_indexes(table: str) -> tuple[Index, Index]:
@@ -195,7 +199,7 @@ class Message(Base):
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     embedding: Mapped[list[float] | None] = _embedding()
-    content_tsv: Mapped[Any] = _content_tsv()
+    content_tsv: Mapped[Any] = _content_tsv(_MESSAGE_TSVECTOR)
 
 
 class Episode(Base):

@@ -193,7 +193,7 @@ class EmbeddingWorker:
         started = time.perf_counter()
         success = False
         try:
-            vectors = await self.embedder.embed_documents([text.content for text in texts])
+            vectors = await self.embedder.embed_documents([text.text for text in texts])
             success = True
             return vectors
         finally:

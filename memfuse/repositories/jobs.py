@@ -37,11 +37,21 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class RowText:
-    """The text of a row to embed, as read when its job was claimed."""
+    """A row to embed, as read when its job was claimed.
+
+    ``content`` is the row's column (a vector is written only while it is unchanged) and
+    ``text`` what the embedder gets: for a message with a speaker, ``name: content``.
+    """
 
     table_name: str
     row_id: uuid.UUID
     content: str
+    text: str
+
+
+def message_text(name: str | None, content: str) -> str:
+    """The text a message is embedded as; the full-text column of messages uses the same rule."""
+    return f"{name}: {content}" if name else content
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +92,12 @@ class JobRepository:
             ids = sorted({job.row_id for job in jobs if job.table_name == table_name})
             if not ids:
                 continue
-            result = await self.session.execute(
-                select(table.c.id, table.c.content).where(table.c.id.in_(ids))
-            )
+            named = table_name == "messages"
+            columns = [table.c.id, table.c.content, *([table.c.name] if named else [])]
+            result = await self.session.execute(select(*columns).where(table.c.id.in_(ids)))
             for row in result:
-                found[(table_name, row.id)] = RowText(table_name, row.id, row.content)
+                text = message_text(row.name, row.content) if named else row.content
+                found[(table_name, row.id)] = RowText(table_name, row.id, row.content, text)
         return found
 
     async def write_vectors(self, items: Sequence[tuple[RowText, list[float]]]) -> None:

@@ -350,6 +350,33 @@ async def test_a_content_update_is_embedded_again(
     assert vector is not None and close_to(vector, await model.embed_query("I live in Lisbon."))
 
 
+async def test_a_message_is_embedded_and_searchable_with_its_speaker(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await memory.add(
+        [{"role": "user", "name": "Caroline", "content": "I went to a support group."}]
+    )
+    await add(memory, "no speaker here")
+    await make_worker(engine_for_worker, model).drain()
+    vectors = await message_vectors(engine_for_worker)
+    named = vectors["I went to a support group."]
+    assert named is not None
+    assert close_to(named, await model.embed_query("Caroline: I went to a support group."))
+    plain = vectors["no speaker here"]
+    assert plain is not None and close_to(plain, await model.embed_query("no speaker here"))
+    async with engine_for_worker.connect() as connection:
+        found = (
+            await connection.execute(
+                text(
+                    "SELECT content FROM memfuse.messages "
+                    "WHERE content_tsv @@ websearch_to_tsquery('english', 'caroline')"
+                )
+            )
+        ).scalars()
+        assert list(found) == ["I went to a support group."]
+
+
 async def test_edits_before_a_worker_runs_share_one_job(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
