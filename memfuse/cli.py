@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from dependency_injector import providers
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="ingest a short conversation, list messages, episodes and facts"
     )
+    evaluation = commands.add_parser("eval", help="measure retrieval quality on a benchmark")
+    benchmarks = evaluation.add_subparsers(dest="benchmark", required=True)
+    locomo = benchmarks.add_parser(
+        "locomo", help="LoCoMo evidence recall@500/1000/2000 (docs/retrieval.md)"
+    )
+    locomo.add_argument("--data", required=True, help="a LoCoMo JSON file (locomo10.json format)")
+    locomo.add_argument("--output", required=True, help="where to write the JSON report")
+    locomo.add_argument("--quiet", action="store_true", help="no progress bars")
     ingest = commands.add_parser(
         "ingest", help="import a conversation file (JSON: memfuse's format or LoCoMo's)"
     )
@@ -128,6 +138,47 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
             _write(f"processed into episodes and facts in {time.perf_counter() - flushing:.1f} s")
 
 
+EVAL_SCHEMA = "memfuse_eval"
+
+
+async def run_eval(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Load the benchmark into a schema of its own (emptied first) and write the report."""
+    from memfuse.evaluation.locomo import evaluate
+    from memfuse.memory import MemFuse
+
+    schema = args.schema or EVAL_SCHEMA
+    if settings.embedder == "none":
+        raise ConfigurationError("embedder", "the evaluation searches by vector too; not 'none'")
+    if schema == Settings().schema:
+        raise ConfigurationError("schema", f"the evaluation empties its schema; not {schema!r}")
+    settings = replace(settings, schema=schema, search_cache_ttl=0.0)
+    started = time.perf_counter()
+    async with database_url_for(settings) as url:
+        settings = replace(settings, database_url=url)
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await engine.dispose()
+        async with MemFuse(settings=settings) as mf:
+            report = await evaluate(mf, args.data, progress=not args.quiet)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["data"] = str(args.data)
+    return report
+
+
+def write_eval_report(report: dict[str, Any], output: str) -> None:
+    Path(output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write(
+        f"evidence recall over {report['questions']} questions: "
+        + ", ".join(f"@{b} {report[f'recall@{b}']:.3f}" for b in (500, 1000, 2000))
+    )
+    for name, line in report["lines"].items():
+        _write(f"  {name:<24}" + " ".join(f"{line[f'recall@{b}']:.3f}" for b in (500, 1000, 2000)))
+    _write(f"report written to {output}")
+
+
 async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
     """The worker as its own process: embeds until SIGINT/SIGTERM, then stops gracefully."""
     from memfuse.container import Container, resolve, start, stop
@@ -176,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(settings, _write))
         elif args.command == "ingest":
             asyncio.run(run_ingest(settings, args))
+        elif args.command == "eval":
+            write_eval_report(asyncio.run(run_eval(settings, args)), args.output)
         elif args.command == "worker":
             asyncio.run(run_worker(settings, args))
     except MemfuseError as error:

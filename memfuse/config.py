@@ -109,6 +109,12 @@ class Settings:
     worker_concurrency: int = 1
     worker_poll_interval: float = 5.0
     worker_max_attempts: int = 5
+    search_candidates: int = 200
+    search_rrf_k: int = 60
+    search_ef_search: int = 100
+    search_cache_ttl: float = 30.0
+    search_cache_size: int = 1000
+    query_embedding_cache_size: int = 1024
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
@@ -137,6 +143,9 @@ class Settings:
             "worker_batch_size",
             "worker_concurrency",
             "worker_max_attempts",
+            "search_candidates",
+            "search_rrf_k",
+            "search_ef_search",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
@@ -176,6 +185,11 @@ class Settings:
             raise ConfigurationError(
                 "worker_poll_interval", f"must be positive, got {self.worker_poll_interval}"
             )
+        for name in ("search_cache_ttl", "search_cache_size", "query_embedding_cache_size"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(
+                    name, f"must be 0 (off) or more, got {getattr(self, name)}"
+                )
         if self.embedder not in EMBEDDERS:
             raise ConfigurationError(
                 "embedder", f"must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}"

@@ -31,6 +31,8 @@ from memfuse.layers.m2 import FactProcessor
 from memfuse.layers.pipeline import LayerPipeline
 from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor, process_monitor
+from memfuse.retrieval.cache import ResultCache
+from memfuse.retrieval.service import RetrievalService, SearchResult
 from memfuse.services.tenancy import TenancyService
 
 T = TypeVar("T")
@@ -135,6 +137,7 @@ async def pipeline_resource(
     monitor: PerformanceMonitor,
     extractor: FactExtractor | None,
     engine: AsyncEngine,
+    cache: ResultCache[tuple[SearchResult, ...]],
 ) -> AsyncIterator[LayerPipeline]:
     """The M1/M2 pipeline; stopped before the engine it uses (hence ``engine``)."""
     del engine
@@ -154,6 +157,7 @@ async def pipeline_resource(
         concurrency=settings.pipeline_concurrency,
         batch_messages=settings.pipeline_batch_messages,
         poll_interval=settings.pipeline_poll_interval,
+        on_stored=cache.invalidate,
     )
     try:
         yield pipeline
@@ -221,6 +225,7 @@ async def embedding_worker_resource(
     engine: AsyncEngine,
     embedder: Embedder | None,
     monitor: PerformanceMonitor,
+    cache: ResultCache[tuple[SearchResult, ...]],
 ) -> AsyncIterator[EmbeddingWorker | None]:
     """The in-process embedding worker (``None`` without an embedder or when disabled).
 
@@ -239,11 +244,36 @@ async def embedding_worker_resource(
         concurrency=settings.worker_concurrency,
         poll_interval=settings.worker_poll_interval,
         max_attempts=settings.worker_max_attempts,
+        on_written=cache.invalidate,
     )
     try:
         yield worker
     finally:
         await worker.close()
+
+
+def make_result_cache(settings: Settings) -> ResultCache[tuple[SearchResult, ...]]:
+    return ResultCache(settings.search_cache_size, settings.search_cache_ttl)
+
+
+def make_retrieval_service(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    embedder: Embedder | None,
+    monitor: PerformanceMonitor,
+    cache: ResultCache[tuple[SearchResult, ...]],
+) -> RetrievalService:
+    return RetrievalService(
+        session_factory,
+        embedder,
+        monitor,
+        schema=settings.schema,
+        candidates=settings.search_candidates,
+        rrf_k=settings.search_rrf_k,
+        ef_search=settings.search_ef_search,
+        result_cache=cache,
+        embedding_cache_size=settings.query_embedding_cache_size,
+    )
 
 
 class Container(containers.DeclarativeContainer):
@@ -279,8 +309,10 @@ class Container(containers.DeclarativeContainer):
         engine=engine,
     )
     fact_extractor = providers.Resource(fact_extractor_resource, settings=settings)
+    result_cache = providers.Singleton(make_result_cache, settings=settings)
     pipeline = providers.Resource(
         pipeline_resource,
+        cache=result_cache,
         settings=settings,
         session_factory=session_factory,
         monitor=monitor,
@@ -294,4 +326,13 @@ class Container(containers.DeclarativeContainer):
         engine=engine,
         embedder=embedder,
         monitor=monitor,
+        cache=result_cache,
+    )
+    retrieval_service = providers.Singleton(
+        make_retrieval_service,
+        settings=settings,
+        session_factory=session_factory,
+        embedder=embedder,
+        monitor=monitor,
+        cache=result_cache,
     )

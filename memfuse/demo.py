@@ -2,7 +2,8 @@
 
 It starts the database (embedded when no URL is configured), migrates it, adds two sessions
 of a conversation with ``Memory.add``, flushes the layers, then prints the messages (M0),
-episodes (M1), facts (M2, with one superseded) and the performance monitor's report.
+episodes (M1), facts (M2, with one superseded), searches them, and prints the performance
+monitor's report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from memfuse.memory import MemFuse
 
 FIRST = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 SECOND = datetime(2023, 6, 20, 9, 30, tzinfo=UTC)
+QUESTIONS = ("Where does Ana live now?", "Who is travelling to Madeira?")
 
 SESSIONS: dict[str, list[tuple[str, str]]] = {
     "spring-catch-up": [
@@ -95,6 +97,17 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
             flags += [row.embedded for row in episodes] + [row.embedded for row in facts]
             embedded, total = sum(flags), len(flags)
             write(f"\nembeddings ({mf.worker.embedder.model_name}): {embedded} of {total} rows")
+
+        for question in QUESTIONS:
+            write(f"\nsearch: {question!r} (top 3, all layers fused)")
+            for result in await memory.query(question, top_k=3):
+                speaker = f"{result.speaker}: " if result.speaker else ""
+                write(
+                    f"  {result.score:.4f} [{result.layer}] "
+                    f"{result.created_at:%Y-%m-%d} {speaker}{result.content}"
+                )
+            for fact in await memory.query(question, top_k=1, layers=["m2"], unit="item"):
+                write(f"  best fact: {fact.content}")
 
         write("\nperformance monitor:")
         write(mf.monitor.report())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -29,6 +31,9 @@ from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
 from memfuse.repositories.facts import FactRepository, FactRow
 from memfuse.repositories.messages import MessageRow
+from memfuse.repositories.search import Layer, Method
+from memfuse.repositories.tenancy import AgentRepository, SessionRepository
+from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult, Unit
 from memfuse.services.tenancy import MemoryScope, TenancyService
 
 Order = Literal["asc", "desc"]
@@ -104,6 +109,7 @@ class MemFuse:
             self.pipeline: LayerPipeline = await resolve(self.container.pipeline)
             self._buffer = await resolve(self.container.write_buffer)
             self.worker = await resolve(self.container.embedding_worker)
+            self.retrieval: RetrievalService = await resolve(self.container.retrieval_service)
             if self.worker is not None:
                 await self.worker.verify()
                 self.worker.start()
@@ -211,7 +217,77 @@ class Memory:
             inputs = service.validate(messages)
             if not inputs:
                 return []
-            return await self._memfuse._write(WriteRequest(self.scope, inputs))
+            ids = await self._memfuse._write(WriteRequest(self.scope, inputs))
+        self._changed()
+        return ids
+
+    async def query(
+        self,
+        query: str,
+        top_k: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        layers: Sequence[Layer] | None = None,
+        methods: Sequence[Method] | None = None,
+        unit: Unit = "message",
+        session: str | None = None,
+        agent: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_unembedded: bool = True,
+    ) -> list[SearchResult]:
+        """Search this user's memory (all sessions unless ``session`` names one).
+
+        ``top_k`` results (5 by default), or with ``max_tokens`` as many as fit that budget.
+        ``layers`` ("m0", "m1", "m2") and ``methods`` ("vector", "text") choose the lists that
+        are fused; ``unit`` "message" returns messages ranked by all of them, "item" the rows
+        of each layer. ``since``/``until`` bound when things were said. Rows not embedded yet
+        are found by full text unless ``include_unembedded`` is false.
+        """
+        self._memfuse._check_open()
+        request = SearchRequest.build(
+            query,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            layers=layers,
+            methods=methods,
+            unit=unit,
+            since=since,
+            until=until,
+            include_unembedded=include_unembedded,
+        )
+        agent_id, session_id, found = await self._filter_ids(agent, session)
+        if not found:
+            return []
+        request = replace(request, agent_id=agent_id, session_id=session_id)
+        return await self._memfuse.retrieval.search(self.scope.user_id, request)
+
+    async def _filter_ids(
+        self, agent: str | None, session: str | None
+    ) -> tuple[uuid.UUID | None, uuid.UUID | None, bool]:
+        """Ids of the named agent and session of this user; ``found`` is false if one is not."""
+        for name, value in (("agent", agent), ("session", session)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"must be a name, got {type(value).__name__}", field=name)
+        if agent is None and session is None:
+            return None, None, True
+        agent_id = session_id = None
+        async with self._memfuse.session_factory() as db:
+            if agent is not None:
+                agent_row = await AgentRepository(db).get_by_name(self.scope.user_id, agent)
+                if agent_row is None:
+                    return None, None, False
+                agent_id = agent_row.id
+            if session is not None:
+                session_row = await SessionRepository(db).get_by_name(self.scope.user_id, session)
+                if session_row is None:
+                    return None, None, False
+                session_id = session_row.id
+        return agent_id, session_id, True
+
+    def _changed(self) -> None:
+        """This user's cached search results are stale."""
+        self._memfuse.retrieval.results.invalidate(self.scope.user_id)
 
     async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
         """The message with this id, if it is this user's."""
@@ -246,12 +322,14 @@ class Memory:
         row = await self._memfuse.messages.update(
             self.scope, _uuid(message_id), content=content, metadata=metadata
         )
+        self._changed()
         self._memfuse.pipeline.notify()
         return row
 
     async def delete_message(self, message_id: uuid.UUID | str) -> None:
         """Delete a message; M1/M2 of its session are rebuilt without it."""
         await self._memfuse.messages.delete(self.scope, _uuid(message_id))
+        self._changed()
         self._memfuse.pipeline.notify()
 
     async def list_episodes(
@@ -297,10 +375,12 @@ class Memory:
     async def delete_session(self) -> None:
         """Delete this session with its messages, episodes and facts."""
         await self._memfuse.tenancy.delete_session(self.scope)
+        self._changed()
 
     async def delete_user(self) -> None:
         """Delete this user and everything stored for them."""
         await self._memfuse.tenancy.delete_user(self.scope)
+        self._changed()
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -27,6 +27,8 @@ def test_demo_ingests_a_conversation_and_shows_every_layer(database_url: str) ->
     assert "2023-05-08 13:56 - 14:00, 5 messages" in out
     assert "superseded 2023-06-20] Ana live in Porto" in out
     assert "yesterday (7 May 2023)" in out
+    madeira = out.split("search: 'Who is travelling to Madeira?'")[1].splitlines()
+    assert "Ana: I'm flying to Madeira next Friday with my sister Rita." in madeira[1]
     for operation in ("m0_operation", "m1_operation", "m2_operation", "buffer_flush"):
         assert operation in out
 

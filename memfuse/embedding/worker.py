@@ -75,7 +75,9 @@ class EmbeddingWorker:
         backoff_base: float = 1.0,
         max_backoff: float = 600.0,
         listen: bool = True,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
+        """``on_written()`` runs after each batch that committed vectors (caches use it)."""
         if batch_size < 1 or concurrency < 1 or max_attempts < 1 or poll_interval <= 0:
             raise ValueError("batch_size, concurrency, max_attempts >= 1; poll_interval > 0")
         self._engine = engine
@@ -91,6 +93,7 @@ class EmbeddingWorker:
         self.backoff_base = backoff_base
         self.max_backoff = max_backoff
         self._listen = listen
+        self._on_written = on_written
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -123,6 +126,8 @@ class EmbeddingWorker:
             await repository.delete([job.id for job in jobs if job.id not in failed_ids])
             await self._handle_failures(repository, failed, errors)
         self._count(jobs, texts, vectors, failed)
+        if vectors and self._on_written is not None:
+            self._on_written()
         return len(jobs)
 
     async def drain(self) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -62,7 +63,9 @@ class LayerPipeline:
         concurrency: int = 4,
         batch_messages: int = 500,
         poll_interval: float = 30.0,
+        on_stored: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
+        """``on_stored(user_id)`` runs after each commit of new M1/M2 rows (caches use it)."""
         if concurrency < 1 or batch_messages < 1:
             raise ValueError("concurrency and batch_messages must be at least 1")
         self._session_factory = session_factory
@@ -72,6 +75,7 @@ class LayerPipeline:
         self._concurrency = concurrency
         self._batch_messages = batch_messages
         self._poll_interval = poll_interval
+        self._on_stored = on_stored
         self._pass_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -199,6 +203,8 @@ class LayerPipeline:
                         continue
                     await processor.store(db, locked, result)
                     await progress_rows.advance(current.session_id, processor.layer, upto)
+                if self._on_stored is not None:
+                    self._on_stored(current.user_id)
             processed += len(messages)
 
     @staticmethod

@@ -1,0 +1,199 @@
+"""LoCoMo evidence recall: how much of each answer's evidence a search puts in a context budget.
+
+The metric is the one ``shared/data/locomo/README.md`` defines. Each conversation is loaded as
+one user through the real write path (``Memory.add``, the M1/M2 pipeline, the embedding worker);
+every category 1-4 question with evidence is asked; results are taken in rank order until the
+next one would overflow a budget of B tokens (all-MiniLM-L6-v2's tokenizer, no special
+tokens, over each result's ``content``). A turn is retrieved when a result within the budget
+contains it (its ``message_ids``). Recall@B is retrieved evidence turns over evidence turns,
+averaged over questions.
+
+Every line is measured in the same run on the same database: memfuse's default search, its
+``unit="item"`` search, and three reference lines over single turns only (vector, full text,
+and their fusion).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from tqdm import tqdm
+
+from memfuse.errors import ValidationError
+from memfuse.ingest import NAMESPACE, ingest_conversations, load_conversations
+from memfuse.memory import MemFuse, Memory
+from memfuse.retrieval.service import SearchResult
+
+BUDGETS: Final = (500, 1000, 2000)
+CATEGORIES: Final = (1, 2, 3, 4)
+CATEGORY_NAMES: Final = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+RESULTS_PER_QUESTION: Final = 200
+"""Enough results to fill the largest budget (a turn is ~35 tokens)."""
+_EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
+
+LINES: Final[dict[str, dict[str, Any]]] = {
+    "memfuse": {},
+    "memfuse_items": {"unit": "item"},
+    "reference_vector_turns": {"layers": ["m0"], "methods": ["vector"]},
+    "reference_text_turns": {"layers": ["m0"], "methods": ["text"]},
+    "reference_fusion_turns": {"layers": ["m0"]},
+}
+"""Each line's ``Memory.query`` options; ``memfuse`` is the default search."""
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One scored question: its conversation's user, the text and the evidence turns' ids."""
+
+    user: str
+    question: str
+    category: int
+    evidence: frozenset[uuid.UUID]
+
+
+def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
+    """Questions of categories 1-4 with usable evidence, and counts of what was left out.
+
+    Evidence strings are read with ``D:?<session>:<turn>`` (so "D8:6; D9:17" is two turns and
+    "D:11:26" is D11:26); ids of turns the conversation does not have are dropped.
+    """
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(document, list):
+        raise ValidationError(f"{path}: expected a list of LoCoMo samples")
+    questions: list[Question] = []
+    skipped = {"category_5": 0, "no_evidence": 0, "evidence_ids_dropped": 0}
+    for sample in document:
+        sample_id = sample["sample_id"]
+        turns = {
+            turn["dia_id"]
+            for key, session in sample["conversation"].items()
+            if re.fullmatch(r"session_\d+", key) and isinstance(session, list)
+            for turn in session
+        }
+        for qa in sample["qa"]:
+            category = int(qa.get("category", 0))
+            if category not in CATEGORIES:
+                skipped["category_5"] += 1
+                continue
+            found = set()
+            for item in qa.get("evidence", []):
+                for session_number, turn_number in _EVIDENCE.findall(str(item)):
+                    dia_id = f"D{session_number}:{turn_number}"
+                    if dia_id in turns:
+                        found.add(dia_id)
+                    else:
+                        skipped["evidence_ids_dropped"] += 1
+            if not found:
+                skipped["no_evidence"] += 1
+                continue
+            questions.append(
+                Question(
+                    user=f"locomo-{sample_id}",
+                    question=str(qa["question"]),
+                    category=category,
+                    evidence=frozenset(
+                        uuid.uuid5(NAMESPACE, f"{sample_id}/{dia_id}") for dia_id in found
+                    ),
+                )
+            )
+    return questions, skipped
+
+
+def covered_within(
+    results: Sequence[SearchResult], budget: int, count_tokens: Callable[[str], int]
+) -> set[uuid.UUID]:
+    """Messages contained in the results taken in order until the next would overflow."""
+    covered: set[uuid.UUID] = set()
+    spent = 0
+    for result in results:
+        spent += count_tokens(result.content)
+        if spent > budget:
+            break
+        covered.update(result.message_ids)
+    return covered
+
+
+def summarize(
+    questions: Sequence[Question], recalls: Sequence[Mapping[int, float]]
+) -> dict[str, Any]:
+    """Overall and per-category recall@B, rounded to 3 places."""
+    summary: dict[str, Any] = {}
+    for budget in BUDGETS:
+        summary[f"recall@{budget}"] = round(statistics.mean(r[budget] for r in recalls), 3)
+    per_category: dict[str, Any] = {}
+    for category in CATEGORIES:
+        chosen = [r for q, r in zip(questions, recalls, strict=True) if q.category == category]
+        if not chosen:
+            continue
+        per_category[f"{category} {CATEGORY_NAMES[category]}"] = {
+            "questions": len(chosen),
+            **{
+                f"recall@{budget}": round(statistics.mean(r[budget] for r in chosen), 3)
+                for budget in BUDGETS
+            },
+        }
+    summary["per_category"] = per_category
+    return summary
+
+
+def minilm_token_counter() -> Callable[[str], int]:
+    """Token counts with all-MiniLM-L6-v2's own tokenizer (from the bundled model files)."""
+    from transformers import AutoTokenizer
+
+    from memfuse.embedding.embedders import bundled_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
+
+
+async def evaluate(
+    mf: MemFuse,
+    data: str | Path,
+    *,
+    lines: Mapping[str, Mapping[str, Any]] = LINES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load every conversation of ``data``, flush, ask every question; the report as JSON."""
+    conversations = load_conversations(data)
+    questions, skipped = load_questions(data)
+    await ingest_conversations(mf, conversations, progress=progress)
+    await mf.flush()
+    count_tokens = minilm_token_counter()
+    memories: dict[str, Memory] = {}
+    recalls: dict[str, list[dict[int, float]]] = {name: [] for name in lines}
+    for question in tqdm(questions, desc="questions", unit="q", disable=not progress):
+        memory = memories.get(question.user)
+        if memory is None:
+            memory = memories[question.user] = await mf.init(question.user)
+        for name, options in lines.items():
+            results = await memory.query(question.question, top_k=RESULTS_PER_QUESTION, **options)
+            recalls[name].append(
+                {
+                    budget: len(question.evidence & covered_within(results, budget, count_tokens))
+                    / len(question.evidence)
+                    for budget in BUDGETS
+                }
+            )
+    report: dict[str, Any] = {**summarize(questions, recalls["memfuse"])}
+    report["questions"] = len(questions)
+    report["left_out"] = skipped
+    report["lines"] = {
+        name: {"options": dict(options), **summarize(questions, recalls[name])}
+        for name, options in lines.items()
+    }
+    report["conversations"] = len(conversations)
+    report["messages"] = sum(c.message_count for c in conversations)
+    report["tokenizer"] = "all-MiniLM-L6-v2 (bundled), no special tokens"
+    report["budget_rule"] = "results in rank order until the next would exceed the budget"
+    return report

@@ -1,0 +1,293 @@
+"""Retrieval: validate a query, embed it (cached), run the fused search, fit the budget.
+
+Two shapes of result (``unit``):
+
+- ``"message"`` (default): M0 messages, ranked by every searched list; a list that ranks an
+  episode or a fact ranks the messages it was made from. The other layers sharpen the
+  ranking, and the caller gets the turns themselves, in the speakers' words.
+- ``"item"``: the rows of the searched layers as they are (messages, episodes, facts),
+  fused; a row whose messages are all in results ranked above it is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, TypeVar, get_args
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memfuse.embedding.embedders import Embedder
+from memfuse.errors import ValidationError
+from memfuse.layers.tokens import count_tokens
+from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.repositories.search import Layer, Method, ScoredRow, SearchFilters, SearchRepository
+from memfuse.retrieval.cache import LruCache, ResultCache
+
+logger = logging.getLogger(__name__)
+
+Unit = Literal["message", "item"]
+ALL_LAYERS: tuple[Layer, ...] = ("m0", "m1", "m2")
+ALL_METHODS: tuple[Method, ...] = ("vector", "text")
+MAX_QUERY_CHARS = 4000
+"""Longer queries are cut: the model reads 256 word pieces, and full text gains nothing."""
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One result: a message (``m0``), an episode (``m1``) or a fact (``m2``).
+
+    ``created_at`` is when it was said: the message's time, the episode's first message, the
+    fact's source message. ``message_ids`` is the lineage: the M0 messages it contains.
+    """
+
+    layer: Layer
+    id: uuid.UUID
+    content: str
+    score: float
+    created_at: datetime
+    session_id: uuid.UUID | None
+    agent_id: uuid.UUID | None
+    message_ids: tuple[uuid.UUID, ...]
+    token_count: int
+    speaker: str | None = None
+    embedded: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """A validated query; hashable, so it is also the result cache's key."""
+
+    query: str
+    top_k: int | None = 5
+    max_tokens: int | None = None
+    layers: tuple[Layer, ...] = ALL_LAYERS
+    methods: tuple[Method, ...] = ALL_METHODS
+    unit: Unit = "message"
+    agent_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    include_unembedded: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        query: object,
+        *,
+        top_k: object = None,
+        max_tokens: object = None,
+        layers: object = None,
+        methods: object = None,
+        unit: object = "message",
+        since: object = None,
+        until: object = None,
+        include_unembedded: object = True,
+        agent_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
+    ) -> SearchRequest:
+        """Check every option; raise ``ValidationError`` naming the bad one."""
+        if not isinstance(query, str):
+            raise ValidationError(f"must be a string, got {type(query).__name__}", field="query")
+        cleaned = " ".join(query.replace("\x00", " ").split())[:MAX_QUERY_CHARS]
+        if top_k is None and max_tokens is None:
+            top_k = 5
+        for name, value, upper in (("top_k", top_k, MAX_TOP_K), ("max_tokens", max_tokens, None)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"must be a positive integer, got {value!r}", field=name)
+            if upper is not None and value > upper:
+                raise ValidationError(f"must be at most {upper}, got {value}", field=name)
+        if unit not in get_args(Unit):
+            raise ValidationError(f"must be 'message' or 'item', got {unit!r}", field="unit")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
+                raise ValidationError("must be a timezone-aware datetime", field=name)
+        if not isinstance(include_unembedded, bool):
+            raise ValidationError("must be True or False", field="include_unembedded")
+        return cls(
+            query=cleaned,
+            top_k=top_k,  # type: ignore[arg-type]
+            max_tokens=max_tokens,  # type: ignore[arg-type]
+            layers=_choices("layers", layers, ALL_LAYERS),
+            methods=_choices("methods", methods, ALL_METHODS),
+            unit=unit,  # type: ignore[arg-type]
+            agent_id=agent_id,
+            session_id=session_id,
+            since=since,  # type: ignore[arg-type]
+            until=until,  # type: ignore[arg-type]
+            include_unembedded=include_unembedded,
+        )
+
+
+T = TypeVar("T", bound=str)
+
+
+def _choices(name: str, value: object, allowed: tuple[T, ...]) -> tuple[T, ...]:
+    """A non-empty subset of ``allowed``, in ``allowed``'s order."""
+    if value is None:
+        return allowed
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)) or not value:
+        raise ValidationError(f"must be a non-empty list drawn from {list(allowed)}", field=name)
+    unknown = [item for item in value if item not in allowed]
+    if unknown:
+        raise ValidationError(f"unknown {unknown!r}; choose from {list(allowed)}", field=name)
+    return tuple(item for item in allowed if item in value)
+
+
+@dataclass(slots=True)
+class RetrievalStats:
+    """Searches served, and how many the caches answered."""
+
+    searches: int = 0
+    result_cache_hits: int = 0
+    embedding_cache_hits: int = 0
+
+
+class RetrievalService:
+    """Hybrid search over one user's memory, with a query-embedding and a result cache."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        embedder: Embedder | None,
+        monitor: PerformanceMonitor,
+        *,
+        schema: str,
+        candidates: int = 200,
+        rrf_k: int = 60,
+        ef_search: int = 100,
+        result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
+        embedding_cache_size: int = 1024,
+    ) -> None:
+        self._session_factory = session_factory
+        self.embedder = embedder
+        self._monitor = monitor
+        self.schema = schema
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.ef_search = ef_search
+        self.results = result_cache if result_cache is not None else ResultCache(0, 0.0)
+        self.embeddings: LruCache[tuple[float, ...]] = LruCache(embedding_cache_size)
+        self.stats = RetrievalStats()
+
+    async def search(self, user_id: uuid.UUID, request: SearchRequest) -> list[SearchResult]:
+        """Results for ``request`` within ``user_id``'s memory only."""
+        started = time.perf_counter()
+        success = False
+        try:
+            results = await self._search(user_id, request)
+            success = True
+            return results
+        finally:
+            self._monitor.record(
+                "retrieval_query", (time.perf_counter() - started) * 1000, success=success
+            )
+
+    async def embed_query(self, query: str) -> tuple[float, ...] | None:
+        """The query's vector, from the LRU when seen before; ``None`` without an embedder."""
+        if self.embedder is None:
+            return None
+        key = (self.embedder.model_name, query)
+        cached = self.embeddings.get(key)
+        if cached is not None:
+            self.stats.embedding_cache_hits += 1
+            return cached
+        vector = tuple(await self.embedder.embed_query(query))
+        self.embeddings.put(key, vector)
+        return vector
+
+    async def _search(self, user_id: uuid.UUID, request: SearchRequest) -> list[SearchResult]:
+        self.stats.searches += 1
+        if not any(character.isalnum() for character in request.query):
+            return []  # nothing to search for: no word, no number
+        generation = self.results.generation(user_id)
+        cached = self.results.get(user_id, request)
+        if cached is not None:
+            self.stats.result_cache_hits += 1
+            return list(cached)
+        vector = await self.embed_query(request.query) if "vector" in request.methods else None
+        filters = SearchFilters(
+            user_id=user_id,
+            agent_id=request.agent_id,
+            session_id=request.session_id,
+            since=request.since,
+            until=request.until,
+            embedded_only=not request.include_unembedded,
+        )
+        fetch = self.candidates if request.max_tokens is not None else request.top_k or 5
+        if request.unit == "item":
+            fetch *= 2  # room for rows dropped as already covered
+        async with self._session_factory() as db:
+            repository = SearchRepository(db, self.schema)
+            if vector is not None:
+                await repository.tune(self.ef_search)
+            search = repository.messages if request.unit == "message" else repository.items
+            rows = await search(
+                filters,
+                query_text=request.query,
+                query_vector=vector,
+                layers=request.layers,
+                methods=request.methods,
+                candidates=self.candidates,
+                rrf_k=self.rrf_k,
+                limit=fetch,
+            )
+            await db.rollback()
+        results = tuple(fit(collapse(rows), request.top_k, request.max_tokens))
+        self.results.put(user_id, request, results, generation)
+        return list(results)
+
+
+def collapse(rows: Sequence[ScoredRow]) -> list[SearchResult]:
+    """Results in rank order, without rows whose messages are all in earlier results."""
+    covered: set[uuid.UUID] = set()
+    results: list[SearchResult] = []
+    for row in rows:
+        if row.message_ids and covered.issuperset(row.message_ids):
+            continue
+        covered.update(row.message_ids)
+        results.append(
+            SearchResult(
+                layer=row.layer,
+                id=row.id,
+                content=row.content,
+                score=row.score,
+                created_at=row.occurred_at,
+                session_id=row.session_id,
+                agent_id=row.agent_id,
+                message_ids=row.message_ids,
+                token_count=(
+                    row.token_count if row.token_count is not None else count_tokens(row.content)
+                ),
+                speaker=row.speaker,
+                embedded=row.embedded,
+            )
+        )
+    return results
+
+
+def fit(
+    results: Sequence[SearchResult], top_k: int | None, max_tokens: int | None
+) -> list[SearchResult]:
+    """The first ``top_k`` results; with ``max_tokens``, those that fit, best first (a result
+    too big for what is left is passed over for smaller ones below it)."""
+    chosen: list[SearchResult] = []
+    spent = 0
+    for result in results:
+        if top_k is not None and len(chosen) >= top_k:
+            break
+        if max_tokens is not None:
+            if spent + result.token_count > max_tokens:
+                continue
+            spent += result.token_count
+        chosen.append(result)
+    return chosen

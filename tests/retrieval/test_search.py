@@ -1,0 +1,229 @@
+"""``Memory.query`` against a real PostgreSQL and the real all-MiniLM-L6-v2 model."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from memfuse.errors import ValidationError
+from memfuse.memory import MemFuse, Memory
+from memfuse.retrieval.service import SearchResult
+
+DAY = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def turn(name: str, content: str, day: int = 0) -> dict[str, object]:
+    return {
+        "role": "user",
+        "name": name,
+        "content": content,
+        "created_at": DAY + timedelta(days=day),
+    }
+
+
+ANA_TURNS = [
+    turn("Ana", "I booked the flight to Lisbon for May 3rd.", 0),
+    turn("Ana", "My sister Joana lives in Porto and teaches piano.", 1),
+    turn("Ana", "I started learning to sail last summer.", 2),
+]
+BEN_TURNS = [
+    turn("Ben", "I booked the flight to Lisbon for May 9th.", 0),
+    turn("Ben", "My brother lives in Porto and teaches guitar.", 1),
+    turn("Ben", "I started learning to surf last summer.", 2),
+]
+
+
+@pytest.fixture
+async def mf(database_url: str) -> AsyncIterator[MemFuse]:
+    async with MemFuse(database_url, embedder="local", search_cache_ttl=60.0) as mf:
+        yield mf
+
+
+async def memories(mf: MemFuse) -> tuple[Memory, Memory]:
+    ana = await mf.init("ana", session="trip")
+    ben = await mf.init("ben", session="trip")
+    await ana.add(ANA_TURNS)
+    await ben.add(BEN_TURNS)
+    await mf.flush()
+    return ana, ben
+
+
+def texts(results: list[SearchResult]) -> list[str]:
+    return [result.content for result in results]
+
+
+async def test_every_layer_method_and_unit_returns_only_the_callers_rows(mf: MemFuse) -> None:
+    ana, ben = await memories(mf)
+    ana_messages = {m.id for m in await ana.list_messages(all_sessions=True)}
+    ana_rows = (
+        ana_messages
+        | {e.id for e in await ana.list_episodes(all_sessions=True)}
+        | {f.id for f in await ana.list_facts(all_sessions=True)}
+    )
+    layer_sets = [("m0",), ("m1",), ("m2",), ("m0", "m1", "m2")]
+    method_sets = [("vector",), ("text",), ("vector", "text")]
+    for layers, methods, unit in itertools.product(layer_sets, method_sets, ("message", "item")):
+        for question in ("Lisbon flight", "who lives in Porto", "learning last summer"):
+            results = await ana.query(question, top_k=50, layers=layers, methods=methods, unit=unit)
+            assert results, (layers, methods, unit, question)
+            for result in results:
+                assert result.id in ana_rows, (layers, methods, unit, result)
+                assert set(result.message_ids) <= ana_messages
+                assert "Ben" not in result.content and "brother" not in result.content
+    assert texts(await ben.query("Lisbon flight", top_k=1)) == [BEN_TURNS[0]["content"]]
+
+
+async def test_results_carry_layer_lineage_time_and_scope(mf: MemFuse) -> None:
+    ana, _ = await memories(mf)
+    [best] = await ana.query("When is the Lisbon flight?", top_k=1)
+    assert best.layer == "m0" and best.content == ANA_TURNS[0]["content"]
+    assert best.message_ids == (best.id,) and best.speaker == "Ana"
+    assert best.created_at == DAY and best.session_id == ana.scope.session_id
+    assert best.agent_id == ana.scope.agent_id and best.embedded and best.score > 0
+    [episode] = await ana.query("Joana teaches piano in Porto", top_k=1, layers=["m1"], unit="item")
+    assert episode.layer == "m1", "a day apart, each turn starts an episode of its own"
+    assert episode.content == "Ana: My sister Joana lives in Porto and teaches piano."
+    facts = await ana.query("Joana teaches piano in Porto", layers=["m2"], unit="item")
+    assert facts and all(f.layer == "m2" and len(f.message_ids) == 1 for f in facts)
+    items = await ana.query("Joana teaches piano in Porto", top_k=10, unit="item")
+    covered: set[uuid.UUID] = set()
+    for item in items:
+        assert not covered.issuperset(item.message_ids), "rows already covered are dropped"
+        covered.update(item.message_ids)
+    assert episode.id not in {item.id for item in items}, "its turn ranks above it"
+
+
+async def test_a_row_is_found_by_full_text_at_once_and_by_vector_once_embedded(
+    database_url: str,
+) -> None:
+    async with MemFuse(database_url, embedder="local", worker_enabled=False) as mf:
+        ana = await mf.init("ana")
+        await ana.add([turn("Ana", "The quarterly garden fair moved to Thursday.")])
+        found = await ana.query("garden fair")
+        assert texts(found) == ["The quarterly garden fair moved to Thursday."]
+        assert not found[0].embedded
+        assert await ana.query("garden fair", include_unembedded=False) == []
+        assert await ana.query("garden fair", methods=["vector"]) == []
+    async with MemFuse(database_url, embedder="local") as mf:
+        ana = await mf.init("ana")
+        await mf.flush()
+        [found_by_vector] = await ana.query("flower show", methods=["vector"], layers=["m0"])
+        assert found_by_vector.embedded
+        assert found_by_vector.content == "The quarterly garden fair moved to Thursday."
+
+
+async def test_a_write_invalidates_the_cached_result(mf: MemFuse) -> None:
+    ana, ben = await memories(mf)
+    first = await ana.query("kayak trip", top_k=3, layers=["m0"])
+    hits = mf.retrieval.stats.result_cache_hits
+    assert await ana.query("kayak trip", top_k=3, layers=["m0"]) == first
+    assert mf.retrieval.stats.result_cache_hits == hits + 1
+    await ben.add([turn("Ben", "Ben's kayak trip is on Sunday.")])
+    assert await ana.query("kayak trip", top_k=3, layers=["m0"]) == first, "not ana's write"
+    await ana.add([turn("Ana", "The kayak trip starts at the harbour.")])
+    after = await ana.query("kayak trip", top_k=3, layers=["m0"])
+    assert "The kayak trip starts at the harbour." in texts(after)
+
+
+async def test_session_agent_and_time_filters_are_exact(mf: MemFuse) -> None:
+    trip = await mf.init("ana", session="trip")
+    work = await mf.init("ana", agent="coach", session="work")
+    await trip.add(ANA_TURNS)
+    await work.add([turn("Ana", "The Lisbon office opens on Monday.", 5)])
+    await mf.flush()
+
+    def sessions(results: list[SearchResult]) -> set[uuid.UUID | None]:
+        return {result.session_id for result in results}
+
+    everything = await trip.query("Lisbon", top_k=20, unit="item")
+    assert sessions(everything) == {trip.scope.session_id, work.scope.session_id}
+    for unit in ("message", "item"):
+        in_work = await trip.query("Lisbon", top_k=20, session="work", unit=unit)
+        assert in_work and sessions(in_work) == {work.scope.session_id}
+        by_agent = await trip.query("Lisbon", top_k=20, agent="coach", unit=unit)
+        assert by_agent and {r.agent_id for r in by_agent} == {work.scope.agent_id}
+        first_day = await trip.query("Lisbon", top_k=20, until=DAY + timedelta(hours=1), unit=unit)
+        assert first_day and all(r.created_at < DAY + timedelta(hours=1) for r in first_day)
+        later = await trip.query("Lisbon", top_k=20, since=DAY + timedelta(days=4), unit=unit)
+        assert later and all(r.created_at >= DAY + timedelta(days=4) for r in later)
+    assert await trip.query("Lisbon", session="no such session") == []
+    assert await trip.query("Lisbon", agent="no such agent") == []
+
+
+async def test_max_tokens_fills_a_budget_instead_of_top_k(mf: MemFuse) -> None:
+    ana, _ = await memories(mf)
+    budget = 25
+    results = await ana.query("flight sister sailing", max_tokens=budget)
+    assert results and sum(r.token_count for r in results) <= budget
+    everything = await ana.query("flight sister sailing", max_tokens=10_000)
+    assert len(everything) == 3, "a large budget takes every message that matches"
+    assert await ana.query("flight", max_tokens=1) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "   ",
+        "?!.,;",
+        "'; DROP TABLE memfuse.messages; --",
+        "a & b | !c <-> (d",
+        '"unterminated quote',
+        "🚀🚀🚀",
+        "naïve café in Zürich, 東京",
+        "flight\x00to Lisbon",
+        "Lisbon " * 20_000,
+    ],
+)
+async def test_odd_queries_return_cleanly(mf: MemFuse, query: str) -> None:
+    ana, _ = await memories(mf)
+    for unit in ("message", "item"):
+        results = await ana.query(query, top_k=5, unit=unit)
+        assert len(results) <= 5
+        assert all(isinstance(r, SearchResult) for r in results)
+    assert await ana.list_messages() != [], "the table is still there"
+
+
+async def test_queries_without_words_find_nothing(mf: MemFuse) -> None:
+    ana, _ = await memories(mf)
+    for query in ("", "  ", "?!.,;", "---"):
+        assert await ana.query(query) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": "5"}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"top_k": 5000}, "top_k"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"layers": ["m9"]}, "layers"),
+        ({"layers": []}, "layers"),
+        ({"methods": ["bm25"]}, "methods"),
+        ({"unit": "chunk"}, "unit"),
+        ({"since": datetime(2024, 1, 1)}, "since"),
+        ({"until": "yesterday"}, "until"),
+        ({"include_unembedded": "yes"}, "include_unembedded"),
+        ({"session": 42}, "session"),
+    ],
+)
+async def test_bad_options_are_refused_by_name(
+    database_url: str, options: dict[str, object], field: str
+) -> None:
+    async with MemFuse(database_url) as mf:
+        ana = await mf.init("ana")
+        with pytest.raises(ValidationError) as caught:
+            await ana.query("flight", **options)  # type: ignore[arg-type]
+        assert caught.value.field == field
+
+
+async def test_a_query_that_is_not_text_is_refused(database_url: str) -> None:
+    async with MemFuse(database_url) as mf:
+        ana = await mf.init("ana")
+        with pytest.raises(ValidationError, match="string"):
+            await ana.query(None)  # type: ignore[arg-type]
