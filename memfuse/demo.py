@@ -106,8 +106,8 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
                     f"  {result.score:.4f} [{result.layer}] "
                     f"{result.created_at:%Y-%m-%d} {speaker}{result.content}"
                 )
-            for fact in await memory.query(question, top_k=1, layers=["m2"], unit="item"):
-                write(f"  best fact: {fact.content}")
+            for best in await memory.query(question, top_k=1, layers=["m2"], unit="item"):
+                write(f"  best fact: {best.content}")
 
         write("\nperformance monitor:")
         write(mf.monitor.report())
