@@ -31,9 +31,9 @@ from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
 from memfuse.repositories.facts import FactRepository, FactRow
 from memfuse.repositories.messages import MessageRow
-from memfuse.repositories.search import Layer, Method
+from memfuse.repositories.search import Layer, Method, Unit
 from memfuse.repositories.tenancy import AgentRepository, SessionRepository
-from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult, Unit
+from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
 from memfuse.services.tenancy import MemoryScope, TenancyService
 
 Order = Literal["asc", "desc"]

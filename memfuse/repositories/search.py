@@ -27,6 +27,7 @@ from memfuse.db.models import TEXT_SEARCH_CONFIG
 
 Layer = Literal["m0", "m1", "m2"]
 Method = Literal["vector", "text"]
+Unit = Literal["message", "item"]
 
 LAYER_TABLES: Final[dict[Layer, str]] = {"m0": "messages", "m1": "episodes", "m2": "facts"}
 _LINEAGE: Final[dict[Layer, str]] = {"m0": "ARRAY[id]", "m1": "message_ids", "m2": "message_ids"}
@@ -119,10 +120,11 @@ class SearchRepository:
             {"ef_search": str(ef_search)},
         )
 
-    async def messages(
+    async def search(
         self,
         filters: SearchFilters,
         *,
+        unit: Unit,
         query_text: str,
         query_vector: Sequence[float] | None,
         layers: Sequence[Layer],
@@ -131,18 +133,52 @@ class SearchRepository:
         rrf_k: int,
         limit: int,
     ) -> list[ScoredRow]:
-        """Messages ranked by every list: a list ranking an episode or a fact ranks the
-        messages in its lineage (each message takes the best rank it gets in each list)."""
+        """The best ``limit`` results of the fused lists, best first.
+
+        ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
+        ranks the messages of its lineage (each message takes its best rank in each list).
+        ``unit="item"``: the rows of the searched layers themselves.
+        """
         ctes, ranked = self._lists(filters, query_vector, layers, methods)
         if not ranked:
             return []
+        fused = self._messages(filters) if unit == "message" else self._items()
         sql = f"""
 WITH {_QUERY_TERMS},
 {", ".join(ctes)},
 ranked AS (
     {" UNION ALL ".join(ranked)}
 ),
-per_message AS (
+{fused}"""
+        parameters: dict[str, Any] = {
+            **filters.parameters(),
+            "query_text": query_text,
+            "candidates": candidates,
+            "rrf_k": rrf_k,
+            "limit": limit,
+        }
+        if query_vector is not None:
+            parameters["query_vector"] = list(query_vector)
+        result = await self.session.execute(text(sql), parameters)
+        return [
+            ScoredRow(
+                layer=row.layer,
+                id=row.id,
+                score=float(row.score),
+                content=row.content,
+                session_id=row.session_id,
+                agent_id=row.agent_id,
+                occurred_at=row.occurred_at,
+                message_ids=tuple(row.message_ids),
+                token_count=row.token_count,
+                speaker=row.speaker,
+                embedded=row.embedded,
+            )
+            for row in result
+        ]
+
+    def _messages(self, filters: SearchFilters) -> str:
+        return f"""per_message AS (
     SELECT message_id, list, min(r) AS r
     FROM ranked CROSS JOIN LATERAL unnest(ranked.message_ids) AS message_id
     GROUP BY message_id, list
@@ -157,32 +193,10 @@ FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
 WHERE {filters.where("m0", "m")}
 ORDER BY scored.score DESC, m.created_at, m.seq
 LIMIT :limit"""
-        return await self._run(sql, filters, query_text, query_vector, candidates, rrf_k, limit)
 
-    async def items(
-        self,
-        filters: SearchFilters,
-        *,
-        query_text: str,
-        query_vector: Sequence[float] | None,
-        layers: Sequence[Layer],
-        methods: Sequence[Method],
-        candidates: int,
-        rrf_k: int,
-        limit: int,
-    ) -> list[ScoredRow]:
-        """Rows of the searched layers themselves (messages, episodes, facts), fused."""
-        ctes, ranked = self._lists(filters, query_vector, layers, methods)
-        if not ranked:
-            return []
+    def _items(self) -> str:
         s = self.schema
-        sql = f"""
-WITH {_QUERY_TERMS},
-{", ".join(ctes)},
-ranked AS (
-    {" UNION ALL ".join(ranked)}
-),
-scored AS (
+        return f"""scored AS (
     SELECT layer, id, sum(1.0 / (:rrf_k + r)) AS score
     FROM ranked GROUP BY layer, id
     ORDER BY score DESC, layer, id
@@ -203,7 +217,6 @@ LEFT JOIN "{s}".messages AS m ON scored.layer = 'm0' AND m.id = scored.id
 LEFT JOIN "{s}".episodes AS e ON scored.layer = 'm1' AND e.id = scored.id
 LEFT JOIN "{s}".facts AS f ON scored.layer = 'm2' AND f.id = scored.id
 ORDER BY scored.score DESC, scored.layer, scored.id"""
-        return await self._run(sql, filters, query_text, query_vector, candidates, rrf_k, limit)
 
     def _lists(
         self,
@@ -246,40 +259,3 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                     f"row_number() OVER (ORDER BY rank DESC, id) AS r FROM {name}"
                 )
         return ctes, ranked
-
-    async def _run(
-        self,
-        sql: str,
-        filters: SearchFilters,
-        query_text: str,
-        query_vector: Sequence[float] | None,
-        candidates: int,
-        rrf_k: int,
-        limit: int,
-    ) -> list[ScoredRow]:
-        parameters: dict[str, Any] = {
-            **filters.parameters(),
-            "query_text": query_text,
-            "candidates": candidates,
-            "rrf_k": rrf_k,
-            "limit": limit,
-        }
-        if query_vector is not None:
-            parameters["query_vector"] = list(query_vector)
-        result = await self.session.execute(text(sql), parameters)
-        return [
-            ScoredRow(
-                layer=row.layer,
-                id=row.id,
-                score=float(row.score),
-                content=row.content,
-                session_id=row.session_id,
-                agent_id=row.agent_id,
-                occurred_at=row.occurred_at,
-                message_ids=tuple(row.message_ids),
-                token_count=row.token_count,
-                speaker=row.speaker,
-                embedded=row.embedded,
-            )
-            for row in result
-        ]

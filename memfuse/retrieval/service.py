@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar, get_args
+from typing import TypeVar, get_args
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,12 +25,18 @@ from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
 from memfuse.layers.tokens import count_tokens
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.search import Layer, Method, ScoredRow, SearchFilters, SearchRepository
+from memfuse.repositories.search import (
+    Layer,
+    Method,
+    ScoredRow,
+    SearchFilters,
+    SearchRepository,
+    Unit,
+)
 from memfuse.retrieval.cache import LruCache, ResultCache
 
 logger = logging.getLogger(__name__)
 
-Unit = Literal["message", "item"]
 ALL_LAYERS: tuple[Layer, ...] = ("m0", "m1", "m2")
 ALL_METHODS: tuple[Method, ...] = ("vector", "text")
 MAX_QUERY_CHARS = 4000
@@ -230,9 +236,9 @@ class RetrievalService:
             repository = SearchRepository(db, self.schema)
             if vector is not None:
                 await repository.tune(self.ef_search)
-            search = repository.messages if request.unit == "message" else repository.items
-            rows = await search(
+            rows = await repository.search(
                 filters,
+                unit=request.unit,
                 query_text=request.query,
                 query_vector=vector,
                 layers=request.layers,
