@@ -64,6 +64,7 @@ from memfuse.memory import MemFuse
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.jobs import JobRepository, RowText
 
+PARTS = ("throughput", "claim", "vector_write", "freshness")
 QUEUE_SCHEMA = "bench_embedding"
 FRESH_SCHEMA = "bench_freshness"
 
@@ -409,14 +410,18 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     engine = create_engine(url).execution_options(**schema_execution_options(QUEUE_SCHEMA))
     try:
         await store_texts(url, texts)
-        results["throughput"] = await throughput(
-            url, engine, raw, embedder, rounds=args.rounds, batch_sizes=args.batch_sizes
-        )
-        results["claim"] = await claim_overhead(url, engine, args.batch_sizes[0], args.ops)
-        results["vector_write"] = await vector_write(url, engine, args.batch_sizes[0], args.ops)
-        results["freshness"] = await freshness(
-            url, raw, messages, rate=args.rate, duration=args.duration
-        )
+        if "throughput" in args.parts:
+            results["throughput"] = await throughput(
+                url, engine, raw, embedder, rounds=args.rounds, batch_sizes=args.batch_sizes
+            )
+        if "claim" in args.parts:
+            results["claim"] = await claim_overhead(url, engine, args.batch_sizes[0], args.ops)
+        if "vector_write" in args.parts:
+            results["vector_write"] = await vector_write(url, engine, args.batch_sizes[0], args.ops)
+        if "freshness" in args.parts:
+            results["freshness"] = await freshness(
+                url, raw, messages, rate=args.rate, duration=args.duration
+            )
     finally:
         await engine.dispose()
         await embedder.aclose()
@@ -452,6 +457,12 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=300, help="samples of claim and write")
     parser.add_argument("--rate", type=float, default=10.0, help="messages/s for freshness")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
+    parser.add_argument(
+        "--parts",
+        type=lambda text: text.split(","),
+        default=list(PARTS),
+        help=f"which measurements, comma-separated (default: all of {','.join(PARTS)})",
+    )
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
     parser.add_argument("--output", type=Path)
