@@ -37,11 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import shlex
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -52,10 +48,8 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from benchmarks.foundation import summary
+from benchmarks.harness import run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine, single_messages
-from benchmarks.layers import source_version as git_version
-from memfuse.config import Settings
-from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine, schema_execution_options
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
@@ -430,21 +424,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     return results
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    command = shlex.join([".venv/bin/python", "-m", "benchmarks.embedding", *sys.argv[1:]])
-    meta: dict[str, Any] = {"command": command, **{k: str(v) for k, v in vars(args).items()}}
-    env_url = os.environ.get("MEMFUSE_DATABASE_URL")
-    source = "MEMFUSE_DATABASE_URL" if env_url else "embedded PostgreSQL (Unix socket)"
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
-        async with database_url_for(Settings(database_url=env_url, data_dir=Path(data_dir))) as url:
-            results = await run(url, args, source)
-    meta["duration_s"] = round(time.perf_counter() - started, 1)
-    return {"meta": meta, **results}
-
-
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds")
     parser.add_argument("--texts", type=int, default=2048, help="messages to embed per round")
@@ -466,12 +446,7 @@ def main() -> None:
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
     parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
-    version = git_version()
-    results = asyncio.run(main_async(args))
-    results["meta"].update(version)
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    run_benchmark("benchmarks.embedding", run, parser.parse_args())
 
 
 if __name__ == "__main__":

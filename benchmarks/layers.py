@@ -37,11 +37,7 @@ import json
 import os
 import platform
 import random
-import shlex
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -55,8 +51,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from benchmarks.foundation import Operation, compare, summary
-from memfuse.config import Settings
-from memfuse.db.embedded import database_url_for
+from benchmarks.harness import run_benchmark
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.ingest import load_conversations
 from memfuse.layers.tokens import count_tokens
@@ -728,46 +723,6 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     return results
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    command = shlex.join([".venv/bin/python", "-m", "benchmarks.layers", *sys.argv[1:]])
-    meta = {
-        "command": command,
-        "rounds": args.rounds,
-        "ops_per_round": args.ops,
-        "writers": args.writers,
-        "writer_ops": args.writer_ops,
-        "messages": args.messages,
-        "layer_rounds": args.layer_rounds,
-    }
-    env_url = os.environ.get("MEMFUSE_DATABASE_URL")
-    source = "MEMFUSE_DATABASE_URL" if env_url else "embedded PostgreSQL (Unix socket)"
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
-        async with database_url_for(Settings(database_url=env_url, data_dir=Path(data_dir))) as url:
-            results = await run(url, args, source)
-    meta["duration_s"] = round(time.perf_counter() - started, 1)
-    return {"meta": meta, **results}
-
-
-def source_version() -> dict[str, Any]:
-    """The checked-out commit, and whether the working tree differs from it (read-only git)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": None, "modified_files": None}
-    return {"git_commit": commit, "modified_files": [line[3:] for line in status.splitlines()]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of parts 1 and 2")
@@ -779,12 +734,7 @@ def main() -> None:
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
     parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
-    version = source_version()
-    results = asyncio.run(main_async(args))
-    results["meta"].update(version)
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    run_benchmark("benchmarks.layers", run, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -73,15 +73,10 @@ Everything runs in a schema of its own (``bench_retrieval``, dropped at the star
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-import os
 import random
-import shlex
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -99,11 +94,9 @@ from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from benchmarks.foundation import summary
+from benchmarks.harness import run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, Conversation, load_corpus, log, machine
-from benchmarks.layers import source_version as git_version
-from memfuse.config import Settings
 from memfuse.container import resolve
-from memfuse.db.embedded import database_url_for
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.db.vector import register_vector_codec
 from memfuse.embedding.embedders import Embedder
@@ -872,19 +865,6 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     return results
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    command = shlex.join([".venv/bin/python", "-m", "benchmarks.retrieval", *sys.argv[1:]])
-    meta: dict[str, Any] = {"command": command, **{k: str(v) for k, v in vars(args).items()}}
-    env_url = os.environ.get("MEMFUSE_DATABASE_URL")
-    source = "MEMFUSE_DATABASE_URL" if env_url else "embedded PostgreSQL (Unix socket)"
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
-        async with database_url_for(Settings(database_url=env_url, data_dir=Path(data_dir))) as url:
-            results = await run(url, args, source)
-    meta["duration_s"] = round(time.perf_counter() - started, 1)
-    return {"meta": meta, **results}
-
-
 def sizes(text: str) -> list[int]:
     values = [int(part) for part in text.split(",") if part.strip()]
     if not values or any(value < 1 for value in values):
@@ -893,7 +873,6 @@ def sizes(text: str) -> list[int]:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=sizes, default=[10_000, 100_000], help="N, ascending")
     parser.add_argument("--rounds", type=int, default=5)
@@ -912,11 +891,7 @@ def main() -> None:
         args.recall_queries, args.explain_queries = 30, 10
     if not math.isfinite(args.sigma) or args.sigma < 0:
         parser.error("--sigma must be a non-negative number")
-    version = git_version()
-    results = asyncio.run(main_async(args))
-    results["meta"].update(version)
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    run_benchmark("benchmarks.retrieval", run, args)
 
 
 if __name__ == "__main__":
