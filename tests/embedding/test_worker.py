@@ -240,22 +240,29 @@ async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
     assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
 
 
-async def test_graceful_stop_finishes_the_batch_in_hand(
-    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
-) -> None:
-    memory = await mf.init("ana")
-    await add(memory, *(f"slow message {i}" for i in range(5)))
+async def worker_inside_its_embed_call(
+    engine: AsyncEngine, model: LocalEmbedder, embed_seconds: float
+) -> EmbeddingWorker:
+    """A running worker whose embed call of the queued batch takes ``embed_seconds``."""
     embedding = asyncio.Event()
     embedder = ScriptedEmbedder(model)
 
-    async def pause(_: Sequence[str]) -> None:
+    async def slow(_: Sequence[str]) -> None:
         embedding.set()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(embed_seconds)
 
-    embedder.before = pause
-    worker = make_worker(engine_for_worker, embedder, poll_interval=30.0, listen=False)
+    embedder.before = slow
+    worker = make_worker(engine, embedder, poll_interval=30.0, listen=False)
     worker.start()
     await asyncio.wait_for(embedding.wait(), 10)
+    return worker
+
+
+async def test_graceful_stop_finishes_the_batch_in_hand(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    await add(await mf.init("ana"), *(f"slow message {i}" for i in range(5)))
+    worker = await worker_inside_its_embed_call(engine_for_worker, model, embed_seconds=0.5)
     await worker.close(grace=10.0)
 
     assert worker.stats.jobs_done == 5
@@ -266,19 +273,8 @@ async def test_graceful_stop_finishes_the_batch_in_hand(
 async def test_a_stop_past_its_grace_rolls_the_batch_back(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
-    memory = await mf.init("ana")
-    await add(memory, *(f"stuck message {i}" for i in range(5)))
-    embedding = asyncio.Event()
-    embedder = ScriptedEmbedder(model)
-
-    async def hang(_: Sequence[str]) -> None:
-        embedding.set()
-        await asyncio.sleep(3600)
-
-    embedder.before = hang
-    worker = make_worker(engine_for_worker, embedder, poll_interval=30.0, listen=False)
-    worker.start()
-    await asyncio.wait_for(embedding.wait(), 10)
+    await add(await mf.init("ana"), *(f"stuck message {i}" for i in range(5)))
+    worker = await worker_inside_its_embed_call(engine_for_worker, model, embed_seconds=3600)
     await worker.close(grace=0.1)
 
     assert worker.stats.jobs_done == 0
