@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="ingest a short conversation, list messages, episodes and facts"
     )
+    doctor = commands.add_parser(
+        "doctor", help="check the database, pgvector, schema, dimension, queue and pipeline"
+    )
+    doctor.add_argument(
+        "--max-queue-depth",
+        type=int,
+        default=10_000,
+        help="fail when more embedding jobs wait (default: 10000)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation = commands.add_parser("eval", help="measure retrieval quality on a benchmark")
     benchmarks = evaluation.add_subparsers(dest="benchmark", required=True)
     locomo = benchmarks.add_parser(
@@ -136,6 +146,32 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
             flushing = time.perf_counter()
             await mf.flush()
             _write(f"processed into episodes and facts in {time.perf_counter() - flushing:.1f} s")
+
+
+async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
+    """Print one line per check; True when all passed. Needs no model loaded."""
+    from memfuse.container import make_embedder
+    from memfuse.db.engines import schema_execution_options
+    from memfuse.health import check_health
+
+    async with database_url_for(settings) as url:
+        engine = create_engine(url, settings.pool)
+        try:
+            report = await check_health(
+                engine.execution_options(**schema_execution_options(settings.schema)),
+                schema=settings.schema,
+                embedder=make_embedder(settings),
+                max_queue_depth=args.max_queue_depth,
+            )
+        finally:
+            await engine.dispose()
+    if args.json:
+        _write(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        for line in report.lines():
+            _write(line)
+        _write("healthy" if report.ok else "unhealthy: see the FAIL lines")
+    return report.ok
 
 
 EVAL_SCHEMA = "memfuse_eval"
@@ -227,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(settings, _write))
         elif args.command == "ingest":
             asyncio.run(run_ingest(settings, args))
+        elif args.command == "doctor":
+            if not asyncio.run(run_doctor(settings, args)):
+                return 1
         elif args.command == "eval":
             write_eval_report(asyncio.run(run_eval(settings, args)), args.output)
         elif args.command == "worker":

@@ -195,25 +195,30 @@ async def write_buffer_resource(
         await buffer.close()
 
 
-async def embedder_resource(settings: Settings) -> AsyncIterator[Embedder | None]:
-    """The configured embedder (``None`` when off); its model or HTTP client closes at stop."""
+def make_embedder(settings: Settings) -> Embedder | None:
+    """The configured embedder, not loaded yet (``None`` when off)."""
     if settings.embedder == "none":
+        return None
+    if settings.embedder == "local":
+        return LocalEmbedder(batch_size=settings.embedding_batch_size)
+    assert settings.embedding_base_url is not None and settings.embedding_model is not None
+    return OpenAIEmbedder(
+        settings.embedding_base_url,
+        settings.embedding_model,
+        dimension=settings.embedding_dimension,
+        api_key=settings.embedding_api_key,
+        batch_size=settings.embedding_batch_size,
+    )
+
+
+async def embedder_resource(settings: Settings) -> AsyncIterator[Embedder | None]:
+    """The configured embedder (``None`` when off), the local model loaded; closed at stop."""
+    embedder = make_embedder(settings)
+    if embedder is None:
         yield None
         return
-    embedder: Embedder
-    if settings.embedder == "local":
-        local = LocalEmbedder(batch_size=settings.embedding_batch_size)
-        await local.load()
-        embedder = local
-    else:
-        assert settings.embedding_base_url is not None and settings.embedding_model is not None
-        embedder = OpenAIEmbedder(
-            settings.embedding_base_url,
-            settings.embedding_model,
-            dimension=settings.embedding_dimension,
-            api_key=settings.embedding_api_key,
-            batch_size=settings.embedding_batch_size,
-        )
+    if isinstance(embedder, LocalEmbedder):
+        await embedder.load()
     try:
         yield embedder
     finally:

@@ -25,6 +25,7 @@ from memfuse.container import Container, MessageBuffer, resolve, start, stop
 from memfuse.db import migrate
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, ConfigurationError, ValidationError
+from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
 from memfuse.monitor.performance import PerformanceMonitor
@@ -147,6 +148,18 @@ class MemFuse:
         await self.pipeline.flush()
         if self.worker is not None:
             await self.worker.drain()
+
+    async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
+        """Database, pgvector, schema revision, vector dimension, queue, dead letters and
+        pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an
+        endpoint). Never raises for a failing check."""
+        self._check_open()
+        return await check_health(
+            await resolve(self.container.engine),
+            schema=self.settings.schema,
+            embedder=await resolve(self.container.embedder),
+            max_queue_depth=max_queue_depth,
+        )
 
     @property
     def parallel(self) -> bool:

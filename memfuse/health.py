@@ -1,0 +1,187 @@
+"""Health checks: what ``await mf.health()`` returns and ``memfuse doctor`` prints.
+
+Each check is one line a person can act on: the database answers, pgvector is installed, the
+schema is at this code's revision, the vectors have the embedder's dimension, the embedding
+queue is not piling up, no row is dead-lettered, and no session's layer processing is failing.
+A check never raises; a failure is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from memfuse.db import migrate
+from memfuse.db.models import LayerProgress
+from memfuse.embedding.embedders import Embedder
+from memfuse.errors import MemfuseError
+from memfuse.repositories.jobs import JobRepository
+
+DEFAULT_MAX_QUEUE_DEPTH = 10_000
+"""More jobs waiting than this fails the queue check: the worker is not keeping up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check's outcome; ``value`` holds its figure (a revision, a depth) when it has one."""
+
+    name: str
+    ok: bool
+    detail: str
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """Every check, in order; healthy when all passed."""
+
+    checks: tuple[Check, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, for a health endpoint."""
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 4),
+            "checks": [asdict(check) for check in self.checks],
+        }
+
+    def lines(self) -> list[str]:
+        return [f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<12} {c.detail}" for c in self.checks]
+
+
+async def check_health(
+    engine: AsyncEngine,
+    *,
+    schema: str,
+    embedder: Embedder | None,
+    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
+    check_seconds: float = 5.0,
+) -> HealthReport:
+    """Run every check against ``engine``; later checks are skipped once the database is gone."""
+    started = time.perf_counter()
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    checks = [await _guarded("database", check_seconds, lambda: _database(engine))]
+    if checks[0].ok:
+        for name, run in (
+            ("pgvector", lambda: _pgvector(engine)),
+            ("schema", lambda: _schema(engine, schema)),
+            ("dimension", lambda: _dimension(engine, schema, embedder)),
+            ("queue", lambda: _queue(factory, max_queue_depth)),
+            ("dead letters", lambda: _dead_letters(factory)),
+            ("pipeline", lambda: _pipeline(factory)),
+        ):
+            checks.append(await _guarded(name, check_seconds, run))
+    return HealthReport(tuple(checks), time.perf_counter() - started)
+
+
+async def _guarded(name: str, seconds: float, run: Callable[[], Awaitable[Check]]) -> Check:
+    try:
+        async with asyncio.timeout(seconds):
+            return await run()
+    except TimeoutError:
+        return Check(name, False, f"no answer within {seconds:g} s")
+    except Exception as error:  # reported, not raised: this is a health check
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        return Check(name, False, reason)
+
+
+async def _database(engine: AsyncEngine) -> Check:
+    started = time.perf_counter()
+    async with engine.connect() as connection:
+        version = (await connection.execute(text("SHOW server_version"))).scalar_one()
+    latency_ms = (time.perf_counter() - started) * 1000
+    return Check(
+        "database",
+        True,
+        f"PostgreSQL {version} at {engine.url.render_as_string(hide_password=True)} "
+        f"({latency_ms:.1f} ms)",
+        latency_ms,
+    )
+
+
+async def _pgvector(engine: AsyncEngine) -> Check:
+    async with engine.connect() as connection:
+        version = (
+            await connection.execute(
+                text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            )
+        ).scalar_one_or_none()
+    if version is None:
+        return Check("pgvector", False, "the vector extension is not installed: run migrations")
+    return Check("pgvector", True, f"vector {version}", version)
+
+
+async def _schema(engine: AsyncEngine, schema: str) -> Check:
+    current = await migrate.current_revision(engine, schema)
+    head = migrate.head_revision()
+    if current == head:
+        return Check("schema", True, f"{schema!r} at revision {current} (head)", current)
+    state = "not migrated" if current is None else f"at revision {current}, code needs {head}"
+    return Check("schema", False, f"{schema!r} {state}: run `memfuse db upgrade`", current)
+
+
+async def _dimension(engine: AsyncEngine, schema: str, embedder: Embedder | None) -> Check:
+    if embedder is None:
+        return Check("dimension", True, "no embedder configured: nothing to compare")
+    try:
+        await migrate.check_embedding_dimension(
+            engine, embedder.dimension, schema=schema, source=f"embedder {embedder.model_name!r}"
+        )
+    except MemfuseError as error:
+        return Check("dimension", False, str(error))
+    return Check(
+        "dimension",
+        True,
+        f"vector({embedder.dimension}) matches {embedder.model_name}",
+        embedder.dimension,
+    )
+
+
+async def _queue(factory: async_sessionmaker[AsyncSession], max_depth: int) -> Check:
+    async with factory() as db:
+        depth = (await JobRepository(db).counts()).depth
+    if depth > max_depth:
+        return Check("queue", False, f"{depth} embedding jobs waiting (more than {max_depth})")
+    return Check("queue", True, f"{depth} embedding jobs waiting", depth)
+
+
+async def _dead_letters(factory: async_sessionmaker[AsyncSession]) -> Check:
+    async with factory() as db:
+        letters = (await JobRepository(db).counts()).dead_letters
+    if letters:
+        return Check(
+            "dead letters",
+            False,
+            f"{letters} rows failed to embed: see embedding_dead_letters, then "
+            "`memfuse worker --requeue-dead-letters`",
+            letters,
+        )
+    return Check("dead letters", True, "none", 0)
+
+
+async def _pipeline(factory: async_sessionmaker[AsyncSession]) -> Check:
+    async with factory() as db:
+        failing = (
+            await db.execute(
+                select(func.count()).select_from(LayerProgress).where(LayerProgress.failures > 0)
+            )
+        ).scalar_one()
+    if failing:
+        return Check(
+            "pipeline",
+            False,
+            f"{failing} session layer(s) failing: see layer_progress.last_error",
+            failing,
+        )
+    return Check("pipeline", True, "no session failing M1/M2 processing", 0)

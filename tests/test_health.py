@@ -1,0 +1,115 @@
+"""Health checks (``mf.health()`` and ``memfuse doctor``) against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memfuse.db.engines import create_engine
+from memfuse.health import check_health
+from memfuse.memory import MemFuse
+
+NAMES = ["database", "pgvector", "schema", "dimension", "queue", "dead letters", "pipeline"]
+
+
+class SizedEmbedder:
+    """Only what the dimension check reads; nothing is embedded here."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self.model_name = f"a {dimension}-dimension model"
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_migrated_database_is_healthy(database_url: str) -> None:
+    async with MemFuse(database_url) as mf:
+        report = await mf.health()
+    assert report.ok, report.lines()
+    assert [check.name for check in report.checks] == NAMES
+    assert report.to_dict()["ok"] is True
+    assert json.dumps(report.to_dict(), default=str)
+
+
+async def test_an_unmigrated_database_fails_with_what_to_do(engine: AsyncEngine) -> None:
+    report = await check_health(engine, schema="memfuse", embedder=SizedEmbedder(384))  # type: ignore[arg-type]
+    checks = {check.name: check for check in report.checks}
+    assert not report.ok
+    assert checks["database"].ok
+    assert not checks["schema"].ok and "memfuse db upgrade" in checks["schema"].detail
+    assert not checks["dimension"].ok and "not migrated" in checks["dimension"].detail
+
+
+async def test_dimension_queue_dead_letters_and_pipeline_failures_are_reported(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "one queued job"}])
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO memfuse.embedding_dead_letters "
+                "(id, table_name, row_id, enqueued_at, attempts, last_error) "
+                "SELECT id, table_name, row_id, enqueued_at, 5, 'boom' "
+                "FROM memfuse.embedding_jobs LIMIT 1"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO memfuse.layer_progress (session_id, layer, user_id, failures, "
+                "last_error) SELECT id, 'm2', user_id, 3, 'extractor down' FROM memfuse.sessions"
+            )
+        )
+    report = await check_health(
+        engine,
+        schema="memfuse",
+        embedder=SizedEmbedder(768),  # type: ignore[arg-type]
+        max_queue_depth=0,
+    )
+    failed = {check.name: check.detail for check in report.checks if not check.ok}
+    assert set(failed) == {"dimension", "queue", "dead letters", "pipeline"}
+    assert "768" in failed["dimension"] and "384" in failed["dimension"]
+    assert failed["queue"].startswith("1 embedding jobs waiting")
+    assert "requeue-dead-letters" in failed["dead letters"]
+    assert "1 session layer(s) failing" in failed["pipeline"]
+
+
+async def test_an_unreachable_database_fails_one_check_and_raises_nothing() -> None:
+    engine = create_engine("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        report = await check_health(engine, schema="memfuse", embedder=None, check_seconds=5)
+    finally:
+        await engine.dispose()
+    assert [(c.name, c.ok) for c in report.checks] == [("database", False)]
+    assert report.checks[0].detail
+
+
+def test_memfuse_doctor_exits_non_zero_on_a_failing_check(database_url: str) -> None:
+    command = [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "doctor"]
+    unmigrated = subprocess.run([*command, "--json"], capture_output=True, text=True)
+    assert unmigrated.returncode == 1
+    report = json.loads(unmigrated.stdout)
+    assert report["ok"] is False
+    assert {c["name"] for c in report["checks"] if not c["ok"]} >= {"pgvector", "schema"}
+
+    subprocess.run(
+        [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "db", "upgrade"],
+        check=True,
+        capture_output=True,
+    )
+    healthy = subprocess.run(command, capture_output=True, text=True)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert healthy.stdout.splitlines()[-1] == "healthy"
+    assert all(line.startswith("ok") for line in healthy.stdout.splitlines()[:-1])
