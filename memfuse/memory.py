@@ -28,6 +28,7 @@ from memfuse.errors import ClosedError, ConfigurationError, ValidationError
 from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
+from memfuse.monitor.export import metrics_json, prometheus_text
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
 from memfuse.repositories.facts import FactRepository, FactRow
@@ -160,6 +161,21 @@ class MemFuse:
             embedder=await resolve(self.container.embedder),
             max_queue_depth=max_queue_depth,
         )
+
+    async def metrics(self) -> dict[str, Any]:
+        """The monitor (timings, gauges, counters) and the pools, as JSON-able builtins."""
+        await self._refresh_gauges()
+        return metrics_json(self.monitor, self.container.engine_registry().stats())
+
+    async def metrics_text(self) -> str:
+        """The same in Prometheus' text format (needs the ``metrics`` extra)."""
+        await self._refresh_gauges()
+        return prometheus_text(self.monitor, self.container.engine_registry().stats())
+
+    async def _refresh_gauges(self) -> None:
+        self._check_open()
+        if self.worker is not None:
+            await self.worker.refresh_gauges()
 
     @property
     def parallel(self) -> bool:

@@ -4,6 +4,7 @@ deleting, validation, idempotent retries and tenant isolation.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -402,3 +403,13 @@ def test_settings_and_overrides_together_are_refused() -> None:
     settings = load_settings(database_url="postgresql://localhost/app")
     with pytest.raises(ConfigurationError):
         MemFuse(settings=settings, schema="other")
+
+
+async def test_close_right_after_a_write_returns(database_url: str) -> None:
+    # A write wakes the background pipeline as close() cancels it; on Python 3.11,
+    # asyncio.wait_for could swallow that cancellation and close() then never returned.
+    for attempt in range(5):
+        async with asyncio.timeout(30):
+            async with MemFuse(database_url) as mf:
+                memory = await mf.init("ana", session=f"s{attempt}")
+                await memory.add([{"role": "user", "content": "hello"}])

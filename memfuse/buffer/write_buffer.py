@@ -186,7 +186,8 @@ class WriteBuffer(Generic[Request, Result]):
                         break
                     deadline = self._queue[0].enqueued_at + self.max_delay
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), deadline - now)
+                        async with asyncio.timeout(deadline - now):
+                            await self._changed.wait()
                 batch, last_ticket = self._take()
                 self._changed.notify_all()
             await self._write(batch, reason)

@@ -294,7 +294,8 @@ class EmbeddingWorker:
                 logger.exception("embedding batch failed; retrying after the poll interval")
             await self._refresh_gauges_quietly()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _refresh_gauges_quietly(self) -> None:
@@ -337,7 +338,8 @@ class EmbeddingWorker:
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop: batches in hand may finish for up to ``grace`` seconds, else roll back."""

@@ -260,9 +260,12 @@ class LayerPipeline:
             self._wake.set()
 
     async def _run_forever(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the event is set, and close() would then wait forever.
+        while not self._closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.process_pending(retry_failed=False)
