@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when more embedding jobs wait (default: 10000)",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    stats = commands.add_parser(
+        "stats", help="what the schema holds, and this process's monitor report"
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON")
     evaluation = commands.add_parser("eval", help="measure retrieval quality on a benchmark")
     benchmarks = evaluation.add_subparsers(dest="benchmark", required=True)
     locomo = benchmarks.add_parser(
@@ -174,6 +178,35 @@ async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
     return report.ok
 
 
+async def run_stats(settings: Settings, args: argparse.Namespace) -> None:
+    """Row counts of the schema, then the monitor report of the queries just made."""
+    from memfuse.db.engines import schema_execution_options
+    from memfuse.health import memory_statistics
+    from memfuse.monitor import instrument_engine
+    from memfuse.monitor.performance import PerformanceMonitor
+
+    monitor = PerformanceMonitor()
+    async with database_url_for(settings) as url:
+        engine = create_engine(url, settings.pool, monitor=monitor)
+        instrument_engine(engine, monitor)
+        try:
+            await migrate.require_head(engine, settings.schema)
+            figures = await memory_statistics(
+                engine.execution_options(**schema_execution_options(settings.schema)),
+                settings.schema,
+            )
+        finally:
+            await engine.dispose()
+    if args.json:
+        _write(json.dumps({"schema": settings.schema, **figures, "monitor": monitor.export()}))
+        return
+    _write(f"schema {settings.schema!r}")
+    for name, value in figures.items():
+        _write(f"  {name.replace('_', ' '):<24} {value}")
+    _write("\nmonitor (this command's own queries; an app's figures: mf.metrics()):")
+    _write(monitor.report())
+
+
 EVAL_SCHEMA = "memfuse_eval"
 
 
@@ -266,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "doctor":
             if not asyncio.run(run_doctor(settings, args)):
                 return 1
+        elif args.command == "stats":
+            asyncio.run(run_stats(settings, args))
         elif args.command == "eval":
             write_eval_report(asyncio.run(run_eval(settings, args)), args.output)
         elif args.command == "worker":

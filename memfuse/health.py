@@ -185,3 +185,26 @@ async def _pipeline(factory: async_sessionmaker[AsyncSession]) -> Check:
             failing,
         )
     return Check("pipeline", True, "no session failing M1/M2 processing", 0)
+
+
+async def memory_statistics(engine: AsyncEngine, schema: str) -> dict[str, int]:
+    """How much the schema holds: tenants, rows per layer, vectors, queue and failures."""
+    s = f'"{schema}"'
+    sql = f"""
+SELECT
+    (SELECT count(*) FROM {s}.users) AS users,
+    (SELECT count(*) FROM {s}.sessions) AS sessions,
+    (SELECT count(*) FROM {s}.messages) AS messages,
+    (SELECT count(*) FROM {s}.messages WHERE embedding IS NOT NULL) AS messages_embedded,
+    (SELECT count(*) FROM {s}.episodes) AS episodes,
+    (SELECT count(*) FROM {s}.episodes WHERE embedding IS NOT NULL) AS episodes_embedded,
+    (SELECT count(*) FROM {s}.facts WHERE valid_to IS NULL) AS facts_live,
+    (SELECT count(*) FROM {s}.facts WHERE valid_to IS NOT NULL) AS facts_superseded,
+    (SELECT count(*) FROM {s}.facts WHERE embedding IS NOT NULL) AS facts_embedded,
+    (SELECT count(*) FROM {s}.embedding_jobs) AS queue_depth,
+    (SELECT count(*) FROM {s}.embedding_dead_letters) AS dead_letters,
+    (SELECT count(*) FROM {s}.layer_progress WHERE failures > 0) AS failing_session_layers
+"""
+    async with engine.connect() as connection:
+        row = (await connection.execute(text(sql))).one()
+    return {key: int(value) for key, value in row._mapping.items()}

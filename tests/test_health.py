@@ -113,3 +113,28 @@ def test_memfuse_doctor_exits_non_zero_on_a_failing_check(database_url: str) -> 
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert healthy.stdout.splitlines()[-1] == "healthy"
     assert all(line.startswith("ok") for line in healthy.stdout.splitlines()[:-1])
+
+
+@pytest.fixture
+async def two_messages(database_url: str) -> str:
+    async with MemFuse(database_url) as mf:
+        memory = await mf.init("ana")
+        await memory.add(
+            [{"role": "user", "content": "I live in Porto."}, {"role": "user", "content": "Hi."}]
+        )
+        await mf.flush()
+    return database_url
+
+
+def test_memfuse_stats_counts_what_the_schema_holds(two_messages: str) -> None:
+    database_url = two_messages
+    command = [sys.executable, "-m", "memfuse.cli", "--database-url", database_url, "stats"]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, check=True)
+    figures = json.loads(result.stdout)
+    assert figures["users"] == 1 and figures["sessions"] == 1
+    assert figures["messages"] == 2 and figures["episodes"] == 1
+    assert figures["messages_embedded"] == 0, "the suite runs without an embedder"
+    assert figures["queue_depth"] >= 3 and figures["dead_letters"] == 0
+    assert figures["monitor"]["operations"]["db_query"]["count"] >= 1
+    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "messages                 2" in table and "db_query" in table
