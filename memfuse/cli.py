@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dependency_injector import providers
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
-from memfuse.db.engines import create_engine
+from memfuse.db.engines import create_engine, schema_execution_options
 from memfuse.errors import ConfigurationError, MemfuseError, ValidationError
+from memfuse.monitor.performance import PerformanceMonitor
 
 
 def _write(text: str) -> None:
@@ -113,20 +116,29 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-async def run_db_command(settings: Settings, action: str, revision: str | None) -> None:
+@contextlib.asynccontextmanager
+async def command_engine(
+    settings: Settings, monitor: PerformanceMonitor | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on the configured database (or the embedded one), disposed afterwards."""
     async with database_url_for(settings) as url:
-        engine = create_engine(url, settings.pool)
+        engine = create_engine(url, settings.pool, monitor=monitor)
         try:
-            options = migrate.MigrationOptions.from_settings(settings)
-            if action == "upgrade":
-                await migrate.upgrade(engine, revision or "head", options)
-            elif action == "downgrade":
-                assert revision is not None
-                await migrate.downgrade(engine, revision, options)
-            current = await migrate.current_revision(engine, settings.schema)
-            _write(f"current revision: {current or '(none)'}")
+            yield engine
         finally:
             await engine.dispose()
+
+
+async def run_db_command(settings: Settings, action: str, revision: str | None) -> None:
+    async with command_engine(settings) as engine:
+        options = migrate.MigrationOptions.from_settings(settings)
+        if action == "upgrade":
+            await migrate.upgrade(engine, revision or "head", options)
+        elif action == "downgrade":
+            assert revision is not None
+            await migrate.downgrade(engine, revision, options)
+        current = await migrate.current_revision(engine, settings.schema)
+        _write(f"current revision: {current or '(none)'}")
 
 
 async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
@@ -155,20 +167,15 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
     """Print one line per check; True when all passed. Needs no model loaded."""
     from memfuse.container import make_embedder
-    from memfuse.db.engines import schema_execution_options
     from memfuse.health import check_health
 
-    async with database_url_for(settings) as url:
-        engine = create_engine(url, settings.pool)
-        try:
-            report = await check_health(
-                engine.execution_options(**schema_execution_options(settings.schema)),
-                schema=settings.schema,
-                embedder=make_embedder(settings),
-                max_queue_depth=args.max_queue_depth,
-            )
-        finally:
-            await engine.dispose()
+    async with command_engine(settings) as engine:
+        report = await check_health(
+            engine.execution_options(**schema_execution_options(settings.schema)),
+            schema=settings.schema,
+            embedder=make_embedder(settings),
+            max_queue_depth=args.max_queue_depth,
+        )
     if args.json:
         _write(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -180,23 +187,16 @@ async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
 
 async def run_stats(settings: Settings, args: argparse.Namespace) -> None:
     """Row counts of the schema, then the monitor report of the queries just made."""
-    from memfuse.db.engines import schema_execution_options
     from memfuse.health import memory_statistics
     from memfuse.monitor import instrument_engine
-    from memfuse.monitor.performance import PerformanceMonitor
 
     monitor = PerformanceMonitor()
-    async with database_url_for(settings) as url:
-        engine = create_engine(url, settings.pool, monitor=monitor)
+    async with command_engine(settings, monitor) as engine:
         instrument_engine(engine, monitor)
-        try:
-            await migrate.require_head(engine, settings.schema)
-            figures = await memory_statistics(
-                engine.execution_options(**schema_execution_options(settings.schema)),
-                settings.schema,
-            )
-        finally:
-            await engine.dispose()
+        await migrate.require_head(engine, settings.schema)
+        figures = await memory_statistics(
+            engine.execution_options(**schema_execution_options(settings.schema))
+        )
     if args.json:
         _write(json.dumps({"schema": settings.schema, **figures, "monitor": monitor.export()}))
         return
@@ -222,15 +222,12 @@ async def run_eval(settings: Settings, args: argparse.Namespace) -> dict[str, An
         raise ConfigurationError("schema", f"the evaluation empties its schema; not {schema!r}")
     settings = replace(settings, schema=schema, search_cache_ttl=0.0)
     started = time.perf_counter()
-    async with database_url_for(settings) as url:
-        settings = replace(settings, database_url=url)
-        engine = create_engine(url)
-        try:
-            async with engine.begin() as connection:
-                await connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await engine.dispose()
-        async with MemFuse(settings=settings) as mf:
+    async with command_engine(settings) as engine:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # The same server (an embedded one stays up until this block ends).
+        url = engine.url.render_as_string(hide_password=False)
+        async with MemFuse(settings=replace(settings, database_url=url)) as mf:
             report = await evaluate(mf, args.data, progress=not args.quiet)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["data"] = str(args.data)

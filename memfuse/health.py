@@ -18,10 +18,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from memfuse.db import migrate
-from memfuse.db.models import LayerProgress
+from memfuse.db.models import Episode, Fact, Message, Session, User
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import MemfuseError
-from memfuse.repositories.jobs import JobRepository
+from memfuse.repositories.jobs import JobRepository, QueueCounts
+from memfuse.repositories.progress import ProgressRepository
 
 DEFAULT_MAX_QUEUE_DEPTH = 10_000
 """More jobs waiting than this fails the queue check: the worker is not keeping up."""
@@ -71,14 +72,23 @@ async def check_health(
     """Run every check against ``engine``; later checks are skipped once the database is gone."""
     started = time.perf_counter()
     factory = async_sessionmaker(engine, expire_on_commit=False)
+    queue_counts: list[QueueCounts] = []
+
+    async def read_queue() -> QueueCounts:
+        """The queue and dead-letter checks share one read."""
+        if not queue_counts:
+            async with factory() as db:
+                queue_counts.append(await JobRepository(db).counts())
+        return queue_counts[0]
+
     checks = [await _guarded("database", check_seconds, lambda: _database(engine))]
     if checks[0].ok:
         for name, run in (
             ("pgvector", lambda: _pgvector(engine)),
             ("schema", lambda: _schema(engine, schema)),
             ("dimension", lambda: _dimension(engine, schema, embedder)),
-            ("queue", lambda: _queue(factory, max_queue_depth)),
-            ("dead letters", lambda: _dead_letters(factory)),
+            ("queue", lambda: _queue(read_queue, max_queue_depth)),
+            ("dead letters", lambda: _dead_letters(read_queue)),
             ("pipeline", lambda: _pipeline(factory)),
         ):
             checks.append(await _guarded(name, check_seconds, run))
@@ -148,17 +158,15 @@ async def _dimension(engine: AsyncEngine, schema: str, embedder: Embedder | None
     )
 
 
-async def _queue(factory: async_sessionmaker[AsyncSession], max_depth: int) -> Check:
-    async with factory() as db:
-        depth = (await JobRepository(db).counts()).depth
+async def _queue(read_queue: Callable[[], Awaitable[QueueCounts]], max_depth: int) -> Check:
+    depth = (await read_queue()).depth
     if depth > max_depth:
         return Check("queue", False, f"{depth} embedding jobs waiting (more than {max_depth})")
     return Check("queue", True, f"{depth} embedding jobs waiting", depth)
 
 
-async def _dead_letters(factory: async_sessionmaker[AsyncSession]) -> Check:
-    async with factory() as db:
-        letters = (await JobRepository(db).counts()).dead_letters
+async def _dead_letters(read_queue: Callable[[], Awaitable[QueueCounts]]) -> Check:
+    letters = (await read_queue()).dead_letters
     if letters:
         return Check(
             "dead letters",
@@ -172,11 +180,7 @@ async def _dead_letters(factory: async_sessionmaker[AsyncSession]) -> Check:
 
 async def _pipeline(factory: async_sessionmaker[AsyncSession]) -> Check:
     async with factory() as db:
-        failing = (
-            await db.execute(
-                select(func.count()).select_from(LayerProgress).where(LayerProgress.failures > 0)
-            )
-        ).scalar_one()
+        failing = await ProgressRepository(db).failing()
     if failing:
         return Check(
             "pipeline",
@@ -187,24 +191,36 @@ async def _pipeline(factory: async_sessionmaker[AsyncSession]) -> Check:
     return Check("pipeline", True, "no session failing M1/M2 processing", 0)
 
 
-async def memory_statistics(engine: AsyncEngine, schema: str) -> dict[str, int]:
-    """How much the schema holds: tenants, rows per layer, vectors, queue and failures."""
-    s = f'"{schema}"'
-    sql = f"""
-SELECT
-    (SELECT count(*) FROM {s}.users) AS users,
-    (SELECT count(*) FROM {s}.sessions) AS sessions,
-    (SELECT count(*) FROM {s}.messages) AS messages,
-    (SELECT count(*) FROM {s}.messages WHERE embedding IS NOT NULL) AS messages_embedded,
-    (SELECT count(*) FROM {s}.episodes) AS episodes,
-    (SELECT count(*) FROM {s}.episodes WHERE embedding IS NOT NULL) AS episodes_embedded,
-    (SELECT count(*) FROM {s}.facts WHERE valid_to IS NULL) AS facts_live,
-    (SELECT count(*) FROM {s}.facts WHERE valid_to IS NOT NULL) AS facts_superseded,
-    (SELECT count(*) FROM {s}.facts WHERE embedding IS NOT NULL) AS facts_embedded,
-    (SELECT count(*) FROM {s}.embedding_jobs) AS queue_depth,
-    (SELECT count(*) FROM {s}.embedding_dead_letters) AS dead_letters,
-    (SELECT count(*) FROM {s}.layer_progress WHERE failures > 0) AS failing_session_layers
-"""
-    async with engine.connect() as connection:
-        row = (await connection.execute(text(sql))).one()
-    return {key: int(value) for key, value in row._mapping.items()}
+async def memory_statistics(engine: AsyncEngine) -> dict[str, int]:
+    """How much the schema holds: tenants, rows per layer, vectors, queue and failures.
+
+    ``engine`` maps memfuse's schema to the configured one (``schema_execution_options``).
+    """
+
+    def count(model: Any, *where: Any) -> Any:
+        return select(func.count()).select_from(model).where(*where).scalar_subquery()
+
+    async with async_sessionmaker(engine)() as db:
+        row = (
+            await db.execute(
+                select(
+                    count(User).label("users"),
+                    count(Session).label("sessions"),
+                    count(Message).label("messages"),
+                    count(Message, Message.embedding.is_not(None)).label("messages_embedded"),
+                    count(Episode).label("episodes"),
+                    count(Episode, Episode.embedding.is_not(None)).label("episodes_embedded"),
+                    count(Fact, Fact.valid_to.is_(None)).label("facts_live"),
+                    count(Fact, Fact.valid_to.is_not(None)).label("facts_superseded"),
+                    count(Fact, Fact.embedding.is_not(None)).label("facts_embedded"),
+                )
+            )
+        ).one()
+        queue = await JobRepository(db).counts()
+        failing = await ProgressRepository(db).failing()
+    return {
+        **{key: int(value) for key, value in row._mapping.items()},
+        "queue_depth": queue.depth,
+        "dead_letters": queue.dead_letters,
+        "failing_session_layers": failing,
+    }

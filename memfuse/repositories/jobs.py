@@ -177,13 +177,6 @@ class JobRepository:
             )
         return len(letters)
 
-    async def depth(self) -> int:
-        """Jobs waiting, due or not."""
-        return (await self.counts()).depth
-
-    async def dead_letter_count(self) -> int:
-        return (await self.counts()).dead_letters
-
     async def counts(self) -> QueueCounts:
         """Jobs waiting (due or not) and dead letters, in one round trip."""
         row = (

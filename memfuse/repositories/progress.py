@@ -139,6 +139,13 @@ class ProgressRepository:
             failures=int(row.failures),
         )
 
+    async def failing(self) -> int:
+        """Session layers whose last attempt failed (they wait for a retry)."""
+        result = await self.session.execute(
+            select(func.count()).select_from(LayerProgress).where(LayerProgress.failures > 0)
+        )
+        return int(result.scalar_one())
+
     async def advance(self, session_id: uuid.UUID, layer: str, processed_seq: int) -> None:
         await self.session.execute(
             update(LayerProgress)

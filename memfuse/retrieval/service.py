@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar, get_args
+from typing import TypeVar, cast, get_args
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -229,7 +229,8 @@ class RetrievalService:
             until=request.until,
             embedded_only=not request.include_unembedded,
         )
-        fetch = self.candidates if request.max_tokens is not None else request.top_k or 5
+        # SearchRequest.build sets top_k whenever there is no budget.
+        fetch = self.candidates if request.max_tokens is not None else cast(int, request.top_k)
         if request.unit == "item":
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
@@ -247,7 +248,6 @@ class RetrievalService:
                 rrf_k=self.rrf_k,
                 limit=fetch,
             )
-            await db.rollback()
         results = tuple(fit(collapse(rows), request.top_k, request.max_tokens))
         self.results.put(user_id, request, results, generation)
         return list(results)
