@@ -11,12 +11,10 @@ same run on the same server, with the rounds interleaved so machine noise hits b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,9 +25,9 @@ from dependency_injector import providers
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from benchmarks.harness import run_benchmark
 from memfuse.config import PoolSettings, Settings
 from memfuse.container import Container, resolve, start, stop
-from memfuse.db.embedded import EmbeddedPostgres
 from memfuse.db.engines import EngineRegistry, create_engine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.monitor import PerformanceMonitor, instrument_engine
@@ -86,7 +84,7 @@ async def compare(
     return result
 
 
-async def run(url: str, rounds: int, ops: int) -> dict[str, Any]:
+async def measure(url: str, rounds: int, ops: int) -> dict[str, Any]:
     raw_pool = await asyncpg.create_pool(**asyncpg_connect_args(url), min_size=5, max_size=5)
     monitor = PerformanceMonitor(history_size=100_000)
     registry = EngineRegistry(monitor)
@@ -170,27 +168,13 @@ async def run(url: str, rounds: int, ops: int) -> dict[str, Any]:
     return results
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    url = os.environ.get("MEMFUSE_DATABASE_URL")
-    meta = {
-        "rounds": args.rounds,
-        "ops_per_round": args.ops,
+async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
+    machine = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
+        "database": source,
     }
-    if url:
-        return {
-            "meta": {**meta, "database": "MEMFUSE_DATABASE_URL"},
-            **await run(url, args.rounds, args.ops),
-        }
-    with tempfile.TemporaryDirectory(prefix="memfuse-bench-") as data_dir:
-        server = EmbeddedPostgres(Path(data_dir))
-        url = await server.start()
-        try:
-            results = await run(url, args.rounds, args.ops)
-        finally:
-            await server.stop()
-    return {"meta": {**meta, "database": "embedded PostgreSQL (Unix socket)"}, **results}
+    return {"machine": machine, **await measure(url, args.rounds, args.ops)}
 
 
 def main() -> None:
@@ -198,10 +182,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ops", type=int, default=500)
     parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
-    results = asyncio.run(main_async(args))
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    run_benchmark("benchmarks.foundation", run, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Write path and layers benchmark: ``add()`` latency and throughput, M1/M2 processing time.
 
-Run: ``.venv/bin/python -m benchmarks.layers [--rounds 5] [--ops 300] [--writers 64]
-[--writer-ops 20] [--messages 2000] [--layer-rounds 2] [--output FILE.json]``
+Run: ``.venv/bin/python -m benchmarks.layers [--rounds 5] [--ops 300] [--batch-size 100]
+[--batch-ops 40] [--writers 64] [--writer-ops 20] [--messages 2000] [--layer-rounds 2]
+[--output FILE.json]``
 (database: ``MEMFUSE_DATABASE_URL``, else a fresh embedded server in a temporary directory).
 
-Three measurements on one server in one run, each against a baseline measured in the same run:
+Four measurements on one server in one run, each against a baseline measured in the same run:
 
 1. ``add_latency``: sequential single-message ``Memory.add()`` with the write buffer on and off
    (``pipeline_auto=False``), against raw asyncpg inserting one equivalent row into a plain
@@ -12,12 +13,15 @@ Three measurements on one server in one run, each against a baseline measured in
    shown: an autocommit single-statement insert, and memfuse's own write statements replayed
    on raw asyncpg (:class:`ReplaySql`), which splits server time from client time. Rounds
    interleave as in the foundation benchmark (whose ``compare`` this reuses).
-2. ``throughput``: ``--writers`` concurrent tasks, each with its own session, each doing
+2. ``batch_insert``: one ``Memory.add()`` of ``--batch-size`` messages (buffer off: one
+   transaction) against raw asyncpg ``executemany`` of as many rows in one transaction; rows
+   per second from each side's median call.
+3. ``throughput``: ``--writers`` concurrent tasks, each with its own session, each doing
    ``--writer-ops`` sequential single-message adds; buffer on, buffer off, and raw asyncpg
    writers (plain insert, and memfuse's SQL) on a pool as large as memfuse's
    (``pool_size + max_overflow``). The candidates take turns within each round, in rotating
    order; the buffered run's batches come from the buffer's own stats.
-3. ``layers``: ``--messages`` chat messages (LoCoMo's dev conversations when the file exists,
+4. ``layers``: ``--messages`` chat messages (LoCoMo's dev conversations when the file exists,
    else a fixed generator) loaded with ``pipeline_auto=False``, then ``await mf.flush()`` timed
    in sequential and in parallel mode, with fresh users for every mode and round. M1 and M2
    time per message is the monitor's ``m1_operation`` / ``m2_operation`` total over the
@@ -344,7 +348,57 @@ async def add_latency(
     return result
 
 
-# --- 2. throughput with concurrent writers ----------------------------------------------------
+# --- 2. batch inserts ------------------------------------------------------------------------
+
+
+async def batch_insert(
+    direct: MemFuse,
+    raw_pool: RawPool,
+    messages: Iterator[Message],
+    *,
+    size: int,
+    rounds: int,
+    ops: int,
+) -> dict[str, Any]:
+    """One ``add()`` of ``size`` messages against raw ``executemany`` of as many rows.
+
+    Both are one transaction per call; rows per second come from each side's median call.
+    """
+    memory = await direct.init("bench-batch", "bench", "batch")
+    session_id = uuid.uuid4()
+    seq = itertools.count(1)
+
+    async def add_batch() -> object:
+        return await memory.add([next(messages) for _ in range(size)])
+
+    async def raw_executemany() -> None:
+        rows = [raw_args(next(messages), session_id, next(seq)) for _ in range(size)]
+        async with raw_pool.acquire() as connection, connection.transaction():
+            await connection.executemany(RAW_INSERT, rows)
+
+    result = await compare(
+        "batch_insert",
+        {"asyncpg_executemany": raw_executemany, "memfuse_add_batch": add_batch},
+        "asyncpg_executemany",
+        rounds,
+        ops,
+    )
+    for key in ("asyncpg_executemany", "memfuse_add_batch"):
+        result[key]["rows_per_s_p50"] = round(size / (result[key]["p50_ms"] / 1000.0), 1)
+    result["rows_per_call"] = size
+    result["rows_per_s_ratio_vs_baseline"] = round(
+        result["memfuse_add_batch"]["rows_per_s_p50"]
+        / result["asyncpg_executemany"]["rows_per_s_p50"],
+        3,
+    )
+    result["baseline_note"] = (
+        f"raw asyncpg: BEGIN; executemany of {size} rows into a plain table; COMMIT. memfuse: "
+        f"one Memory.add() of {size} messages with the buffer off (one transaction)"
+    )
+    return result
+
+
+# --- 3. throughput with concurrent writers ----------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -497,7 +551,7 @@ async def throughput(
     return result
 
 
-# --- 3. M1 and M2 processing ------------------------------------------------------------------
+# --- 4. M1 and M2 processing ------------------------------------------------------------------
 
 
 def operation_total(monitor: PerformanceMonitor, operation: str) -> dict[str, float]:
@@ -691,6 +745,14 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                 buffered, direct, raw_pool, messages, args.rounds, args.ops
             )
             results["add_latency"]["monitor_alerts"] = alerts.since(mark)
+            results["batch_insert"] = await batch_insert(
+                direct,
+                raw_pool,
+                messages,
+                size=args.batch_size,
+                rounds=args.rounds,
+                ops=args.batch_ops,
+            )
             results["throughput"] = await throughput(
                 buffered,
                 direct,
@@ -727,6 +789,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of parts 1 and 2")
     parser.add_argument("--ops", type=int, default=300, help="adds per candidate per round")
+    parser.add_argument("--batch-size", type=int, default=100, help="messages per batch add")
+    parser.add_argument("--batch-ops", type=int, default=40, help="batch adds per round")
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--writer-ops", type=int, default=20, help="adds per writer per round")
     parser.add_argument("--messages", type=int, default=2000, help="messages for M1/M2")

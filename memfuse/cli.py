@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from dependency_injector import providers
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from benchmarks import suite as bench_suite
 from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    bench = commands.add_parser(
+        "bench", help="run the benchmark suite (docs/benchmarks.md) and write its JSON"
+    )
+    bench_suite.add_arguments(bench)
     worker = commands.add_parser("worker", help="run the embedding worker until interrupted")
     worker.add_argument("--concurrency", type=int, help="batches at once (default: setting)")
     worker.add_argument("--batch-size", type=int, help="jobs per batch (default: setting)")
@@ -302,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_eval_report(asyncio.run(run_eval(settings, args)), args.output)
         elif args.command == "worker":
             asyncio.run(run_worker(settings, args))
+        elif args.command == "bench":
+            command = shlex.join(["memfuse", *(sys.argv[1:] if argv is None else argv)])
+            return bench_suite.run(args, command, args.database_url)
     except MemfuseError as error:
         sys.stderr.write(f"memfuse: {error}\n")
         return 2

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from dependency_injector import providers
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,6 +38,11 @@ from memfuse.repositories.search import Layer, Method, Unit
 from memfuse.repositories.tenancy import AgentRepository, SessionRepository
 from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
 from memfuse.services.tenancy import MemoryScope, TenancyService
+from memfuse.telemetry import span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+    from opentelemetry.util.types import AttributeValue
 
 Order = Literal["asc", "desc"]
 MAX_PAGE = 1000
@@ -143,12 +149,13 @@ class MemFuse:
         its messages stay in M0 and are retried. Rows whose embedding keeps failing wait in
         the queue (or the dead-letter table) and do not hold up ``flush``.
         """
-        self._check_open()
-        if self._buffer is not None:
-            await self._buffer.flush()
-        await self.pipeline.flush()
-        if self.worker is not None:
-            await self.worker.drain()
+        with span("memfuse.flush", {}):
+            self._check_open()
+            if self._buffer is not None:
+                await self._buffer.flush()
+            await self.pipeline.flush()
+            if self.worker is not None:
+                await self.worker.drain()
 
     async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
         """Database, pgvector, schema revision, vector dimension, queue, dead letters and
@@ -242,13 +249,16 @@ class Memory:
         :class:`~memfuse.errors.ValidationError` and nothing is written.
         """
         service = self._memfuse.messages
-        with self._memfuse.monitor.track_operation("m0_operation"):
-            inputs = service.validate(messages)
-            if not inputs:
-                return []
-            ids = await self._memfuse._write(WriteRequest(self.scope, inputs))
-        self._changed()
-        return ids
+        with self._span("memfuse.add") as current:
+            with self._memfuse.monitor.track_operation("m0_operation"):
+                inputs = service.validate(messages)
+                if current is not None:
+                    current.set_attribute("memfuse.messages", len(inputs))
+                if not inputs:
+                    return []
+                ids = await self._memfuse._write(WriteRequest(self.scope, inputs))
+            self._changed()
+            return ids
 
     async def query(
         self,
@@ -273,23 +283,33 @@ class Memory:
         of each layer. ``since``/``until`` bound when things were said. Rows not embedded yet
         are found by full text unless ``include_unembedded`` is false.
         """
-        self._memfuse._check_open()
-        request = SearchRequest.build(
-            query,
-            top_k=top_k,
-            max_tokens=max_tokens,
-            layers=layers,
-            methods=methods,
-            unit=unit,
-            since=since,
-            until=until,
-            include_unembedded=include_unembedded,
-        )
-        agent_id, session_id, found = await self._filter_ids(agent, session)
-        if not found:
-            return []
-        request = replace(request, agent_id=agent_id, session_id=session_id)
-        return await self._memfuse.retrieval.search(self.scope.user_id, request)
+        with self._span("memfuse.query") as current:
+            self._memfuse._check_open()
+            request = SearchRequest.build(
+                query,
+                top_k=top_k,
+                max_tokens=max_tokens,
+                layers=layers,
+                methods=methods,
+                unit=unit,
+                since=since,
+                until=until,
+                include_unembedded=include_unembedded,
+            )
+            if current is not None:
+                current.set_attributes(_query_attributes(request, agent, session))
+            agent_id, session_id, found = await self._filter_ids(agent, session)
+            results: list[SearchResult] = []
+            if found:
+                request = replace(request, agent_id=agent_id, session_id=session_id)
+                results = await self._memfuse.retrieval.search(self.scope.user_id, request)
+            if current is not None:
+                current.set_attribute("memfuse.results", len(results))
+            return results
+
+    def _span(self, name: str) -> AbstractContextManager[Span | None]:
+        """A span naming this memory's session by its id (names may be personal data)."""
+        return span(name, {"memfuse.session_id": str(self.scope.session_id)})
 
     async def _filter_ids(
         self, agent: str | None, session: str | None
@@ -410,6 +430,25 @@ class Memory:
         """Delete this user and everything stored for them."""
         await self._memfuse.tenancy.delete_user(self.scope)
         self._changed()
+
+
+def _query_attributes(
+    request: SearchRequest, agent: str | None, session: str | None
+) -> dict[str, AttributeValue]:
+    """The query's options, without its text or the names it filters on."""
+    attributes: dict[str, AttributeValue] = {
+        "memfuse.unit": request.unit,
+        "memfuse.layers": request.layers,
+        "memfuse.methods": request.methods,
+        "memfuse.filter.agent": agent is not None,
+        "memfuse.filter.session": session is not None,
+        "memfuse.filter.time": request.since is not None or request.until is not None,
+    }
+    if request.top_k is not None:
+        attributes["memfuse.top_k"] = request.top_k
+    if request.max_tokens is not None:
+        attributes["memfuse.max_tokens"] = request.max_tokens
+    return attributes
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -1,0 +1,278 @@
+"""The whole benchmark suite in one command, with the figures the project reports in one JSON.
+
+Run: ``memfuse bench [--quick] --output FILE.json`` or ``.venv/bin/python -m benchmarks
+[--quick] --output FILE.json`` (database: ``MEMFUSE_DATABASE_URL``, else one embedded server
+in a temporary directory that every section shares).
+
+Each section is one benchmark module run in its own Python process (its memory, monitor and
+peak RSS are its own), with its own arguments for the quick and the full run; its complete
+JSON goes under ``sections`` and the headline figures under ``summary``, each taken from a
+measurement of that run (a section that fails is reported as failed, and its keys are absent).
+``docs/benchmarks.md`` explains every key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from benchmarks.harness import source_version
+from memfuse.config import Settings
+from memfuse.db.embedded import database_url_for
+
+Results = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One benchmark module, its arguments per mode, and how its headline keys are read."""
+
+    name: str
+    quick: str
+    full: str
+    summarize: Callable[[Results], Results]
+
+
+def _ms(value: float) -> float:
+    return round(value, 3)
+
+
+def foundation_keys(results: Results) -> Results:
+    checkout = results["pool_checkout"]
+    memfuse = checkout["memfuse_checkout_pre_ping"]
+    return {
+        "pool_checkout_p50_ms": _ms(memfuse["p50_ms"]),
+        "pool_checkout_p99_ms": _ms(memfuse["p99_ms"]),
+        "pool_checkout_p50_ratio_vs_asyncpg": memfuse["p50_ratio_vs_baseline"],
+        "asyncpg_pool_acquire_p50_ms": _ms(checkout["asyncpg_pool_acquire"]["p50_ms"]),
+        "asyncpg_pool_acquire_p99_ms": _ms(checkout["asyncpg_pool_acquire"]["p99_ms"]),
+        "service_access_p99_ms": _ms(
+            results["service_access"]["container_resolve_tenancy_service"]["p99_ms"]
+        ),
+    }
+
+
+def layers_keys(results: Results) -> Results:
+    latency = results["add_latency"]
+    batch = results["batch_insert"]
+    writers = results["throughput"]
+    sequential = results["layers"]["sequential"]
+    return {
+        "m0_add_p50_ms": _ms(latency["memfuse_add_buffer_on"]["p50_ms"]),
+        "m0_add_p50_ratio_vs_asyncpg": latency["memfuse_add_buffer_on"]["p50_ratio_vs_baseline"],
+        "m0_batch_rows_per_s": batch["memfuse_add_batch"]["rows_per_s_p50"],
+        "m0_batch_ratio_vs_executemany": batch["rows_per_s_ratio_vs_baseline"],
+        f"concurrent_writers_{writers['writers']}_msgs_per_s": writers["memfuse_add_buffer_on"][
+            "median_msgs_per_s"
+        ],
+        f"concurrent_writers_{writers['writers']}_ratio_vs_asyncpg": writers[
+            "memfuse_add_buffer_on"
+        ]["ratio_vs_baseline"],
+        "m1_ms_per_message": sequential["m1_ms_per_message"],
+        "m2_ms_per_message": sequential["m2_ms_per_message"],
+    }
+
+
+def embedding_keys(results: Results) -> Results:
+    default = f"worker_batch_{Settings().worker_batch_size}_loops_1"
+    throughput = results["throughput"]
+    freshness = results["freshness"]
+    return {
+        "embed_throughput_ratio_vs_model": throughput[default]["ratio_vs_raw_encode_median"],
+        "embed_texts_per_s": throughput[default]["texts_per_s_median"],
+        "model_texts_per_s": throughput["raw_encode"]["texts_per_s_median"],
+        "freshness_p50_ms": freshness["lag_p50_ms"],
+        "freshness_p95_ms": freshness["lag_p95_ms"],
+    }
+
+
+def retrieval_keys(results: Results) -> Results:
+    keys: Results = {}
+    for size, entry in results["sizes"].items():
+        label = f"{int(size) // 1000}k"
+        latency = entry["latency"]
+        search = latency["memfuse_fused_cached"]
+        keys[f"search_p50_ms_db_{label}"] = _ms(search["p50_ms"])
+        keys[f"search_p95_ms_db_{label}"] = _ms(search["p95_ms"])
+        keys[f"search_p50_ratio_vs_knn_{label}"] = search["p50_ratio_vs_raw_knn"]
+        keys[f"knn_p50_ms_{label}"] = _ms(latency["raw_knn"]["p50_ms"])
+        keys[f"search_end_to_end_p50_ms_{label}"] = _ms(
+            latency["memfuse_end_to_end_uncached"]["p50_ms"]
+        )
+    return keys
+
+
+def sustained_keys(results: Results) -> Results:
+    return {
+        key: results[key]
+        for key in (
+            "sustained_msgs_per_s",
+            "steady_msgs_per_s",
+            "peak_connections",
+            "peak_rss_mb",
+            "vectors_per_message",
+        )
+    }
+
+
+def peers_keys(results: Results) -> Results:
+    return {"peers": results.get("summary", {})}
+
+
+SECTIONS: Final = (
+    Section("foundation", "--rounds 5 --ops 300", "--rounds 7", foundation_keys),
+    Section(
+        "layers",
+        "--rounds 3 --ops 150 --batch-ops 20 --writer-ops 10 --messages 1000 --layer-rounds 1",
+        "--rounds 5",
+        layers_keys,
+    ),
+    Section(
+        "embedding",
+        "--rounds 2 --texts 1024 --batch-sizes 256 --ops 100 --rate 5 --duration 30",
+        "--rounds 5 --batch-sizes 64,256 --ops 200 --rate 5",
+        embedding_keys,
+    ),
+    Section(
+        "retrieval",
+        "--sizes 10000,100000 --rounds 3 --queries 100 --recall-queries 20 --explain-queries 5",
+        "--sizes 10000,100000",
+        retrieval_keys,
+    ),
+    Section("sustained", "--duration 150", "--duration 300", sustained_keys),
+    Section("peers", "--quick", "", peers_keys),
+)
+TARGETS: Final = {
+    "pool_checkout_p50_ms": "the original claimed ~5 ms",
+    "m0_add_p50_ms": "< 100 ms (the original's M0 target)",
+    "m1_ms_per_message": "< 150 ms",
+    "m2_ms_per_message": "< 150 ms",
+    "embed_throughput_ratio_vs_model": ">= 0.9 (issue 4)",
+    "peak_connections": "< 30",
+    "peak_rss_mb": "< 2048 with the local model",
+    "sustained_msgs_per_s": "> 10",
+}
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress of a command-line run
+
+
+async def run_section(
+    section: Section, quick: bool, url: str, workdir: Path
+) -> tuple[Results | None, float, str | None]:
+    """Run one module in a child process; its results, duration and error (if it failed)."""
+    output = workdir / f"{section.name}.json"
+    arguments = [*(section.quick if quick else section.full).split(), "--output", str(output)]
+    command = [sys.executable, "-m", f"benchmarks.{section.name}", *arguments]
+    environment = {**os.environ, "MEMFUSE_DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
+    log(f"-- {section.name}: {shlex.join(command[1:])}")
+    started = time.perf_counter()
+    child = await asyncio.create_subprocess_exec(*command, env=environment)
+    code = await child.wait()
+    duration = time.perf_counter() - started
+    if code != 0:
+        return None, duration, f"exit status {code}"
+    return json.loads(output.read_text()), duration, None
+
+
+async def run_suite(
+    args: argparse.Namespace, chosen: Sequence[Section], command: str, database_url: str | None
+) -> Results:
+    env_url = database_url or os.environ.get("MEMFUSE_DATABASE_URL")
+    summary: Results = {}
+    sections: Results = {}
+    durations: Results = {}
+    failures: Results = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="memfuse-suite-") as workdir:
+        settings = Settings(database_url=env_url, data_dir=Path(workdir) / "pgdata")
+        async with database_url_for(settings) as url:
+            for number, section in enumerate(chosen, start=1):
+                log(f"[{number}/{len(chosen)}] {section.name} ({_elapsed(started)} elapsed)")
+                results, duration, error = await run_section(
+                    section, args.quick, url, Path(workdir)
+                )
+                durations[section.name] = round(duration, 1)
+                if results is None:
+                    failures[section.name] = error
+                    log(f"!! {section.name} failed: {error}")
+                    continue
+                sections[section.name] = results
+                try:
+                    summary.update(section.summarize(results))
+                except KeyError as missing:
+                    failures[section.name] = f"result key missing: {missing}"
+    meta: Results = {
+        "command": command,
+        "quick": args.quick,
+        "database": "the given URL" if env_url else "embedded PostgreSQL (Unix socket)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_memory()}",
+        "python": platform.python_version(),
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+        "duration_s": round(time.perf_counter() - started, 1),
+        "section_duration_s": durations,
+        "failed_sections": failures,
+        **source_version(),
+    }
+    return {"meta": meta, "summary": summary, "targets": TARGETS, "sections": sections}
+
+
+def _elapsed(started: float) -> str:
+    minutes, seconds = divmod(int(time.perf_counter() - started), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _memory() -> str | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    kilobytes = int(meminfo.read_text().split()[1])
+    return f"{kilobytes / 1024 / 1024:.1f} GiB"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options, shared by ``memfuse bench`` and ``python -m benchmarks``."""
+    names = [section.name for section in SECTIONS]
+    parser.add_argument("--quick", action="store_true", help="the short run (under 15 minutes)")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=names,
+        help=f"sections to run, comma-separated (default: all of {','.join(names)})",
+    )
+
+
+def run(args: argparse.Namespace, command: str, database_url: str | None = None) -> int:
+    """Run the chosen sections, write the JSON; 0 when every section succeeded."""
+    unknown = set(args.only) - {section.name for section in SECTIONS}
+    if unknown:
+        log(f"unknown sections: {', '.join(sorted(unknown))}")
+        return 2
+    chosen = [section for section in SECTIONS if section.name in args.only]
+    results = asyncio.run(run_suite(args, chosen, command, database_url))
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    log(json.dumps(results["summary"], indent=2))
+    log(f"wrote {args.output} in {results['meta']['duration_s']} s")
+    return 1 if results["meta"]["failed_sections"] else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run the benchmark suite and write its JSON."
+    )
+    add_arguments(parser)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return run(parser.parse_args(arguments), shlex.join(["python", "-m", "benchmarks", *arguments]))
