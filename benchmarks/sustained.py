@@ -1,7 +1,7 @@
 """Sustained load: messages fully processed per second, peak connections and peak memory.
 
 Run: ``.venv/bin/python -m benchmarks.sustained [--duration 300] [--writers 64]
-[--backlog 128] [--output FILE.json]`` (database:
+[--backlog 512] [--output FILE.json]`` (database:
 ``MEMFUSE_DATABASE_URL``, else a fresh embedded server in a temporary directory).
 
 One ``MemFuse`` as an app would run it: the local model, the in-process embedding worker
@@ -304,7 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of writing")
     parser.add_argument("--writers", type=int, default=64)
-    parser.add_argument("--backlog", type=int, default=128, help="unprocessed messages allowed")
+    parser.add_argument("--backlog", type=int, default=512, help="unprocessed messages allowed")
     parser.add_argument("--worker-concurrency", type=int, default=2, help="embedding loops")
     parser.add_argument("--sample-interval", type=float, default=0.5)
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)

@@ -19,17 +19,16 @@ import json
 import re
 import statistics
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from tqdm import tqdm
 
 from memfuse.errors import ValidationError
 from memfuse.ingest import NAMESPACE, ingest_conversations, load_conversations
 from memfuse.memory import MemFuse, Memory
-from memfuse.retrieval.service import SearchResult
 
 BUDGETS: Final = (500, 1000, 2000)
 CATEGORIES: Final = (1, 2, 3, 4)
@@ -46,6 +45,20 @@ LINES: Final[dict[str, dict[str, Any]]] = {
     "reference_fusion_turns": {"layers": ["m0"]},
 }
 """Each line's ``Memory.query`` options; ``memfuse`` is the default search."""
+
+
+class Retrieved(Protocol):
+    """What the budget rule reads of a result: its text and the turns it contains.
+
+    memfuse's :class:`~memfuse.retrieval.service.SearchResult` is one; ``benchmarks.peers``
+    scores other systems' results with the same rule.
+    """
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def message_ids(self) -> Collection[uuid.UUID]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +120,7 @@ def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
 
 
 def covered_within(
-    results: Sequence[SearchResult], budget: int, count_tokens: Callable[[str], int]
+    results: Sequence[Retrieved], budget: int, count_tokens: Callable[[str], int]
 ) -> set[uuid.UUID]:
     """Messages contained in the results taken in order until the next would overflow."""
     covered: set[uuid.UUID] = set()

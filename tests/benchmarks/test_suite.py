@@ -1,0 +1,81 @@
+"""The benchmark suite's plumbing: sections measured for real on the test database.
+
+Timings here are only checked for being measured (positive, ordered), never against a speed:
+speed goals live in the benchmarks themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks import foundation, suite, sustained
+from memfuse.cli import main as memfuse_main
+
+
+async def test_foundation_keys_come_from_a_measured_run(database_url: str) -> None:
+    results = await foundation.measure(database_url, rounds=1, ops=20)
+
+    keys = suite.foundation_keys(results)
+
+    assert set(keys) == {
+        "pool_checkout_p50_ms",
+        "pool_checkout_p99_ms",
+        "pool_checkout_p50_ratio_vs_asyncpg",
+        "asyncpg_pool_acquire_p50_ms",
+        "asyncpg_pool_acquire_p99_ms",
+        "service_access_p99_ms",
+    }
+    assert all(value > 0 for value in keys.values())
+    assert keys["pool_checkout_p99_ms"] >= keys["pool_checkout_p50_ms"]
+
+
+async def test_sustained_run_processes_every_message_it_adds(database_url: str) -> None:
+    args = argparse.Namespace(
+        duration=2.0,
+        writers=4,
+        backlog=8,
+        worker_concurrency=1,
+        sample_interval=0.2,
+        locomo=sustained.DEFAULT_LOCOMO,
+        keep=False,
+    )
+
+    results = await sustained.run(database_url, args, "test database")
+
+    assert results["messages"] > 0
+    assert results["fully_processed_at_end"] == results["messages"]
+    assert results["vectors_written"] >= results["messages"]
+    assert results["sustained_msgs_per_s"] > 0
+    assert results["peak_connections"] >= 1
+    assert results["peak_rss_mb"] > 0
+    keys = suite.sustained_keys(results)
+    assert keys["sustained_msgs_per_s"] == results["sustained_msgs_per_s"]
+
+
+async def test_a_failing_section_is_reported_and_its_keys_left_out(
+    database_url: str, tmp_path: Path
+) -> None:
+    missing = suite.Section("no_such_module", "", "", suite.foundation_keys)
+    args = argparse.Namespace(quick=True, output=tmp_path / "suite.json")
+
+    results = await suite.run_suite(args, [missing], "test", database_url)
+
+    assert results["meta"]["failed_sections"] == {"no_such_module": "exit status 1"}
+    assert results["summary"] == {}
+    assert results["sections"] == {}
+
+
+def test_bench_rejects_unknown_sections(tmp_path: Path) -> None:
+    output = tmp_path / "suite.json"
+
+    code = memfuse_main(["bench", "--only", "nope", "--output", str(output)])
+
+    assert code == 2
+    assert not output.exists()
+
+
+def test_every_section_names_a_benchmark_module() -> None:
+    modules = {path.stem for path in Path(suite.__file__).parent.glob("*.py")}
+
+    assert {section.name for section in suite.SECTIONS} <= modules
