@@ -51,7 +51,8 @@ Measured for each system, one after the other (not interleaved):
   and (for the whole run) every attempt to reach the network: an audit hook records and blocks
   any socket connection or name lookup that is not loopback or a Unix socket.
 
-``--quick`` does fewer warm-up searches; it still loads the whole split and asks every question.
+``--quick`` does fewer warm-up searches and takes the first two conversations of the split
+(``--conversations N`` chooses); the full run loads the whole split and asks every question.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,14 +171,16 @@ def load_turns(path: Path) -> list[Turn]:
     return turns
 
 
-def warmup_questions(path: Path, count: int) -> list[tuple[str, str]]:
-    """``count`` category-5 questions (never scored) spread over the file, with their user."""
+def warmup_questions(path: Path, count: int, users: Collection[str]) -> list[tuple[str, str]]:
+    """``count`` category-5 questions (never scored) of ``users``, spread over the file."""
     document = json.loads(path.read_text(encoding="utf-8"))
     pool = [
         (f"locomo-{sample['sample_id']}", str(qa["question"]))
         for sample in document
         for qa in sample.get("qa", [])
-        if qa.get("category") == 5 and str(qa.get("question", "")).strip()
+        if qa.get("category") == 5
+        and str(qa.get("question", "")).strip()
+        and f"locomo-{sample['sample_id']}" in users
     ]
     if not pool or count <= 0:
         return []
@@ -769,6 +772,9 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     sys.addaudithook(guard)
     turns = load_turns(args.locomo)
     questions, left_out = load_questions(args.locomo)
+    users = list(dict.fromkeys(turn.user for turn in turns))[: args.conversations]
+    turns = [turn for turn in turns if turn.user in users]
+    questions = [question for question in questions if question.user in users]
     token_counts: dict[str, int] = {}
     count = minilm_token_counter()
 
@@ -777,7 +783,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             token_counts[text] = count(text)
         return token_counts[text]
 
-    work = Workload(turns, questions, warmup_questions(args.locomo, args.warmup), count_tokens)
+    warmup = warmup_questions(args.locomo, args.warmup, users)
+    work = Workload(turns, questions, warmup, count_tokens)
     results: dict[str, Any] = {"machine": await machine(url, source), "versions": versions()}
     results["data"] = {
         "file": str(args.locomo),
@@ -934,13 +941,21 @@ def main() -> None:
         default=list(SYSTEMS),
         help=f"comma-separated, in order (default: {','.join(SYSTEMS)})",
     )
-    parser.add_argument("--quick", action="store_true", help="5 warm-up searches")
+    parser.add_argument(
+        "--conversations", type=int, help="only the file's first N conversations (default: all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="5 warm-up searches and the first 2 conversations"
+    )
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schemas")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.warmup = min(args.warmup, 5)
+        args.conversations = args.conversations or 2
+    if args.conversations is not None and args.conversations < 1:
+        parser.error("--conversations must be at least 1")
     run_benchmark("benchmarks.peers", run, args)
 
 

@@ -127,7 +127,15 @@ def sustained_keys(results: Results) -> Results:
 
 
 def peers_keys(results: Results) -> Results:
-    return {"peers": results.get("summary", {})}
+    rows = {
+        row["system"]: {k: v for k, v in row.items() if k != "system"} for row in results["table"]
+    }
+    data = results["data"]
+    return {
+        "peers": rows,
+        "peers_data": f"{data['conversations']} conversations, {data['turns']} turns, "
+        f"{data['questions']} questions",
+    }
 
 
 SECTIONS: Final = (
@@ -140,17 +148,19 @@ SECTIONS: Final = (
     ),
     Section(
         "embedding",
-        "--rounds 2 --texts 1024 --batch-sizes 256 --ops 100 --rate 5 --duration 30",
+        "--rounds 2 --texts 1024 --batch-sizes 256 --parts throughput,freshness"
+        " --rate 5 --duration 30",
         "--rounds 5 --batch-sizes 64,256 --ops 200 --rate 5",
         embedding_keys,
     ),
     Section(
         "retrieval",
-        "--sizes 10000,100000 --rounds 3 --queries 100 --recall-queries 20 --explain-queries 5",
+        "--sizes 10000,100000 --rounds 2 --queries 60 --warmup 10 --recall-queries 10"
+        " --explain-queries 3",
         "--sizes 10000,100000",
         retrieval_keys,
     ),
-    Section("sustained", "--duration 150", "--duration 300", sustained_keys),
+    Section("sustained", "--duration 120", "--duration 300", sustained_keys),
     Section("peers", "--quick", "", peers_keys),
 )
 TARGETS: Final = {
