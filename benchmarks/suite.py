@@ -149,7 +149,7 @@ SECTIONS: Final = (
     Section(
         "embedding",
         "--rounds 2 --texts 1024 --batch-sizes 256 --parts throughput,freshness"
-        " --rate 5 --duration 30",
+        " --rate 5 --duration 60",
         "--rounds 5 --batch-sizes 64,256 --ops 200 --rate 5",
         embedding_keys,
     ),
