@@ -252,19 +252,6 @@ def _memory() -> str | None:
     return f"{kilobytes / 1024 / 1024:.1f} GiB"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The suite's options, shared by ``memfuse bench`` and ``python -m benchmarks``."""
-    names = [section.name for section in SECTIONS]
-    parser.add_argument("--quick", action="store_true", help="the short run (under 15 minutes)")
-    parser.add_argument("--output", type=Path, required=True, help="where to write the JSON")
-    parser.add_argument(
-        "--only",
-        type=lambda text: text.split(","),
-        default=names,
-        help=f"sections to run, comma-separated (default: all of {','.join(names)})",
-    )
-
-
 def run(args: argparse.Namespace, command: str, database_url: str | None = None) -> int:
     """Run the chosen sections, write the JSON; 0 when every section succeeded."""
     unknown = set(args.only) - {section.name for section in SECTIONS}
@@ -279,10 +266,24 @@ def run(args: argparse.Namespace, command: str, database_url: str | None = None)
     return 1 if results["meta"]["failed_sections"] else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m benchmarks",
+    database_url: str | None = None,
+) -> int:
+    """Parse the suite's options and run it (``memfuse bench`` hands its arguments here)."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description="Run the benchmark suite and write its JSON."
+        prog=prog, description="Run the benchmark suite and write its JSON (docs/benchmarks.md)."
     )
-    add_arguments(parser)
+    names = [section.name for section in SECTIONS]
+    parser.add_argument("--quick", action="store_true", help="the short run (under 15 minutes)")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=names,
+        help=f"sections to run, comma-separated (default: all of {','.join(names)})",
+    )
     arguments = list(sys.argv[1:] if argv is None else argv)
-    return run(parser.parse_args(arguments), shlex.join(["python", "-m", "benchmarks", *arguments]))
+    return run(parser.parse_args(arguments), shlex.join([*prog.split(), *arguments]), database_url)
