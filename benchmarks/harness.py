@@ -20,8 +20,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from memfuse.config import Settings
 from memfuse.db.embedded import database_url_for
+from memfuse.db.urls import asyncpg_connect_args
 
 Run = Callable[[str, argparse.Namespace, str], Awaitable[dict[str, Any]]]
 
@@ -49,6 +52,15 @@ async def _on_database(module: str, run: Run, args: argparse.Namespace) -> dict[
             results = await run(url, args, source)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     return {"meta": meta, **results}
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    """Remove a benchmark's schema and everything in it (before a run, and after it)."""
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
 
 
 def source_version() -> dict[str, Any]:

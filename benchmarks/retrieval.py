@@ -94,7 +94,7 @@ from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from benchmarks.foundation import summary
-from benchmarks.harness import run_benchmark
+from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, Conversation, load_corpus, log, machine
 from memfuse.container import resolve
 from memfuse.db.urls import asyncpg_connect_args
@@ -750,14 +750,6 @@ async def server_settings(url: str) -> dict[str, Any]:
         await connection.close()
 
 
-async def reset_schema(url: str) -> None:
-    connection = await asyncpg.connect(**asyncpg_connect_args(url))
-    try:
-        await connection.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-    finally:
-        await connection.close()
-
-
 async def embed_corpus(corpus: Corpus, embedder: Embedder) -> float:
     started = time.perf_counter()
     vectors = await embedder.embed_documents([message_text(turn) for turn in corpus.turns])
@@ -773,7 +765,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     queries = questions[: max(args.queries, args.recall_queries, args.explain_queries)]
     results: dict[str, Any] = {"machine": await machine(url, source)}
     results["machine"]["server_settings"] = await server_settings(url)
-    await reset_schema(url)
+    await drop_schema(url, SCHEMA)
     mf = MemFuse(
         url,
         schema=SCHEMA,
@@ -861,7 +853,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
         await raw.close()
         await loader_connection.close()
         if not args.keep:
-            await reset_schema(url)
+            await drop_schema(url, SCHEMA)
     return results
 
 

@@ -43,7 +43,7 @@ from typing import Any, Final
 import asyncpg
 
 from benchmarks.foundation import summary
-from benchmarks.harness import run_benchmark
+from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.memory import MemFuse, Memory
@@ -182,14 +182,6 @@ def steady_rate(samples: list[Sample], write_s: float) -> float:
     return (window[-1].processed - window[0].processed) / (window[-1].at_s - window[0].at_s)
 
 
-async def reset_schema(url: str) -> None:
-    connection = await asyncpg.connect(**asyncpg_connect_args(url))
-    try:
-        await connection.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-    finally:
-        await connection.close()
-
-
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
     text_source, conversations = load_corpus(args.locomo)
     corpus = [
@@ -198,7 +190,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
         for session in conversation.sessions
         for message in session
     ]
-    await reset_schema(url)
+    await drop_schema(url, SCHEMA)
     results: dict[str, Any] = {"text": text_source}
     mf = MemFuse(
         url,
@@ -239,7 +231,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     finally:
         await sampler.close()
         if not args.keep:
-            await reset_schema(url)
+            await drop_schema(url, SCHEMA)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peak_connections = max(s.connections for s in samples)
     sustained = load.added / total_s
