@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.harness import source_version
+from benchmarks.layers import total_memory
 from memfuse.config import Settings
 from memfuse.db.embedded import database_url_for
 
@@ -228,7 +229,7 @@ async def run_suite(
         "command": command,
         "quick": args.quick,
         "database": "the given URL" if env_url else "embedded PostgreSQL (Unix socket)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_memory()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {total_memory()}",
         "python": platform.python_version(),
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         "duration_s": round(time.perf_counter() - started, 1),
@@ -242,14 +243,6 @@ async def run_suite(
 def _elapsed(started: float) -> str:
     minutes, seconds = divmod(int(time.perf_counter() - started), 60)
     return f"{minutes}:{seconds:02d}"
-
-
-def _memory() -> str | None:
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.is_file():
-        return None
-    kilobytes = int(meminfo.read_text().split()[1])
-    return f"{kilobytes / 1024 / 1024:.1f} GiB"
 
 
 def run(args: argparse.Namespace, command: str, database_url: str | None = None) -> int:
