@@ -48,7 +48,7 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from benchmarks.foundation import summary
-from benchmarks.harness import run_benchmark
+from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine, single_messages
 from memfuse.db.engines import create_engine, schema_execution_options
 from memfuse.db.urls import asyncpg_connect_args
@@ -384,12 +384,8 @@ async def freshness(
 
 
 async def reset_schemas(url: str) -> None:
-    connection = await asyncpg.connect(**asyncpg_connect_args(url))
-    try:
-        for schema in (QUEUE_SCHEMA, FRESH_SCHEMA):
-            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await connection.close()
+    for schema in (QUEUE_SCHEMA, FRESH_SCHEMA):
+        await drop_schema(url, schema)
 
 
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:

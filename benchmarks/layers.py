@@ -246,15 +246,19 @@ def first_messages(conversations: list[Conversation], count: int) -> list[Conver
     raise AssertionError("unreachable")
 
 
-def single_messages(conversations: list[Conversation]) -> Iterator[Message]:
-    """An endless stream of one-message payloads (no id, no time: the server stamps it)."""
-    flat = [
+def flat_messages(conversations: list[Conversation]) -> list[Message]:
+    """Every message in file order, without its time (the server stamps it)."""
+    return [
         {k: v for k, v in message.items() if k != "created_at"}
         for conversation in conversations
         for session in conversation.sessions
         for message in session
     ]
-    return itertools.cycle(flat)
+
+
+def single_messages(conversations: list[Conversation]) -> Iterator[Message]:
+    """An endless stream of one-message payloads (no id, no time: the server stamps it)."""
+    return itertools.cycle(flat_messages(conversations))
 
 
 def raw_args(message: Message, session_id: uuid.UUID, seq: int) -> tuple[object, ...]:

@@ -91,13 +91,14 @@ from memfuse.evaluation.locomo import (
     RESULTS_PER_QUESTION,
     Question,
     Retrieved,
-    covered_within,
     load_questions,
     minilm_token_counter,
+    recall_at_budgets,
     summarize,
 )
 from memfuse.ingest import load_conversations
 from memfuse.memory import MemFuse, Memory
+from memfuse.repositories.jobs import message_text
 
 SCHEMAS = {
     "memfuse": "bench_peers_memfuse",
@@ -164,7 +165,7 @@ def load_turns(path: Path) -> list[Turn]:
     for conversation in load_conversations(path):
         for session in conversation.sessions:
             for message in session.messages:
-                text = f"{message['name']}: {message['content']}"
+                text = message_text(message["name"], message["content"])
                 turns.append(
                     Turn(conversation.user, session.name, uuid.UUID(message["id"]), text, message)
                 )
@@ -294,7 +295,7 @@ class MemfuseSystem:
         stats = self.mf.retrieval.stats
         worker = self.mf.worker
         return {
-            "query_embedding_cache_hits": stats.embedding_cache_hits,
+            "query_embedding_cache_hits": self.mf.retrieval.embeddings.hits,
             "result_cache_hits": stats.result_cache_hits,
             "worker_vectors_written": 0 if worker is None else worker.stats.vectors_written,
         }
@@ -656,11 +657,7 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
     }
     progress(f"{name} search: {json.dumps(search)}")
     recalls = [
-        {
-            budget: len(question.evidence & covered_within(results, budget, work.count_tokens))
-            / len(question.evidence)
-            for budget in BUDGETS
-        }
+        recall_at_budgets(question, results, work.count_tokens)
         for question, results in zip(work.questions, found, strict=True)
     ]
     recall = summarize(work.questions, recalls)
@@ -775,20 +772,12 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     users = list(dict.fromkeys(turn.user for turn in turns))[: args.conversations]
     turns = [turn for turn in turns if turn.user in users]
     questions = [question for question in questions if question.user in users]
-    token_counts: dict[str, int] = {}
-    count = minilm_token_counter()
-
-    def count_tokens(text: str) -> int:
-        if text not in token_counts:
-            token_counts[text] = count(text)
-        return token_counts[text]
-
     warmup = warmup_questions(args.locomo, args.warmup, users)
-    work = Workload(turns, questions, warmup, count_tokens)
+    work = Workload(turns, questions, warmup, minilm_token_counter())
     results: dict[str, Any] = {"machine": await machine(url, source), "versions": versions()}
     results["data"] = {
         "file": str(args.locomo),
-        "conversations": len({turn.user for turn in turns}),
+        "conversations": len(users),
         "turns": len(turns),
         "questions": len(questions),
         "left_out": left_out,

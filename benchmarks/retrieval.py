@@ -102,6 +102,8 @@ from memfuse.db.vector import register_vector_codec
 from memfuse.embedding.embedders import Embedder
 from memfuse.layers.tokens import count_tokens
 from memfuse.memory import MemFuse, Memory
+from memfuse.repositories.jobs import message_text
+from memfuse.retrieval.service import clean_query
 from memfuse.services.tenancy import MemoryScope
 
 SCHEMA = "bench_retrieval"
@@ -208,16 +210,11 @@ def turns_of(conversations: list[Conversation]) -> list[Turn]:
     return turns
 
 
-def clean(query: str) -> str:
-    """The query as ``SearchRequest.build`` normalises it (the LRU's key)."""
-    return " ".join(query.replace("\x00", " ").split())
-
-
 def locomo_questions(path: Path) -> list[str]:
     """Every category 1-4 question of the LoCoMo file, in file order."""
     document = json.loads(path.read_text(encoding="utf-8"))
     return [
-        clean(str(qa["question"]))
+        clean_query(str(qa["question"]))
         for sample in document
         for qa in sample.get("qa", [])
         if qa.get("category") in (1, 2, 3, 4) and str(qa.get("question", "")).strip()
@@ -230,7 +227,7 @@ def generated_questions(turns: list[Turn], count: int = 400) -> list[str]:
     questions = []
     for turn in rng.sample(turns, min(count, len(turns))):
         words = turn.content.split()
-        questions.append(clean(f"What did {turn.speaker} say about {' '.join(words[3:7])}?"))
+        questions.append(clean_query(f"What did {turn.speaker} say about {' '.join(words[3:7])}?"))
     return questions
 
 
@@ -240,11 +237,6 @@ def load_data(path: Path) -> Corpus:
     if path.is_file():
         return Corpus(source, turns, locomo_questions(path), "LoCoMo categories 1-4")
     return Corpus(source, turns, generated_questions(turns), "generated from the turns")
-
-
-def message_text(turn: Turn) -> str:
-    """What memfuse embeds for a message: ``name: content`` (see repositories.jobs)."""
-    return f"{turn.speaker}: {turn.content}" if turn.speaker else turn.content
 
 
 def jittered(base: Vectors, sigma: float, rng: np.random.Generator) -> Vectors:
@@ -752,7 +744,9 @@ async def server_settings(url: str) -> dict[str, Any]:
 
 async def embed_corpus(corpus: Corpus, embedder: Embedder) -> float:
     started = time.perf_counter()
-    vectors = await embedder.embed_documents([message_text(turn) for turn in corpus.turns])
+    vectors = await embedder.embed_documents(
+        [message_text(turn.speaker, turn.content) for turn in corpus.turns]
+    )
     corpus.vectors = np.asarray(vectors, dtype=np.float32)
     return time.perf_counter() - started
 

@@ -44,7 +44,7 @@ import asyncpg
 
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
-from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine
+from benchmarks.layers import DEFAULT_LOCOMO, flat_messages, load_corpus, log, machine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.memory import MemFuse, Memory
 
@@ -184,12 +184,7 @@ def steady_rate(samples: list[Sample], write_s: float) -> float:
 
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
     text_source, conversations = load_corpus(args.locomo)
-    corpus = [
-        {k: v for k, v in message.items() if k != "created_at"}
-        for conversation in conversations
-        for session in conversation.sessions
-        for message in session
-    ]
+    corpus = flat_messages(conversations)
     await drop_schema(url, SCHEMA)
     results: dict[str, Any] = {"text": text_source}
     mf = MemFuse(

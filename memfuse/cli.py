@@ -23,6 +23,7 @@ from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine, schema_execution_options
 from memfuse.errors import ConfigurationError, MemfuseError, ValidationError
+from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
 from memfuse.monitor.performance import PerformanceMonitor
 
 
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--max-queue-depth",
         type=int,
-        default=10_000,
-        help="fail when more embedding jobs wait (default: 10000)",
+        default=DEFAULT_MAX_QUEUE_DEPTH,
+        help="fail when more embedding jobs wait (default: %(default)s)",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     stats = commands.add_parser(
@@ -172,7 +173,6 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
     """Print one line per check; True when all passed. Needs no model loaded."""
     from memfuse.container import make_embedder
-    from memfuse.health import check_health
 
     async with command_engine(settings) as engine:
         report = await check_health(
@@ -192,7 +192,6 @@ async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
 
 async def run_stats(settings: Settings, args: argparse.Namespace) -> None:
     """Row counts of the schema, then the monitor report of the queries just made."""
-    from memfuse.health import memory_statistics
     from memfuse.monitor import instrument_engine
 
     monitor = PerformanceMonitor()

@@ -47,7 +47,12 @@ ROLES = frozenset({"user", "assistant", "system", "tool"})
 _MESSAGE_KEYS = frozenset({"role", "content", "id", "created_at", "name", "speaker", "metadata"})
 _CONVERSATION_KEYS = frozenset({"user", "agent", "sessions", "messages"})
 _SESSION_KEYS = frozenset({"name", "messages"})
-_LOCOMO_SESSION = re.compile(r"session_(\d+)")
+LOCOMO_SESSION = re.compile(r"session_(\d+)")
+
+
+def locomo_turn_id(sample_id: str, dia_id: str) -> uuid.UUID:
+    """The message id of one LoCoMo turn: fixed, so a re-import is idempotent."""
+    return uuid.uuid5(NAMESPACE, f"{sample_id}/{dia_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +357,7 @@ def _parse_locomo_sample(
 
     numbered = []
     for key, turns in conversation.items():
-        match = _LOCOMO_SESSION.fullmatch(key) if isinstance(key, str) else None
+        match = LOCOMO_SESSION.fullmatch(key) if isinstance(key, str) else None
         if match is None or turns is None:
             continue
         if not isinstance(turns, list):
@@ -416,7 +421,7 @@ def _locomo_message(
     if turn.get("img_url") is not None:
         metadata["img_url"] = turn["img_url"]
     return {
-        "id": str(uuid.uuid5(NAMESPACE, f"{sample_id}/{dia_id}")),
+        "id": str(locomo_turn_id(sample_id, dia_id)),
         "role": "user",
         "name": turn["speaker"],
         "content": content,

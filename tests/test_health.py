@@ -42,6 +42,16 @@ async def test_a_migrated_database_is_healthy(database_url: str) -> None:
     assert json.dumps(report.to_dict(), default=str)
 
 
+async def test_health_reads_the_configured_schema(database_url: str) -> None:
+    async with MemFuse(database_url, schema="tenant_a", pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "one queued job"}])
+        report = await mf.health(max_queue_depth=0)
+    failed = {check.name: check.detail for check in report.checks if not check.ok}
+    assert set(failed) == {"queue"}, report.lines()
+    assert failed["queue"].startswith("1 embedding jobs waiting")
+
+
 async def test_an_unmigrated_database_fails_with_what_to_do(engine: AsyncEngine) -> None:
     report = await check_health(engine, schema="memfuse", embedder=SizedEmbedder(384))  # type: ignore[arg-type]
     checks = {check.name: check for check in report.checks}

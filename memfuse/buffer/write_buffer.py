@@ -16,7 +16,6 @@ unless they committed; on failure it gets the exception and may retry with the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from typing import Generic, TypeVar
 
 from memfuse.errors import ClosedError
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +185,7 @@ class WriteBuffer(Generic[Request, Result]):
                     if reason is not None:
                         break
                     deadline = self._queue[0].enqueued_at + self.max_delay
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(deadline - now):
-                            await self._changed.wait()
+                    await wait_at_most(self._changed.wait(), deadline - now)
                 batch, last_ticket = self._take()
                 self._changed.notify_all()
             await self._write(batch, reason)

@@ -35,6 +35,7 @@ from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ClosedError, ModelCallError
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.jobs import Job, JobRepository, QueueCounts, RowText
+from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -293,9 +294,7 @@ class EmbeddingWorker:
                 self.stats.last_error = _describe(error)
                 logger.exception("embedding batch failed; retrying after the poll interval")
             await self._refresh_gauges_quietly()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wake.wait()
+            await wait_at_most(self._wake.wait(), self.poll_interval)
             self._wake.clear()
 
     async def _refresh_gauges_quietly(self) -> None:
@@ -337,9 +336,7 @@ class EmbeddingWorker:
         self._wake.set()
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        await wait_at_most(self._stopping.wait(), seconds)
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop: batches in hand may finish for up to ``grace`` seconds, else roll back."""

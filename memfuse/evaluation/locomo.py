@@ -15,6 +15,7 @@ and their fusion).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
@@ -27,7 +28,12 @@ from typing import Any, Final, Protocol
 from tqdm import tqdm
 
 from memfuse.errors import ValidationError
-from memfuse.ingest import NAMESPACE, ingest_conversations, load_conversations
+from memfuse.ingest import (
+    LOCOMO_SESSION,
+    ingest_conversations,
+    load_conversations,
+    locomo_turn_id,
+)
 from memfuse.memory import MemFuse, Memory
 
 BUDGETS: Final = (500, 1000, 2000)
@@ -87,7 +93,7 @@ def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
         turns = {
             turn["dia_id"]
             for key, session in sample["conversation"].items()
-            if re.fullmatch(r"session_\d+", key) and isinstance(session, list)
+            if LOCOMO_SESSION.fullmatch(key) and isinstance(session, list)
             for turn in session
         }
         for qa in sample["qa"]:
@@ -111,9 +117,7 @@ def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
                     user=f"locomo-{sample_id}",
                     question=str(qa["question"]),
                     category=category,
-                    evidence=frozenset(
-                        uuid.uuid5(NAMESPACE, f"{sample_id}/{dia_id}") for dia_id in found
-                    ),
+                    evidence=frozenset(locomo_turn_id(sample_id, dia_id) for dia_id in found),
                 )
             )
     return questions, skipped
@@ -131,6 +135,17 @@ def covered_within(
             break
         covered.update(result.message_ids)
     return covered
+
+
+def recall_at_budgets(
+    question: Question, results: Sequence[Retrieved], count_tokens: Callable[[str], int]
+) -> dict[int, float]:
+    """The share of the question's evidence turns within each budget."""
+    return {
+        budget: len(question.evidence & covered_within(results, budget, count_tokens))
+        / len(question.evidence)
+        for budget in BUDGETS
+    }
 
 
 def summarize(
@@ -157,13 +172,17 @@ def summarize(
 
 
 def minilm_token_counter() -> Callable[[str], int]:
-    """Token counts with all-MiniLM-L6-v2's own tokenizer (from the bundled model files)."""
+    """Token counts with all-MiniLM-L6-v2's own tokenizer (from the bundled model files).
+
+    Cached: the same result is counted once for every budget and every question it answers.
+    """
     from transformers import AutoTokenizer
 
     from memfuse.embedding.embedders import bundled_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
 
+    @functools.cache
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
@@ -174,7 +193,6 @@ async def evaluate(
     mf: MemFuse,
     data: str | Path,
     *,
-    lines: Mapping[str, Mapping[str, Any]] = LINES,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load every conversation of ``data``, flush, ask every question; the report as JSON."""
@@ -184,26 +202,20 @@ async def evaluate(
     await mf.flush()
     count_tokens = minilm_token_counter()
     memories: dict[str, Memory] = {}
-    recalls: dict[str, list[dict[int, float]]] = {name: [] for name in lines}
+    recalls: dict[str, list[dict[int, float]]] = {name: [] for name in LINES}
     for question in tqdm(questions, desc="questions", unit="q", disable=not progress):
         memory = memories.get(question.user)
         if memory is None:
             memory = memories[question.user] = await mf.init(question.user)
-        for name, options in lines.items():
+        for name, options in LINES.items():
             results = await memory.query(question.question, top_k=RESULTS_PER_QUESTION, **options)
-            recalls[name].append(
-                {
-                    budget: len(question.evidence & covered_within(results, budget, count_tokens))
-                    / len(question.evidence)
-                    for budget in BUDGETS
-                }
-            )
-    report: dict[str, Any] = {**summarize(questions, recalls["memfuse"])}
+            recalls[name].append(recall_at_budgets(question, results, count_tokens))
+    summaries = {name: summarize(questions, recalls[name]) for name in LINES}
+    report: dict[str, Any] = dict(summaries["memfuse"])
     report["questions"] = len(questions)
     report["left_out"] = skipped
     report["lines"] = {
-        name: {"options": dict(options), **summarize(questions, recalls[name])}
-        for name, options in lines.items()
+        name: {"options": dict(options), **summaries[name]} for name, options in LINES.items()
     }
     report["conversations"] = len(conversations)
     report["messages"] = sum(c.message_count for c in conversations)

@@ -28,6 +28,7 @@ from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
 from memfuse.repositories.tenancy import SessionRepository, UserRepository
+from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -260,12 +261,8 @@ class LayerPipeline:
             self._wake.set()
 
     async def _run_forever(self) -> None:
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-        # that arrives as the event is set, and close() would then wait forever.
         while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
+            await wait_at_most(self._wake.wait(), self._poll_interval)
             self._wake.clear()
             try:
                 await self.process_pending(retry_failed=False)

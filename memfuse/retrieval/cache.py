@@ -82,14 +82,6 @@ class ResultCache(Generic[V]):
         self._epoch = 0
         self._clock = clock
 
-    @property
-    def hits(self) -> int:
-        return self._entries.hits
-
-    @property
-    def misses(self) -> int:
-        return self._entries.misses
-
     def generation(self, user_id: uuid.UUID) -> int:
         """The user's current generation; read it *before* computing a result to cache."""
         return self._epoch + self._generations.get(user_id, 0)

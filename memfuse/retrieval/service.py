@@ -12,7 +12,6 @@ Two shapes of result (``unit``):
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,13 +93,11 @@ class SearchRequest:
         since: object = None,
         until: object = None,
         include_unembedded: object = True,
-        agent_id: uuid.UUID | None = None,
-        session_id: uuid.UUID | None = None,
     ) -> SearchRequest:
         """Check every option; raise ``ValidationError`` naming the bad one."""
         if not isinstance(query, str):
             raise ValidationError(f"must be a string, got {type(query).__name__}", field="query")
-        cleaned = " ".join(query.replace("\x00", " ").split())[:MAX_QUERY_CHARS]
+        cleaned = clean_query(query)
         if top_k is None and max_tokens is None:
             top_k = 5
         for name, value, upper in (("top_k", top_k, MAX_TOP_K), ("max_tokens", max_tokens, None)):
@@ -124,12 +121,15 @@ class SearchRequest:
             layers=_choices("layers", layers, ALL_LAYERS),
             methods=_choices("methods", methods, ALL_METHODS),
             unit=unit,  # type: ignore[arg-type]
-            agent_id=agent_id,
-            session_id=session_id,
             since=since,  # type: ignore[arg-type]
             until=until,  # type: ignore[arg-type]
             include_unembedded=include_unembedded,
         )
+
+
+def clean_query(query: str) -> str:
+    """The query as searched and cached: NULs and runs of whitespace become one space, cut."""
+    return " ".join(query.replace("\x00", " ").split())[:MAX_QUERY_CHARS]
 
 
 T = TypeVar("T", bound=str)
@@ -155,7 +155,6 @@ class RetrievalStats:
 
     searches: int = 0
     result_cache_hits: int = 0
-    embedding_cache_hits: int = 0
 
 
 class RetrievalService:
@@ -187,16 +186,8 @@ class RetrievalService:
 
     async def search(self, user_id: uuid.UUID, request: SearchRequest) -> list[SearchResult]:
         """Results for ``request`` within ``user_id``'s memory only."""
-        started = time.perf_counter()
-        success = False
-        try:
-            results = await self._search(user_id, request)
-            success = True
-            return results
-        finally:
-            self._monitor.record(
-                "retrieval_query", (time.perf_counter() - started) * 1000, success=success
-            )
+        with self._monitor.track_operation("retrieval_query"):
+            return await self._search(user_id, request)
 
     async def embed_query(self, query: str) -> tuple[float, ...] | None:
         """The query's vector, from the LRU when seen before; ``None`` without an embedder."""
@@ -205,7 +196,6 @@ class RetrievalService:
         key = (self.embedder.model_name, query)
         cached = self.embeddings.get(key)
         if cached is not None:
-            self.stats.embedding_cache_hits += 1
             return cached
         vector = tuple(await self.embedder.embed_query(query))
         self.embeddings.put(key, vector)
