@@ -79,3 +79,22 @@ class PipelineError(MemfuseError):
 
 class ClosedError(MemfuseError):
     """The object was closed and takes no more work."""
+
+
+class ConflictError(MemfuseError):
+    """A concurrent call changed the same rows first (e.g. the same message id raced in two
+    calls); nothing of this call was written, and retrying it is safe."""
+
+
+class DatabaseUnavailableError(MemfuseError):
+    """The database could not be reached or refused us: the server is down or restarting, the
+    host, database or role is wrong, or the connection dropped mid-call.
+
+    ``url`` is the masked URL (never the password). Whether the call's writes committed is
+    unknown only if the connection dropped during the commit itself; retrying a write with the
+    same message ids is always safe.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(f"{message} (database {url})" if url else message)
+        self.url = url

@@ -20,7 +20,9 @@ from memfuse.errors import NotFoundError, ValidationError
 from memfuse.layers.chunk import ChunkData
 from memfuse.layers.tokens import count_tokens
 from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
+from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.progress import ProgressRepository
+from memfuse.repositories.tenancy import SessionRepository, UserRepository
 from memfuse.services.tenancy import MemoryScope
 
 MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
@@ -302,6 +304,7 @@ class MessageService:
         if not values:
             raise ValidationError("nothing to update: give content or metadata")
         async with self._session_factory.begin() as db:
+            await _lock_message_session(db, scope, message_id)
             row = await MessageRepository(db).update(scope.user_id, message_id, values)
             if row is None:
                 raise NotFoundError(f"message {message_id} not found")
@@ -312,10 +315,31 @@ class MessageService:
     async def delete(self, scope: MemoryScope, message_id: uuid.UUID) -> None:
         """Delete a message; its session's episodes and facts are rebuilt without it."""
         async with self._session_factory.begin() as db:
+            await _lock_message_session(db, scope, message_id)
             row = await MessageRepository(db).delete(scope.user_id, message_id)
             if row is None:
                 raise NotFoundError(f"message {message_id} not found")
             await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+
+
+async def _lock_message_session(
+    db: AsyncSession, scope: MemoryScope, message_id: uuid.UUID
+) -> None:
+    """Take the locks an edit needs in the writers' order (docs/layers.md#lock-order), before
+    the message row itself: user, session, the session's layer progress, the user's facts.
+
+    The message row and its embedding job come last, as in a session deletion's cascade;
+    locking the row first deadlocked with a concurrent deletion of its session.
+    """
+    found = await MessageRepository(db).get(scope.user_id, message_id)
+    if found is None:
+        raise NotFoundError(f"message {message_id} not found")
+    if not await UserRepository(db).lock([found.user_id]):
+        raise NotFoundError(f"message {message_id} not found")
+    if not await SessionRepository(db).lock(found.user_id, found.session_id):
+        raise NotFoundError(f"message {message_id} not found")
+    await ProgressRepository(db).lock(user_id=found.user_id, session_id=found.session_id)
+    await FactRepository(db).lock_user(found.user_id)
 
 
 def new_message(scope: MemoryScope, message: MessageInput, seq: int) -> NewMessage:
