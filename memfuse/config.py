@@ -109,6 +109,7 @@ class Settings:
     worker_concurrency: int = 1
     worker_poll_interval: float = 5.0
     worker_max_attempts: int = 5
+    worker_lease_seconds: float = 120.0
     search_candidates: int = 200
     search_rrf_k: int = 60
     search_ef_search: int = 100
@@ -181,10 +182,9 @@ class Settings:
                 "fact_extractor",
                 f"must be one of {', '.join(FACT_EXTRACTORS)}, got {self.fact_extractor!r}",
             )
-        if self.worker_poll_interval <= 0:
-            raise ConfigurationError(
-                "worker_poll_interval", f"must be positive, got {self.worker_poll_interval}"
-            )
+        for name in ("worker_poll_interval", "worker_lease_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("search_cache_ttl", "search_cache_size", "query_embedding_cache_size"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(

@@ -249,6 +249,7 @@ async def embedding_worker_resource(
         concurrency=settings.worker_concurrency,
         poll_interval=settings.worker_poll_interval,
         max_attempts=settings.worker_max_attempts,
+        lease_seconds=settings.worker_lease_seconds,
         on_written=cache.invalidate,
     )
     try:

@@ -356,6 +356,9 @@ class EmbeddingJob(Base):
         DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")
     )
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The lease of the worker embedding this job: no row lock is held while the model runs.
+    locked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class EmbeddingDeadLetter(Base):

@@ -1,11 +1,20 @@
-"""The embedding worker: drains ``embedding_jobs`` into vectors.
+"""The embedding worker: drains ``embedding_jobs`` into vectors, holding no lock meanwhile.
 
-Each batch is one transaction: claim due jobs with ``FOR UPDATE SKIP LOCKED``, read their rows'
-text, embed all texts in one call, write the vectors and delete the jobs. A crash or a
-cancellation rolls the transaction back and the jobs reappear for any worker. A NOTIFY on the
-queue's channel wakes the worker at once (on its own connection, reconnected when it drops);
-polling every ``poll_interval`` seconds is the correctness path, since notifications are lost
-while nobody listens.
+A batch takes three steps: (1) a short transaction *leases* due jobs (``locked_by``,
+``locked_until``) and reads their rows' text, then commits; (2) the model embeds the texts
+with no transaction open; (3) a second short transaction locks the memory rows, then their
+jobs (the writers' lock order, docs/layers.md#lock-order), both with ``SKIP LOCKED``, writes
+each vector whose row still has the embedded text, and deletes the jobs it still owns. The
+worker therefore never waits for a lock a writer holds and can never deadlock with an edit or
+a deletion; a row a writer holds is given back to the queue and embedded on a later claim. A
+worker that dies leaves leases that expire after ``lease_seconds``; one that stops gives its
+leases back.
+
+A NOTIFY on the queue's channel wakes the worker at once (on its own connection, reconnected
+within seconds when it drops, and probed every ``poll_interval``); polling every
+``poll_interval`` seconds is the correctness path, since notifications are lost while nobody
+listens. The loops and the listener run supervised (:mod:`memfuse.background`): an
+unexpected error restarts them with backoff, logged and counted.
 
 Failures never produce a vector: if the batch call fails, its texts are embedded one by one,
 so a poison text fails alone; a failed job backs off exponentially and, after
@@ -15,8 +24,9 @@ so a poison text fails alone; a failed job backs off exponentially and, after
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +37,7 @@ import asyncpg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from memfuse.background import SupervisedTask, TaskState
 from memfuse.config import DEFAULT_SCHEMA
 from memfuse.db.migrate import check_embedding_dimension
 from memfuse.db.models import EmbeddingJob, embedding_channel
@@ -34,12 +45,10 @@ from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ClosedError, ModelCallError
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.jobs import Job, JobRepository, QueueCounts, RowText
+from memfuse.repositories.jobs import Job, JobRepository, QueueCounts, RowKey, RowText
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
-
-RowKey = tuple[str, uuid.UUID]
 
 
 @dataclass(slots=True)
@@ -50,6 +59,7 @@ class WorkerStats:
     jobs_done: int = 0
     vectors_written: int = 0
     rows_gone: int = 0
+    rows_busy: int = 0
     failures: int = 0
     dead_lettered: int = 0
     largest_batch: int = 0
@@ -76,11 +86,24 @@ class EmbeddingWorker:
         backoff_base: float = 1.0,
         max_backoff: float = 600.0,
         listen: bool = True,
+        lease_seconds: float = 120.0,
         on_written: Callable[[], None] | None = None,
     ) -> None:
-        """``on_written()`` runs after each batch that committed vectors (caches use it)."""
-        if batch_size < 1 or concurrency < 1 or max_attempts < 1 or poll_interval <= 0:
-            raise ValueError("batch_size, concurrency, max_attempts >= 1; poll_interval > 0")
+        """``on_written()`` runs after each batch that committed vectors (caches use it).
+
+        ``lease_seconds`` is how long a claimed job stays this worker's: if the worker dies,
+        its jobs are claimable again after that long. Keep it well above a batch's encode time.
+        """
+        if (
+            batch_size < 1
+            or concurrency < 1
+            or max_attempts < 1
+            or poll_interval <= 0
+            or lease_seconds <= 0
+        ):
+            raise ValueError(
+                "batch_size, concurrency, max_attempts >= 1; poll_interval, lease_seconds > 0"
+            )
         self._engine = engine
         self._session_factory = async_sessionmaker(engine, expire_on_commit=False)
         self.embedder = embedder
@@ -95,10 +118,13 @@ class EmbeddingWorker:
         self.max_backoff = max_backoff
         self._listen = listen
         self._on_written = on_written
+        self.lease = timedelta(seconds=lease_seconds)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[SupervisedTask] = []
+        self._listener_task: SupervisedTask | None = None
         self._listener: asyncpg.Connection | None = None
 
     async def verify(self) -> None:
@@ -111,25 +137,66 @@ class EmbeddingWorker:
         )
 
     async def process_batch(self) -> int:
-        """Claim and finish one batch; returns the number of jobs claimed (0: none due)."""
+        """Lease, embed and finish one batch; returns the number of jobs leased (0: none due)."""
         async with self._session_factory.begin() as db:
             repository = JobRepository(db)
-            jobs = await repository.claim(self.batch_size)
+            jobs = await repository.claim(self.batch_size, owner=self.worker_id, lease=self.lease)
             if not jobs:
                 return 0
             texts = await repository.texts(jobs)
+        try:
             vectors, errors = await self._embed(list(texts.values()))
-            await repository.write_vectors(
-                [(texts[key], vector) for key, vector in vectors.items()]
-            )
-            failed = [job for job in jobs if (job.table_name, job.row_id) in errors]
-            failed_ids = {job.id for job in failed}
-            await repository.delete([job.id for job in jobs if job.id not in failed_ids])
-            await self._handle_failures(repository, failed, errors)
-        self._count(jobs, texts, vectors, failed)
-        if vectors and self._on_written is not None:
+            written, busy, failed = await self._finish(jobs, texts, vectors, errors)
+        except BaseException:
+            # Cancelled or failed: give the jobs back now rather than when the lease expires.
+            await asyncio.shield(self._release_quietly(jobs))
+            raise
+        self._count(jobs, texts, written, busy, failed)
+        if written and self._on_written is not None:
             self._on_written()
+        if busy and len(busy) == len(jobs):
+            # Every row was held by a writer: let it commit before claiming them again.
+            await asyncio.sleep(0.05)
         return len(jobs)
+
+    async def _finish(
+        self,
+        jobs: Sequence[Job],
+        texts: dict[RowKey, RowText],
+        vectors: dict[RowKey, list[float]],
+        errors: dict[RowKey, str],
+    ) -> tuple[set[RowKey], list[Job], list[Job]]:
+        """Write vectors and settle the jobs in one short transaction that never waits.
+
+        Returns the rows written, the jobs given back because a writer held their row, and
+        the jobs that failed.
+        """
+        async with self._session_factory.begin() as db:
+            repository = JobRepository(db)
+            current = await repository.lock_rows(list(texts))
+            held = await repository.existing([key for key in texts if key not in current])
+            unchanged = {key for key, content in current.items() if content == texts[key].content}
+            written = {key for key in unchanged if key in vectors}
+            await repository.write_vectors([(texts[key], vectors[key]) for key in written])
+            busy = [job for job in jobs if _job_key(job) in held]
+            failed = [job for job in jobs if _job_key(job) in unchanged and _job_key(job) in errors]
+            settled = {job.id for job in (*busy, *failed)}
+            # Done: embedded, or the row is gone, or its content changed (the change queued
+            # a job of its own, or took this one over).
+            await repository.finish(
+                [job.id for job in jobs if job.id not in settled], owner=self.worker_id
+            )
+            await repository.release([job.id for job in busy], owner=self.worker_id)
+            await self._handle_failures(repository, failed, errors)
+        return written, busy, failed
+
+    async def _release_quietly(self, jobs: Sequence[Job]) -> None:
+        """Give leased jobs back after an error; if that fails too, their lease expires."""
+        try:
+            async with self._session_factory.begin() as db:
+                await JobRepository(db).release([job.id for job in jobs], owner=self.worker_id)
+        except Exception as error:
+            logger.debug("could not give back %d leased jobs: %s", len(jobs), _describe(error))
 
     async def drain(self) -> None:
         """Return once no due job is left, including jobs other workers hold right now."""
@@ -227,14 +294,16 @@ class EmbeddingWorker:
         for job in failed:
             error = errors[(job.table_name, job.row_id)]
             if job.attempts + 1 >= self.max_attempts:
-                await repository.dead_letter([job], error)
-                self.stats.dead_lettered += 1
-                self._monitor.increment("embedding_jobs_dead_lettered")
-                logger.warning(
-                    "embedding of %s %s dead-lettered: %s", job.table_name, job.row_id, error
-                )
+                if await repository.dead_letter([job], error, owner=self.worker_id):
+                    self.stats.dead_lettered += 1
+                    self._monitor.increment("embedding_jobs_dead_lettered")
+                    logger.warning(
+                        "embedding of %s %s dead-lettered: %s", job.table_name, job.row_id, error
+                    )
             else:
-                await repository.retry_later([job], error, self._backoff(job.attempts))
+                await repository.retry_later(
+                    [job], error, self._backoff(job.attempts), owner=self.worker_id
+                )
 
     def _backoff(self, attempts: int) -> timedelta:
         return timedelta(seconds=min(self.backoff_base * 2**attempts, self.max_backoff))
@@ -243,28 +312,32 @@ class EmbeddingWorker:
         self,
         jobs: Sequence[Job],
         texts: dict[RowKey, RowText],
-        vectors: dict[RowKey, list[float]],
+        written: set[RowKey],
+        busy: Sequence[Job],
         failed: Sequence[Job],
     ) -> None:
         now = datetime.now(UTC)
         for job in jobs:
-            if (job.table_name, job.row_id) in vectors:
+            if _job_key(job) in written:
                 lag_ms = (now - job.enqueued_at).total_seconds() * 1000
                 self._monitor.record("embedding_lag", lag_ms)
         self.stats.batches += 1
-        self.stats.jobs_done += len(jobs) - len(failed)
-        self.stats.vectors_written += len(vectors)
-        self.stats.rows_gone += sum(1 for job in jobs if (job.table_name, job.row_id) not in texts)
+        self.stats.jobs_done += len(jobs) - len(failed) - len(busy)
+        self.stats.vectors_written += len(written)
+        self.stats.rows_gone += sum(1 for job in jobs if _job_key(job) not in texts)
+        self.stats.rows_busy += len(busy)
         self.stats.failures += len(failed)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         self.stats.batch_sizes.append(len(jobs))
         del self.stats.batch_sizes[:-1000]
         self._monitor.set_gauge("embedding_last_batch_jobs", len(jobs))
-        self._monitor.increment("embedding_vectors_written", len(vectors))
+        self._monitor.increment("embedding_vectors_written", len(written))
         self._monitor.increment("embedding_jobs_failed", len(failed))
+        if busy:
+            self._monitor.increment("embedding_rows_busy", len(busy))
 
     def start(self) -> None:
-        """Run ``concurrency`` loops and the LISTEN connection in the background.
+        """Run ``concurrency`` loops and the LISTEN connection in the background, supervised.
 
         Call :meth:`verify` first: a worker must not embed with a model of the wrong size.
         """
@@ -273,26 +346,39 @@ class EmbeddingWorker:
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._loop(), name=f"memfuse-embedding-worker-{n}")
+            SupervisedTask(
+                f"embedding_worker-{n}",
+                self._loop,
+                self._monitor,
+                metric="embedding_worker_restarts",
+            )
             for n in range(self.concurrency)
         ]
         if self._listen:
-            self._tasks.append(asyncio.create_task(self._listen_loop(), name="memfuse-listen"))
+            self._listener_task = SupervisedTask(
+                "listener", self._listen_once, self._monitor, max_backoff=2.0
+            )
+            self._tasks.append(self._listener_task)
+        for task in self._tasks:
+            task.start()
+
+    def task_states(self) -> list[TaskState]:
+        """The state of each background task (empty when not started)."""
+        return [task.state for task in self._tasks]
 
     def notify(self) -> None:
         """Wake the loops now (in-process writers may call this after committing)."""
         self._wake.set()
 
     async def _loop(self) -> None:
+        """Process batches until stopped; an error ends the run (the supervisor restarts it)."""
         while not self._stopping.is_set():
             try:
                 if await self.process_batch():
                     continue
-            except asyncio.CancelledError:
-                raise
             except Exception as error:
                 self.stats.last_error = _describe(error)
-                logger.exception("embedding batch failed; retrying after the poll interval")
+                raise
             await self._refresh_gauges_quietly()
             await wait_at_most(self._wake.wait(), self.poll_interval)
             self._wake.clear()
@@ -302,56 +388,70 @@ class EmbeddingWorker:
         try:
             await self.refresh_gauges()
         except Exception as error:
-            logger.warning("could not read the queue's depth: %s", _describe(error))
+            logger.debug("could not read the queue's depth: %s", _describe(error))
 
-    async def _listen_loop(self) -> None:
-        """Keep a LISTEN connection of its own; reconnect when it drops."""
+    async def _listen_once(self) -> None:
+        """One LISTEN connection, for as long as it lives; raises when it is lost.
+
+        The connection is probed with ``SELECT 1`` every ``poll_interval`` seconds, so a
+        connection that died silently (no FIN from a vanished host) is noticed too. The
+        supervisor reconnects after a short backoff and logs the cause.
+        """
         url = self._engine.url.render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            lost = asyncio.Event()
-            try:
-                connection = await asyncpg.connect(**asyncpg_connect_args(url))
-            except (OSError, asyncpg.PostgresError) as error:
-                logger.warning("LISTEN connection failed (%s); polling meanwhile", error)
-                await self._pause(self.poll_interval)
-                continue
+        connection = await asyncpg.connect(**asyncpg_connect_args(url), timeout=10)
+        lost = asyncio.Event()
+        try:
+            connection.add_termination_listener(_setter(lost))
+            await connection.add_listener(self.channel, self._on_notification)
             self._listener = connection
-            try:
-                connection.add_termination_listener(_setter(lost))
-                await connection.add_listener(self.channel, self._on_notification)
-                self.stats.listener_connects += 1
-                self._wake.set()
-                await lost.wait()
-                if not self._stopping.is_set():
-                    logger.warning("LISTEN connection lost; reconnecting")
-            finally:
-                self._listener = None
-                if not connection.is_closed():
-                    with contextlib.suppress(Exception):
-                        await connection.close(timeout=1)
-            await self._pause(0.2)
+            self.stats.listener_connects += 1
+            if self._listener_task is not None:
+                self._listener_task.healthy()
+            self._wake.set()  # notifications may have been missed while disconnected
+            while not self._stopping.is_set():
+                await wait_at_most(lost.wait(), self.poll_interval)
+                if self._stopping.is_set():
+                    return
+                if lost.is_set() or connection.is_closed():
+                    raise ConnectionError("the LISTEN connection was closed")
+                await connection.fetchval("SELECT 1", timeout=min(self.poll_interval, 10.0))
+        finally:
+            self._listener = None
+            if not connection.is_closed():
+                connection.terminate()
 
     def _on_notification(self, *_: object) -> None:
         self.stats.notifications += 1
         self._wake.set()
 
-    async def _pause(self, seconds: float) -> None:
-        await wait_at_most(self._stopping.wait(), seconds)
-
     async def close(self, grace: float = 10.0) -> None:
-        """Stop: batches in hand may finish for up to ``grace`` seconds, else roll back."""
+        """Stop: batches in hand may finish for up to ``grace`` seconds, else are cancelled;
+        leases still held are given back so other workers take the jobs at once."""
         self._stopping.set()
         self._wake.set()
         tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.stop_soon()
         listener = self._listener
         if listener is not None and not listener.is_closed():
             listener.terminate()
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(task.stop(grace) for task in tasks))
+        if tasks:
+            await self._release_leases()
+
+    async def _release_leases(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                async with self._session_factory.begin() as db:
+                    released = await JobRepository(db).release_owner(self.worker_id)
+            if released:
+                logger.info("gave back %d leased embedding jobs", released)
+        except Exception as error:
+            logger.warning(
+                "could not give back leased embedding jobs (%s); they return when their "
+                "lease expires",
+                _describe(error),
+            )
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
@@ -360,6 +460,10 @@ def _setter(event: asyncio.Event) -> Callable[[object], None]:
 
 def _key(text: RowText) -> RowKey:
     return (text.table_name, text.row_id)
+
+
+def _job_key(job: Job) -> RowKey:
+    return (job.table_name, job.row_id)
 
 
 def _transient(error: BaseException) -> bool:

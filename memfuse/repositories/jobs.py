@@ -1,7 +1,10 @@
-"""SQL for the embedding queue: claim jobs, read their rows, write vectors, retry, dead-letter.
+"""SQL for the embedding queue: lease jobs, read their rows, write vectors, retry, dead-letter.
 
-Jobs are claimed with ``FOR UPDATE SKIP LOCKED`` inside the worker's transaction, so a job is
-held by one worker at a time and returns to the queue if that worker's transaction rolls back.
+A worker *leases* jobs (``locked_by``, ``locked_until``) in a short transaction and commits;
+no row lock survives into the model call. Its writes afterwards touch only jobs it still
+owns (``locked_by``) and never wait for a lock: memory rows and jobs held by another
+transaction are skipped (``SKIP LOCKED``) and handled on a later claim. Lock order, as for
+every writer: memory rows first, then their jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import EmbeddingDeadLetter, EmbeddingJob, Episode, Fact, Message
@@ -22,6 +25,10 @@ MEMORY_TABLES: dict[str, Table] = {
     "episodes": cast(Table, Episode.__table__),
     "facts": cast(Table, Fact.__table__),
 }
+
+
+RowKey = tuple[str, uuid.UUID]
+"""A memory row: its table's name and its id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,26 +75,42 @@ class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def claim(self, limit: int) -> list[Job]:
-        """Lock up to ``limit`` due jobs that no other worker holds, oldest first."""
+    async def claim(self, limit: int, *, owner: str, lease: timedelta) -> list[Job]:
+        """Lease up to ``limit`` due jobs that no live lease holds, oldest first.
+
+        Commit right after: the lease, not a row lock, keeps other workers away. Jobs of a
+        worker that died come back once ``lease`` has passed.
+        """
+        now = func.clock_timestamp()
+        due = (
+            select(EmbeddingJob.id)
+            .where(
+                EmbeddingJob.retry_after <= now,
+                or_(EmbeddingJob.locked_until.is_(None), EmbeddingJob.locked_until < now),
+            )
+            .order_by(EmbeddingJob.retry_after, EmbeddingJob.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("due")
+        )
         result = await self.session.execute(
-            select(
+            update(EmbeddingJob)
+            .where(EmbeddingJob.id.in_(select(due.c.id)))
+            .values(locked_by=owner, locked_until=now + lease)
+            .returning(
                 EmbeddingJob.id,
                 EmbeddingJob.table_name,
                 EmbeddingJob.row_id,
                 EmbeddingJob.attempts,
                 EmbeddingJob.enqueued_at,
             )
-            .where(EmbeddingJob.retry_after <= func.clock_timestamp())
-            .order_by(EmbeddingJob.retry_after, EmbeddingJob.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
         )
-        return [Job(**row._mapping) for row in result]
+        jobs = [Job(**row._mapping) for row in result]
+        return sorted(jobs, key=lambda job: job.id)
 
-    async def texts(self, jobs: Sequence[Job]) -> dict[tuple[str, uuid.UUID], RowText]:
+    async def texts(self, jobs: Sequence[Job]) -> dict[RowKey, RowText]:
         """The current text of each job's row; deleted rows are absent."""
-        found: dict[tuple[str, uuid.UUID], RowText] = {}
+        found: dict[RowKey, RowText] = {}
         for table_name, table in MEMORY_TABLES.items():
             ids = sorted({job.row_id for job in jobs if job.table_name == table_name})
             if not ids:
@@ -100,6 +123,36 @@ class JobRepository:
                 found[(table_name, row.id)] = RowText(table_name, row.id, row.content, text)
         return found
 
+    async def lock_rows(self, keys: Sequence[RowKey]) -> dict[RowKey, str]:
+        """Lock the memory rows that no other transaction holds, in id order; their content.
+
+        Rows held by a writer (an edit, a deletion, a pipeline step) are absent, as are
+        deleted rows: the worker never waits for a writer, so it can never deadlock with one.
+        """
+        locked: dict[RowKey, str] = {}
+        for table_name, table in MEMORY_TABLES.items():
+            ids = sorted({row_id for name, row_id in keys if name == table_name})
+            if not ids:
+                continue
+            result = await self.session.execute(
+                select(table.c.id, table.c.content)
+                .where(table.c.id.in_(ids))
+                .order_by(table.c.id)
+                .with_for_update(skip_locked=True)
+            )
+            locked.update({(table_name, row.id): row.content for row in result})
+        return locked
+
+    async def existing(self, keys: Sequence[RowKey]) -> set[RowKey]:
+        """Which of these rows exist (without locking them)."""
+        found: set[RowKey] = set()
+        for table_name, table in MEMORY_TABLES.items():
+            ids = sorted({row_id for name, row_id in keys if name == table_name})
+            if ids:
+                result = await self.session.execute(select(table.c.id).where(table.c.id.in_(ids)))
+                found.update((table_name, row_id) for row_id in result.scalars())
+        return found
+
     async def write_vectors(self, items: Sequence[tuple[RowText, list[float]]]) -> None:
         """Store each vector only if its row still has the text that was embedded.
 
@@ -109,7 +162,7 @@ class JobRepository:
         for table_name, table in MEMORY_TABLES.items():
             rows = [
                 {"row_id": text.row_id, "embedded_text": text.content, "vector": vector}
-                for text, vector in items
+                for text, vector in sorted(items, key=lambda item: item[0].row_id)
                 if text.table_name == table_name
             ]
             if rows:
@@ -123,44 +176,97 @@ class JobRepository:
                     rows,
                 )
 
-    async def delete(self, job_ids: Sequence[int]) -> None:
+    def _owned(self, job_ids: Sequence[int], owner: str) -> Select[int]:
+        """The jobs of ``job_ids`` that ``owner`` still leases and nobody else has locked."""
+        return (
+            select(EmbeddingJob.id)
+            .where(EmbeddingJob.id.in_(sorted(job_ids)), EmbeddingJob.locked_by == owner)
+            .order_by(EmbeddingJob.id)
+            .with_for_update(skip_locked=True)
+        )
+
+    async def finish(self, job_ids: Sequence[int], *, owner: str) -> None:
+        """Delete finished jobs that ``owner`` still leases.
+
+        A job an edit took over (its lease cleared) or another worker re-leased is left for
+        its new owner.
+        """
         if job_ids:
             await self.session.execute(
-                delete(EmbeddingJob).where(EmbeddingJob.id.in_(sorted(job_ids)))
+                delete(EmbeddingJob).where(EmbeddingJob.id.in_(self._owned(job_ids, owner)))
             )
 
-    async def retry_later(self, jobs: Sequence[Job], error: str, backoff: timedelta) -> None:
-        """Count a failed attempt and hide the jobs until ``backoff`` has passed."""
+    async def release(self, job_ids: Sequence[int], *, owner: str) -> None:
+        """Give leased jobs back to the queue at once, unchanged (their row was busy)."""
+        if job_ids:
+            await self.session.execute(
+                update(EmbeddingJob)
+                .where(EmbeddingJob.id.in_(self._owned(job_ids, owner)))
+                .values(locked_by=None, locked_until=None)
+            )
+
+    async def release_owner(self, owner: str) -> int:
+        """Give back every job ``owner`` leases (a worker stopping); returns how many."""
+        result = await self.session.execute(
+            update(EmbeddingJob)
+            .where(EmbeddingJob.locked_by == owner)
+            .values(locked_by=None, locked_until=None)
+            .returning(EmbeddingJob.id)
+        )
+        return len(result.all())
+
+    async def retry_later(
+        self, jobs: Sequence[Job], error: str, backoff: timedelta, *, owner: str
+    ) -> None:
+        """Count a failed attempt, end the lease, and hide the jobs until ``backoff`` passed."""
         if jobs:
             await self.session.execute(
                 update(EmbeddingJob)
-                .where(EmbeddingJob.id.in_([job.id for job in jobs]))
+                .where(EmbeddingJob.id.in_(self._owned([job.id for job in jobs], owner)))
                 .values(
                     attempts=EmbeddingJob.attempts + 1,
                     retry_after=func.clock_timestamp() + backoff,
                     last_error=error[:2000],
+                    locked_by=None,
+                    locked_until=None,
                 )
             )
 
-    async def dead_letter(self, jobs: Sequence[Job], error: str) -> None:
-        """Move jobs that failed too often to the dead-letter table, with their error."""
+    async def dead_letter(self, jobs: Sequence[Job], error: str, *, owner: str) -> int:
+        """Move jobs that failed too often to the dead-letter table, with their error.
+
+        Returns how many moved (a job another transaction holds stays, for a later attempt).
+        """
         if not jobs:
-            return
-        await self.session.execute(
-            insert(EmbeddingDeadLetter),
-            [
-                {
-                    "id": job.id,
-                    "table_name": job.table_name,
-                    "row_id": job.row_id,
-                    "enqueued_at": job.enqueued_at,
-                    "attempts": job.attempts + 1,
-                    "last_error": error[:2000],
-                }
-                for job in jobs
-            ],
+            return 0
+        moved = (
+            delete(EmbeddingJob)
+            .where(EmbeddingJob.id.in_(self._owned([job.id for job in jobs], owner)))
+            .returning(
+                EmbeddingJob.id,
+                EmbeddingJob.table_name,
+                EmbeddingJob.row_id,
+                EmbeddingJob.enqueued_at,
+                EmbeddingJob.attempts,
+            )
+            .cte("moved")
         )
-        await self.delete([job.id for job in jobs])
+        result = await self.session.execute(
+            insert(EmbeddingDeadLetter)
+            .from_select(
+                ["id", "table_name", "row_id", "enqueued_at", "attempts", "last_error"],
+                select(
+                    moved.c.id,
+                    moved.c.table_name,
+                    moved.c.row_id,
+                    moved.c.enqueued_at,
+                    moved.c.attempts + 1,
+                    literal(error[:2000]),
+                ),
+            )
+            .returning(EmbeddingDeadLetter.id)
+        )
+        return len(result.all())
 
     async def requeue_dead_letters(self, table_name: str | None = None) -> int:
         """Put dead letters back in the queue with fresh attempts; returns how many."""

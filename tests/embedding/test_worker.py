@@ -211,7 +211,7 @@ async def test_an_embedder_that_is_down_fails_the_batch_without_a_call_per_text(
     assert waiting == 10, "every job backs off and keeps its error"
 
 
-async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
+async def test_a_worker_cancelled_midway_gives_its_jobs_back_to_another(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
     memory = await mf.init("ana")
@@ -235,6 +235,33 @@ async def test_a_worker_cancelled_midway_leaves_its_jobs_to_another(
     assert all(v is None for v in (await message_vectors(engine_for_worker)).values())
 
     other = make_worker(engine_for_worker, model)
+    await other.drain()
+    assert other.stats.jobs_done == queued
+    assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_a_crashed_workers_leases_expire_and_its_jobs_come_back(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    """A worker that dies without giving its leases back (a killed process) holds its jobs
+    only until the lease expires; no connection has to die for them to come back."""
+    memory = await mf.init("ana")
+    await add(memory, *(f"message {i}" for i in range(5)))
+    queued = await jobs(engine_for_worker)
+    async with engine_for_worker.begin() as connection:
+        leased = (
+            await connection.execute(
+                text(
+                    "UPDATE memfuse.embedding_jobs SET locked_by = 'dead-worker', "
+                    "locked_until = clock_timestamp() + interval '1 second' RETURNING id"
+                )
+            )
+        ).all()
+    assert len(leased) == queued
+
+    other = make_worker(engine_for_worker, model)
+    assert await other.process_batch() == 0, "a live lease keeps the jobs from other workers"
+    await asyncio.sleep(1.2)
     await other.drain()
     assert other.stats.jobs_done == queued
     assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
