@@ -17,7 +17,7 @@ Four measurements on one server in one run, each against a baseline from the sam
    between the chunked encode and the worker is the worker's own cost (queue SQL, reading
    texts, writing vectors). Candidates take turns in rotating order; ratios are of medians.
 2. ``claim``: one ``JobRepository.claim(batch)`` in a transaction that is rolled back, against
-   raw asyncpg running the same ``SELECT ... FOR UPDATE SKIP LOCKED`` on the same queue.
+   raw asyncpg running the same lease (``UPDATE ... SKIP LOCKED ... RETURNING``) on the same queue.
    Also from part 1: database time per batch (the drain's wall time minus the monitor's
    ``embedding_batch`` time, per batch).
 3. ``vector_write``: writing one batch of vectors (``--batch-size`` rows of 384 floats) with
@@ -40,6 +40,7 @@ import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,18 @@ QUEUE_SCHEMA = "bench_embedding"
 FRESH_SCHEMA = "bench_freshness"
 
 CLAIM_SQL = """
-SELECT id, table_name, row_id, attempts, enqueued_at
-FROM {schema}.embedding_jobs
-WHERE retry_after <= clock_timestamp()
-ORDER BY retry_after, id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+WITH due AS (
+    SELECT id FROM {schema}.embedding_jobs
+    WHERE retry_after <= clock_timestamp()
+      AND (locked_until IS NULL OR locked_until < clock_timestamp())
+    ORDER BY retry_after, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.embedding_jobs AS j
+SET locked_by = 'raw', locked_until = clock_timestamp() + interval '2 minutes'
+FROM due WHERE j.id = due.id
+RETURNING j.id, j.table_name, j.row_id, j.attempts, j.enqueued_at
 """
 
 
@@ -225,7 +232,9 @@ async def claim_overhead(
 
         async def memfuse_claim() -> None:
             async with factory() as db:
-                jobs = await JobRepository(db).claim(batch_size)
+                jobs = await JobRepository(db).claim(
+                    batch_size, owner="bench", lease=timedelta(minutes=2)
+                )
                 assert len(jobs) == batch_size
                 await db.rollback()
 

@@ -22,6 +22,7 @@ from memfuse.db import migrate
 from memfuse.db.embedded import EmbeddedPostgres
 from memfuse.db.engines import create_engine
 from memfuse.db.urls import asyncpg_connect_args
+from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.monitor import PerformanceMonitor
 
 # MemFuse instances in tests run without the embedding model unless a test asks for it
@@ -65,6 +66,15 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def model() -> AsyncIterator[LocalEmbedder]:
+    """The real all-MiniLM-L6-v2 model, loaded once per test run."""
+    embedder = LocalEmbedder()
+    await embedder.load()
+    yield embedder
+    await embedder.aclose()
 
 
 @pytest.fixture

@@ -24,14 +24,6 @@ from memfuse.monitor import PerformanceMonitor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-async def model() -> AsyncIterator[LocalEmbedder]:
-    embedder = LocalEmbedder()
-    await embedder.load()
-    yield embedder
-    await embedder.aclose()
-
-
 class ScriptedEmbedder:
     """The real model, plus failures and pauses a test asks for."""
 
