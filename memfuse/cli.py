@@ -22,7 +22,13 @@ from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine, schema_execution_options
-from memfuse.errors import ConfigurationError, MemfuseError, ValidationError
+from memfuse.db.errors import is_unavailable, unavailable_error
+from memfuse.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    MemfuseError,
+    ValidationError,
+)
 from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
 from memfuse.monitor.performance import PerformanceMonitor
 
@@ -151,7 +157,10 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
     from memfuse.ingest import ingest_conversations, load_conversations
     from memfuse.memory import MemFuse
 
-    conversations = load_conversations(args.file, user=args.user, agent=args.agent)
+    # The whole file is checked before the database is touched: a bad file writes nothing.
+    conversations = load_conversations(
+        args.file, user=args.user, agent=args.agent, max_chars=settings.max_message_chars
+    )
     if args.user and len(conversations) > 1:
         raise ValidationError(
             f"{args.file} holds {len(conversations)} conversations; --user only applies to a "
@@ -215,8 +224,11 @@ EVAL_SCHEMA = "memfuse_eval"
 
 
 async def run_eval(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Load the benchmark into a schema of its own (emptied first) and write the report."""
-    from memfuse.evaluation.locomo import evaluate
+    """Load the benchmark into a schema of its own (emptied first) and write the report.
+
+    The file is read and checked before the schema is emptied: a wrong file changes nothing.
+    """
+    from memfuse.evaluation.locomo import evaluate, load_locomo
     from memfuse.memory import MemFuse
 
     schema = args.schema or EVAL_SCHEMA
@@ -224,6 +236,7 @@ async def run_eval(settings: Settings, args: argparse.Namespace) -> dict[str, An
         raise ConfigurationError("embedder", "the evaluation searches by vector too; not 'none'")
     if schema == Settings().schema:
         raise ConfigurationError("schema", f"the evaluation empties its schema; not {schema!r}")
+    data = load_locomo(args.data, max_chars=settings.max_message_chars)
     settings = replace(settings, schema=schema, search_cache_ttl=0.0)
     started = time.perf_counter()
     async with command_engine(settings) as engine:
@@ -232,7 +245,7 @@ async def run_eval(settings: Settings, args: argparse.Namespace) -> dict[str, An
         # The same server (an embedded one stays up until this block ends).
         url = engine.url.render_as_string(hide_password=False)
         async with MemFuse(settings=replace(settings, database_url=url)) as mf:
-            report = await evaluate(mf, args.data, progress=not args.quiet)
+            report = await evaluate(mf, data, progress=not args.quiet)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["data"] = str(args.data)
     return report
@@ -281,6 +294,15 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
         await stop(container)
 
 
+def database_unavailable(
+    error: Exception, settings: Settings | None
+) -> DatabaseUnavailableError | None:
+    """The one-line error for an unreachable database, or None for any other error."""
+    if not is_unavailable(error):
+        return None
+    return unavailable_error(error, settings.database_url if settings is not None else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -290,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    settings: Settings | None = None
     try:
         settings = settings_from(args)
         if args.command == "db":
@@ -315,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return suite.main(unknown, prog="memfuse bench", database_url=args.database_url)
     except MemfuseError as error:
         sys.stderr.write(f"memfuse: {error}\n")
+        return 2
+    except Exception as error:
+        unavailable = database_unavailable(error, settings)
+        if unavailable is None:
+            raise
+        sys.stderr.write(f"memfuse: {unavailable}\n")
         return 2
     return 0
 

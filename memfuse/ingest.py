@@ -1,10 +1,10 @@
 """Read conversation files for ``memfuse ingest``: the native format and LoCoMo.
 
-Parsing only: this module turns a JSON document into :class:`ConversationData` whose messages
-are dicts as ``Memory.add`` takes them. It checks structure (keys, types, names) and reports
-every problem as a :class:`~memfuse.errors.ValidationError` naming the file and the position,
-so a bad file is rejected before anything is written. Value checks that ``Memory.add`` does
-anyway (timestamps in native files, ids) are left to it.
+This module turns a JSON document into :class:`ConversationData` whose messages are dicts as
+``Memory.add`` takes them. Every message and name of the whole file is checked here with the
+library's own rules (``memfuse.layers.m0.validate_message``, ``tenancy.validate_name``), and
+every problem is a :class:`~memfuse.errors.ValidationError` naming the file and the 1-based
+position: an import writes nothing unless the whole file would be accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from memfuse.config import Settings
 from memfuse.errors import ValidationError
+from memfuse.layers.m0 import validate_message
+from memfuse.services.tenancy import validate_name
 
 if TYPE_CHECKING:
     from memfuse.memory import MemFuse
@@ -34,20 +37,17 @@ __all__ = [
     "load_conversations",
     "parse_conversations",
     "parse_locomo_datetime",
+    "read_document",
 ]
 
 #: Namespace of the ids derived for LoCoMo turns; fixed so re-imports produce the same ids.
 NAMESPACE = uuid.UUID("bf368f23-e42a-42a0-9f56-3a0cc2f356a3")
 
-# Same rules as memfuse.services.tenancy.validate_name; kept here so parsing needs no database
-# modules (a test checks the limits agree).
-MAX_NAME_LENGTH = 255
-
-ROLES = frozenset({"user", "assistant", "system", "tool"})
-_MESSAGE_KEYS = frozenset({"role", "content", "id", "created_at", "name", "speaker", "metadata"})
 _CONVERSATION_KEYS = frozenset({"user", "agent", "sessions", "messages"})
 _SESSION_KEYS = frozenset({"name", "messages"})
 LOCOMO_SESSION = re.compile(r"session_(\d+)")
+_LOCOMO_FIELDS = {"content": "text", "name": "speaker", "id": "dia_id"}
+"""A turn's key for each message field, so errors name the key the file has."""
 
 
 def locomo_turn_id(sample_id: str, dia_id: str) -> uuid.UUID:
@@ -115,9 +115,24 @@ async def ingest_conversations(
 
 
 def load_conversations(
-    path: str | Path, *, user: str | None = None, agent: str | None = None
+    path: str | Path,
+    *,
+    user: str | None = None,
+    agent: str | None = None,
+    max_chars: int | None = None,
 ) -> list[ConversationData]:
-    """Read and parse a JSON file; any I/O or JSON problem is a ValidationError naming the path."""
+    """Read, parse and check a JSON file; any problem is a ValidationError naming the path.
+
+    ``max_chars`` is the content limit ``Memory.add`` will apply (the ``max_message_chars``
+    setting; its default when None).
+    """
+    return parse_conversations(
+        read_document(path), source=str(path), user=user, agent=agent, max_chars=max_chars
+    )
+
+
+def read_document(path: str | Path) -> Any:
+    """The decoded JSON of a file; any I/O or JSON problem is a ValidationError naming it."""
     source = str(path)
     file = Path(path)
     if file.is_dir():
@@ -135,26 +150,33 @@ def load_conversations(
         raise ValidationError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ValidationError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    return parse_conversations(document, source=source, user=user, agent=agent)
+    return document
 
 
 def parse_conversations(
-    document: Any, *, source: str = "<document>", user: str | None = None, agent: str | None = None
+    document: Any,
+    *,
+    source: str = "<document>",
+    user: str | None = None,
+    agent: str | None = None,
+    max_chars: int | None = None,
 ) -> list[ConversationData]:
-    """Parse an already decoded document, detecting LoCoMo versus the native format.
+    """Parse and check an already decoded document, detecting LoCoMo versus the native format.
 
     ``user``/``agent`` fill a native conversation's missing user/agent; for LoCoMo they replace
-    the derived ``locomo-<sample_id>`` user and the (absent) agent.
+    the derived ``locomo-<sample_id>`` user and the (absent) agent. Every message is checked as
+    ``Memory.add`` would check it, and message ids must be unique in the whole file.
     """
-    for field, value in (("user", user), ("agent", agent)):
+    for kind, value in (("user", user), ("agent", agent)):
         if value is not None:
-            problem = _name_problem(value)
-            if problem is not None:
-                raise _error(f"{source}: {field} argument", None, problem)
+            _check_name(kind, value, f"{source}: {kind} argument", None)
+    checks = _Checks(source, Settings().max_message_chars if max_chars is None else max_chars)
     if _is_locomo(document):
         samples = document if isinstance(document, list) else [document]
         return [
-            _parse_locomo_sample(sample, f"{source}: sample {number}", user=user, agent=agent)
+            _parse_locomo_sample(
+                sample, f"{source}: sample {number}", checks, user=user, agent=agent
+            )
             for number, sample in enumerate(samples, start=1)
         ]
     if isinstance(document, Mapping):
@@ -166,7 +188,7 @@ def parse_conversations(
             f"{source}: expected an object or a list of objects, got {_type_name(document)}"
         )
     return [
-        _parse_native(item, f"{source}: conversation {number}", user=user, agent=agent)
+        _parse_native(item, f"{source}: conversation {number}", checks, user=user, agent=agent)
         for number, item in enumerate(items, start=1)
     ]
 
@@ -223,32 +245,32 @@ def parse_locomo_datetime(text: str) -> datetime:
 
 
 def _parse_native(
-    item: Any, where: str, *, user: str | None, agent: str | None
+    item: Any, where: str, checks: _Checks, *, user: str | None, agent: str | None
 ) -> ConversationData:
     """One native conversation: the full form with ``sessions`` or the ``messages`` shorthand."""
     if not isinstance(item, Mapping):
         raise ValidationError(f"{where}: expected an object, got {_type_name(item)}")
     _reject_unknown(item, _CONVERSATION_KEYS, where)
-    user_name = _optional_name(item, "user", where)
+    user_name = _optional_name(item, "user", "user", where)
     if user_name is None:
         user_name = user
     if user_name is None:
         raise _error(where, "user", "missing (give it in the file or with --user)")
-    agent_name = _optional_name(item, "agent", where)
+    agent_name = _optional_name(item, "agent", "agent", where)
     if agent_name is None:
         agent_name = agent
 
     if "sessions" in item and "messages" in item:
         raise _error(where, "messages", "give either 'sessions' or 'messages', not both")
     if "messages" in item:
-        messages = _parse_messages(item["messages"], f"{where}, session 1")
+        messages = _parse_messages(item["messages"], f"{where}, session 1", checks)
         sessions = [SessionData("session-1", messages)]
     elif "sessions" in item:
         raw_sessions = item["sessions"]
         if not isinstance(raw_sessions, list):
             raise _error(where, "sessions", f"expected an array, got {_type_name(raw_sessions)}")
         sessions = [
-            _parse_native_session(raw, f"{where}, session {number}", number)
+            _parse_native_session(raw, f"{where}, session {number}", number, checks)
             for number, raw in enumerate(raw_sessions, start=1)
         ]
     else:
@@ -270,58 +292,48 @@ def _parse_native(
     )
 
 
-def _parse_native_session(raw: Any, where: str, number: int) -> SessionData:
+def _parse_native_session(raw: Any, where: str, number: int, checks: _Checks) -> SessionData:
     """A session object; its name defaults to ``session-<n>`` so re-imports find it again."""
     if not isinstance(raw, Mapping):
         raise ValidationError(f"{where}: expected an object, got {_type_name(raw)}")
     _reject_unknown(raw, _SESSION_KEYS, where)
-    name = _optional_name(raw, "name", where)
+    name = _optional_name(raw, "name", "session", where)
     if "messages" not in raw:
         raise _error(where, "messages", "missing")
     return SessionData(
         name=name if name is not None else f"session-{number}",
-        messages=_parse_messages(raw["messages"], where),
+        messages=_parse_messages(raw["messages"], where, checks),
     )
 
 
-def _parse_messages(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+def _parse_messages(raw: Any, where: str, checks: _Checks) -> tuple[dict[str, Any], ...]:
     if not isinstance(raw, list):
         raise _error(where, "messages", f"expected an array, got {_type_name(raw)}")
-    return tuple(
-        _parse_message(message, f"{where}, message {number}")
-        for number, message in enumerate(raw, start=1)
-    )
+    messages = []
+    for number, item in enumerate(raw, start=1):
+        place = f"{where}, message {number}"
+        message = _parse_message(item, place)
+        checks.message(message, place)
+        if "speaker" in message:  # checked: equal to ``name`` if both were given
+            message["name"] = message.pop("speaker")
+        messages.append(message)
+    return tuple(messages)
 
 
 def _parse_message(raw: Any, where: str) -> dict[str, Any]:
-    """Check a message's shape and copy it; values stay as given for ``Memory.add`` to check."""
+    """A copy of the message with nulls dropped (an optional key set to null is absent).
+
+    Only the file's own conventions are handled here; the values are checked by
+    :meth:`_Checks.message` with the rules ``Memory.add`` applies.
+    """
     if not isinstance(raw, Mapping):
         raise ValidationError(f"{where}: expected an object, got {_type_name(raw)}")
-    _reject_unknown(raw, _MESSAGE_KEYS, where)
-    message: dict[str, Any] = {}
-    for field in ("role", "content"):
-        if field not in raw or raw[field] is None:
-            raise _error(where, field, "missing")
-        if not isinstance(raw[field], str):
-            raise _error(where, field, f"expected a string, got {_type_name(raw[field])}")
-        message[field] = raw[field]
-    if message["role"] not in ROLES:
-        raise _error(where, "role", f"{message['role']!r} is not one of {', '.join(sorted(ROLES))}")
-    if raw.get("name") is not None and raw.get("speaker") is not None:
-        raise _error(where, "speaker", "give either 'name' or its alias 'speaker', not both")
-    for field, target, types, expected in (
-        ("id", "id", (str, uuid.UUID), "a string"),
-        ("created_at", "created_at", (str, datetime), "an ISO-8601 string"),
-        ("name", "name", (str,), "a string"),
-        ("speaker", "name", (str,), "a string"),
-        ("metadata", "metadata", (Mapping,), "an object"),
-    ):
-        value = raw.get(field)
-        if value is None:  # absent or null: the same for an optional key
-            continue
-        if not isinstance(value, types):
-            raise _error(where, field, f"expected {expected}, got {_type_name(value)}")
-        message[target] = dict(value) if isinstance(value, Mapping) else value
+    message = {key: value for key, value in raw.items() if value is not None}
+    for required in ("role", "content"):
+        if required not in message:
+            raise _error(where, required, "missing")
+    if isinstance(message.get("metadata"), Mapping):
+        message["metadata"] = dict(message["metadata"])
     return message
 
 
@@ -336,7 +348,7 @@ def _is_locomo(document: Any) -> bool:
 
 
 def _parse_locomo_sample(
-    sample: Any, where: str, *, user: str | None, agent: str | None
+    sample: Any, where: str, checks: _Checks, *, user: str | None, agent: str | None
 ) -> ConversationData:
     """One LoCoMo sample: one conversation, one session per ``session_<n>`` with turns."""
     if not isinstance(sample, Mapping):
@@ -351,9 +363,7 @@ def _parse_locomo_sample(
         problem = "missing" if conversation is None else _expected("an object", conversation)
         raise _error(where, "conversation", problem)
     user_name = user if user is not None else f"locomo-{sample_id}"
-    name_problem = _name_problem(user_name)
-    if name_problem is not None:
-        raise _error(where, "sample_id", f"user name {user_name!r}: {name_problem}")
+    _check_name("user", user_name, where, "sample_id")
 
     numbered = []
     for key, turns in conversation.items():
@@ -375,18 +385,15 @@ def _parse_locomo_sample(
             created_at = parse_locomo_datetime(date_text)
         except ValidationError as exc:
             raise _error(where, date_key, str(exc)) from None
-        messages = tuple(
-            message
-            for number, turn in enumerate(turns, start=1)
-            if (
-                message := _locomo_message(
-                    turn, f"{where}, {key}, turn {number}", sample_id, created_at
-                )
-            )
-            is not None
-        )
+        messages = []
+        for number, turn in enumerate(turns, start=1):
+            place = f"{where}, {key}, turn {number}"
+            message = _locomo_message(turn, place, sample_id, created_at)
+            if message is not None:
+                checks.message(message, place, _LOCOMO_FIELDS)
+                messages.append(message)
         if messages:
-            sessions.append(SessionData(key, messages))
+            sessions.append(SessionData(key, tuple(messages)))
     return ConversationData(user=user_name, agent=agent, sessions=tuple(sessions))
 
 
@@ -441,27 +448,57 @@ def _error(where: str, field: str | None, problem: str) -> ValidationError:
     return error
 
 
-def _name_problem(value: object) -> str | None:
-    """Why ``value`` cannot be a user, agent or session name (tenancy's rules), or None."""
-    if not isinstance(value, str):
-        return f"expected a string, got {_type_name(value)}"
-    if not value.strip():
-        return "must not be empty"
-    if len(value) > MAX_NAME_LENGTH:
-        return f"longer than {MAX_NAME_LENGTH} characters"
-    if "\x00" in value:
-        return "must not contain NUL bytes"
-    return None
+class _Checks:
+    """``Memory.add``'s checks of every message, and the ids already used in the file.
+
+    An id given twice would be skipped as a retry within one session but fail the import
+    half-way in another, so any repeat in the file is refused up front.
+    """
+
+    def __init__(self, source: str, max_chars: int) -> None:
+        self.source = source
+        self.max_chars = max_chars
+        self.ids: dict[uuid.UUID, str] = {}
+
+    def message(
+        self, message: Mapping[str, Any], where: str, fields: Mapping[str, str] | None = None
+    ) -> None:
+        """Raise at ``where`` (naming the file's key per ``fields``) what ``add`` would raise."""
+        fields = fields or {}
+        try:
+            checked = validate_message(message, index=0, max_chars=self.max_chars)
+        except ValidationError as error:
+            key = fields.get(error.field, error.field) if error.field is not None else None
+            raise _error(where, key, _reason(error)) from None
+        if checked.client_id:
+            first = self.ids.setdefault(checked.id, where)
+            if first != where:
+                first = first.removeprefix(f"{self.source}: ")
+                raise _error(
+                    where, fields.get("id", "id"), f"{checked.id} is also the id of {first}"
+                )
 
 
-def _optional_name(raw: Mapping[str, Any], field: str, where: str) -> str | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    problem = _name_problem(value)
-    if problem is not None:
-        raise _error(where, field, problem)
+def _reason(error: ValidationError) -> str:
+    """The library's reason without its ``message N, field 'x': `` prefix; we give ours."""
+    parts = [] if error.index is None else [f"message {error.index}"]
+    if error.field is not None:
+        parts.append(f"field {error.field!r}")
+    return str(error).removeprefix(", ".join(parts) + ": ") if parts else str(error)
+
+
+def _check_name(kind: str, value: object, where: str, key: str | None) -> str:
+    """``value`` as a user, agent or session name, checked with the tenancy's own rule."""
+    try:
+        validate_name(kind, value)
+    except ValidationError as error:
+        raise _error(where, key, str(error)) from None
     return str(value)
+
+
+def _optional_name(raw: Mapping[str, Any], key: str, kind: str, where: str) -> str | None:
+    value = raw.get(key)
+    return None if value is None else _check_name(kind, value, where, key)
 
 
 def _reject_unknown(raw: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:

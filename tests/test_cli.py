@@ -7,8 +7,19 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from memfuse import cli
+from memfuse.cli import database_unavailable, main
+from memfuse.config import Settings
+from memfuse.db.urls import asyncpg_connect_args
 from memfuse.memory import MemFuse
 
 MEMFUSE = [sys.executable, "-m", "memfuse.cli"]
@@ -117,7 +128,207 @@ def test_worker_once_embeds_what_is_queued(database_url: str) -> None:
         async with MemFuse(database_url, pipeline_auto=False, embedder="none") as mf:
             memory = await mf.init("ana")
             messages = await memory.list_messages(all_sessions=True)
-            rows = [*messages, *await memory.list_episodes(all_sessions=True)]
-            return [row.embedded for row in rows]
+            episodes = await memory.list_episodes(all_sessions=True)
+            return [m.embedded for m in messages] + [e.embedded for e in episodes]
 
     assert asyncio.run(embedded()) == [True, True]
+
+
+# --- the database is down or refuses us: one line, exit 2 ---------------------------------------
+
+PASSWORD = "s3cret-Pw-42"
+REFUSED = f"postgresql://memfuse:{PASSWORD}@127.0.0.1:1/memfuse"
+UNKNOWN_HOST = f"postgresql://memfuse:{PASSWORD}@no-such-host.invalid/memfuse"
+NO_SOCKET = f"postgresql://memfuse:{PASSWORD}@/memfuse?host=/nonexistent/memfuse-socket-dir"
+
+
+def assert_one_line(
+    code: int, capsys: pytest.CaptureFixture[str], reason: str, password: str | None
+) -> str:
+    """Exit status 2 and exactly one line on stderr, naming the reason and not the password."""
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 2, err
+    assert err.startswith("memfuse: database unavailable: "), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert reason in err, err
+    assert "Traceback" not in err + captured.out
+    if password:
+        assert password not in err + captured.out
+    return err
+
+
+def command_arguments(command: str, tmp_path: Path) -> list[str]:
+    """Valid arguments for each command, so that only the database can be at fault."""
+    conversation = tmp_path / "conversation.json"
+    conversation.write_text(
+        json.dumps({"user": "ana", "messages": [{"role": "user", "content": "hi"}]})
+    )
+    locomo = tmp_path / "locomo.json"
+    locomo.write_text(json.dumps([LOCOMO_SAMPLE]))
+    return {
+        "db current": ["db", "current"],
+        "db upgrade": ["db", "upgrade"],
+        "db downgrade": ["db", "downgrade", "base"],
+        "demo": ["demo"],
+        "ingest": ["ingest", str(conversation), "--quiet"],
+        "worker": ["worker", "--once"],
+        "eval": ["eval", "locomo", "--data", str(locomo), "--output", str(tmp_path / "r.json")],
+        "stats": ["stats"],
+        "stats --json": ["stats", "--json"],
+    }[command]
+
+
+LOCOMO_SAMPLE = {
+    "sample_id": "tiny",
+    "conversation": {
+        "speaker_a": "Caroline",
+        "speaker_b": "Melanie",
+        "session_1_date_time": "1:56 pm on 8 May, 2023",
+        "session_1": [{"speaker": "Caroline", "dia_id": "D1:1", "text": "I love tea."}],
+    },
+    "qa": [{"question": "What does Caroline love?", "evidence": ["D1:1"], "category": 4}],
+}
+
+
+@pytest.fixture
+def embedder_without_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedder (the worker and eval need one) that loads no model and is never called."""
+    monkeypatch.setenv("MEMFUSE_EMBEDDER", "openai")
+    monkeypatch.setenv("MEMFUSE_EMBEDDING_BASE_URL", "http://127.0.0.1:1/v1")
+    monkeypatch.setenv("MEMFUSE_EMBEDDING_MODEL", "unused")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "db current",
+        "db upgrade",
+        "db downgrade",
+        "demo",
+        "ingest",
+        "worker",
+        "eval",
+        "stats",
+        "stats --json",
+    ],
+)
+@pytest.mark.usefixtures("embedder_without_model")
+def test_every_command_reports_a_refused_port_in_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.perf_counter()
+    code = main(["--database-url", REFUSED, *command_arguments(command, tmp_path)])
+    assert_one_line(code, capsys, "connection refused", PASSWORD)
+    assert time.perf_counter() - started < 20
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (REFUSED, "connection refused"),
+        (UNKNOWN_HOST, "unknown database host"),
+        (NO_SOCKET, "no server socket"),
+    ],
+    ids=["refused-port", "unknown-host", "missing-socket"],
+)
+@pytest.mark.parametrize("command", ["db current", "ingest", "stats"])
+def test_an_unreachable_server_is_one_line_naming_the_masked_url(
+    url: str, reason: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.perf_counter()
+    code = main(["--database-url", url, *command_arguments(command, tmp_path)])
+    err = assert_one_line(code, capsys, reason, PASSWORD)
+    assert "memfuse:***@" in err, "the URL is named, its password masked"
+    assert time.perf_counter() - started < 20, "fails fast, not after asyncpg's 60 s timeout"
+
+
+@pytest.mark.parametrize("command", ["db current", "demo", "ingest", "stats"])
+def test_a_database_that_does_not_exist_is_one_line(
+    server_url: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = make_url(server_url)
+    url = server.set(database=f"memfuse_missing_{uuid.uuid4().hex[:8]}")
+    code = main(
+        [
+            "--database-url",
+            url.render_as_string(hide_password=False),
+            *command_arguments(command, tmp_path),
+        ]
+    )
+    err = assert_one_line(code, capsys, "the database does not exist", server.password)
+    assert str(url.database) in err
+
+
+@pytest.mark.parametrize("command", ["db current", "demo", "ingest", "stats"])
+def test_a_role_the_server_refuses_is_one_line(
+    server_url: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_url(server_url).set(username="memfuse_no_such_role", password=PASSWORD)
+    code = main(
+        [
+            "--database-url",
+            url.render_as_string(hide_password=False),
+            *command_arguments(command, tmp_path),
+        ]
+    )
+    # Trust authentication says the role does not exist; password authentication refuses it.
+    assert_one_line(code, capsys, "refused", PASSWORD)
+
+
+@pytest.mark.usefixtures("embedder_without_model")
+def test_worker_and_eval_on_a_database_that_does_not_exist(
+    server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_url(server_url).set(database="memfuse_missing_db")
+    for command in ("worker", "eval"):
+        arguments = command_arguments(command, tmp_path)
+        code = main(["--database-url", url.render_as_string(hide_password=False), *arguments])
+        assert_one_line(code, capsys, "does not exist", make_url(server_url).password)
+
+
+def test_doctor_keeps_its_report_when_the_database_is_down(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["--database-url", REFUSED, "doctor"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err == ""
+    assert "FAIL" in captured.out and "unhealthy" in captured.out
+    assert PASSWORD not in captured.out and "Traceback" not in captured.out
+
+
+def test_other_os_errors_are_not_reported_as_an_outage() -> None:
+    """A missing model or an unwritable report is an OSError too, but not the database's."""
+    settings = Settings(database_url=REFUSED)
+    try:
+        Path("/nonexistent/memfuse/report.json").write_text("{}")
+    except OSError as error:
+        assert database_unavailable(error, settings) is None
+    try:
+        raise ConnectionRefusedError(111, "refused by something else")
+    except OSError as error:
+        assert database_unavailable(error, settings) is None
+
+
+def test_a_driver_error_is_reported_with_the_masked_url() -> None:
+    async def connect() -> None:
+        await asyncpg.connect(**asyncpg_connect_args(REFUSED))
+
+    with pytest.raises(OSError) as caught:
+        asyncio.run(connect())
+    unavailable = database_unavailable(caught.value, Settings(database_url=REFUSED))
+    assert unavailable is not None
+    assert str(unavailable) == (
+        "database unavailable: connection refused (is the server running?) "
+        "(database postgresql+asyncpg://memfuse:***@127.0.0.1:1/memfuse)"
+    )
+
+
+def test_ctrl_c_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_db_command", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--database-url", REFUSED, "db", "current"])

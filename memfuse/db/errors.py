@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import traceback
 from collections.abc import Iterator
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
+from memfuse.db.urls import mask_url
 from memfuse.errors import DatabaseUnavailableError, MemfuseError
 
+_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,  # refused port, unknown host (socket.gaierror), missing socket file, reset
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.CannotConnectNowError,  # the server is starting or shutting down
     asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown, terminated backend
@@ -65,6 +68,21 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
                 stack.append(inner)
 
 
+def _from_driver(error: BaseException) -> bool:
+    """Whether the database driver raised or passed on ``error``.
+
+    A refused port or an unknown host reach us as plain ``OSError``s whose traceback runs
+    through asyncpg; a missing model file or an unwritable report is an ``OSError`` too, and
+    must not be reported as a database outage.
+    """
+    if type(error).__module__.startswith(_DRIVER_MODULES):
+        return True
+    return any(
+        str(frame.f_globals.get("__name__", "")).startswith(_DRIVER_MODULES)
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+    )
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` means the database is unreachable, refused us, or went away."""
     if isinstance(error, MemfuseError):
@@ -74,6 +92,8 @@ def is_unavailable(error: BaseException) -> bool:
             return True
         if isinstance(inner, _UNAVAILABLE):
             return True
+        if isinstance(inner, OSError) and _from_driver(inner):
+            return True  # refused port, unknown host, missing socket file, reset
         if isinstance(inner, asyncpg.InterfaceError) and "closed" in str(inner):
             return True  # "connection is closed": other interface errors are our bugs
     return False
@@ -99,7 +119,10 @@ def unavailable_error(error: BaseException, url: str | URL | None) -> DatabaseUn
         return error
     masked = None
     if url is not None:
-        masked = url.render_as_string(hide_password=True) if isinstance(url, URL) else url
+        try:
+            masked = mask_url(url)
+        except MemfuseError:
+            masked = None  # an unparsable URL is not echoed: it may hold a password
     return DatabaseUnavailableError(describe_unavailable(error), url=masked)
 
 

@@ -16,7 +16,6 @@ and their fusion).
 from __future__ import annotations
 
 import functools
-import json
 import re
 import statistics
 import uuid
@@ -30,9 +29,11 @@ from tqdm import tqdm
 from memfuse.errors import ValidationError
 from memfuse.ingest import (
     LOCOMO_SESSION,
+    ConversationData,
     ingest_conversations,
-    load_conversations,
     locomo_turn_id,
+    parse_conversations,
+    read_document,
 )
 from memfuse.memory import MemFuse, Memory
 
@@ -77,32 +78,109 @@ class Question:
     evidence: frozenset[uuid.UUID]
 
 
+@dataclass(frozen=True, slots=True)
+class LocomoData:
+    """A LoCoMo file read and checked: the conversations to load and the questions to ask."""
+
+    conversations: list[ConversationData]
+    questions: list[Question]
+    left_out: dict[str, int]
+
+
+SAMPLE_KEYS: Final = ("sample_id", "conversation", "qa")
+
+
+def load_locomo(path: str | Path, *, max_chars: int | None = None) -> LocomoData:
+    """Read and check the whole file, so a wrong or broken file is refused before any write.
+
+    ``max_chars`` is the content limit of ``Memory.add`` (default: the setting's default).
+    """
+    source = str(path)
+    samples = locomo_samples(read_document(path), source)
+    conversations = parse_conversations(samples, source=source, max_chars=max_chars)
+    questions, left_out = questions_of(samples, source)
+    if not questions:
+        raise ValidationError(f"{source}: no question of categories 1-4 with evidence to score")
+    return LocomoData(conversations, questions, left_out)
+
+
 def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
-    """Questions of categories 1-4 with usable evidence, and counts of what was left out.
+    """Questions of categories 1-4 with usable evidence, and counts of what was left out."""
+    source = str(path)
+    return questions_of(locomo_samples(read_document(path), source), source)
+
+
+def locomo_samples(document: Any, source: str) -> list[Mapping[str, Any]]:
+    """The samples of a LoCoMo document (a list of them, or one), or a ValidationError.
+
+    A memfuse ingest file or any other JSON is refused here with what it lacks, rather than
+    failing half-way through an evaluation.
+    """
+    samples = [document] if isinstance(document, Mapping) else document
+    if not isinstance(samples, list):
+        raise ValidationError(
+            f"{source}: not a LoCoMo file (locomo10.json format): expected a list of samples, "
+            f"got {type(document).__name__}"
+        )
+    if not samples:
+        raise ValidationError(f"{source}: not a LoCoMo file (locomo10.json format): no samples")
+    for number, sample in enumerate(samples, start=1):
+        where = f"{source}: sample {number}"
+        if not isinstance(sample, Mapping):
+            raise ValidationError(
+                f"{where}: not a LoCoMo sample: expected an object, got {type(sample).__name__}"
+            )
+        missing = [key for key in SAMPLE_KEYS if key not in sample]
+        if missing:
+            raise ValidationError(
+                f"{where}: not a LoCoMo sample (locomo10.json format): missing "
+                + ", ".join(repr(key) for key in missing)
+            )
+        for key, kind, name in (("conversation", Mapping, "an object"), ("qa", list, "a list")):
+            if not isinstance(sample[key], kind):
+                raise ValidationError(
+                    f"{where}: field {key!r}: expected {name}, got {type(sample[key]).__name__}"
+                )
+    return samples
+
+
+def questions_of(
+    samples: Sequence[Mapping[str, Any]], source: str
+) -> tuple[list[Question], dict[str, int]]:
+    """The scored questions of checked samples, and counts of what was left out.
 
     Evidence strings are read with ``D:?<session>:<turn>`` (so "D8:6; D9:17" is two turns and
     "D:11:26" is D11:26); ids of turns the conversation does not have are dropped.
     """
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(document, list):
-        raise ValidationError(f"{path}: expected a list of LoCoMo samples")
     questions: list[Question] = []
     skipped = {"category_5": 0, "no_evidence": 0, "evidence_ids_dropped": 0}
-    for sample in document:
+    for number, sample in enumerate(samples, start=1):
         sample_id = sample["sample_id"]
         turns = {
             turn["dia_id"]
             for key, session in sample["conversation"].items()
-            if LOCOMO_SESSION.fullmatch(key) and isinstance(session, list)
+            if LOCOMO_SESSION.fullmatch(str(key)) and isinstance(session, list)
             for turn in session
+            if isinstance(turn, Mapping) and isinstance(turn.get("dia_id"), str)
         }
-        for qa in sample["qa"]:
-            category = int(qa.get("category", 0))
+        for position, qa in enumerate(sample["qa"], start=1):
+            where = f"{source}: sample {number} ({sample_id}), qa {position}"
+            if not isinstance(qa, Mapping):
+                raise ValidationError(f"{where}: expected an object, got {type(qa).__name__}")
+            category = qa.get("category", 0)
+            if not isinstance(category, int) or isinstance(category, bool):
+                raise ValidationError(f"{where}: field 'category': expected an integer")
             if category not in CATEGORIES:
                 skipped["category_5"] += 1
                 continue
+            evidence = qa.get("evidence") or []
+            if not isinstance(evidence, list):
+                raise ValidationError(f"{where}: field 'evidence': expected a list")
+            question = qa.get("question")
+            if not isinstance(question, str) or not question.strip():
+                raise ValidationError(f"{where}: field 'question': expected a non-empty string")
             found = set()
-            for item in qa.get("evidence", []):
+            for item in evidence:
                 for session_number, turn_number in _EVIDENCE.findall(str(item)):
                     dia_id = f"D{session_number}:{turn_number}"
                     if dia_id in turns:
@@ -115,7 +193,7 @@ def load_questions(path: str | Path) -> tuple[list[Question], dict[str, int]]:
             questions.append(
                 Question(
                     user=f"locomo-{sample_id}",
-                    question=str(qa["question"]),
+                    question=question,
                     category=category,
                     evidence=frozenset(locomo_turn_id(sample_id, dia_id) for dia_id in found),
                 )
@@ -191,13 +269,17 @@ def minilm_token_counter() -> Callable[[str], int]:
 
 async def evaluate(
     mf: MemFuse,
-    data: str | Path,
+    data: LocomoData | str | Path,
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Load every conversation of ``data``, flush, ask every question; the report as JSON."""
-    conversations = load_conversations(data)
-    questions, skipped = load_questions(data)
+    """Load every conversation of ``data``, flush, ask every question; the report as JSON.
+
+    A path is read with :func:`load_locomo` first, so a bad file writes nothing.
+    """
+    if not isinstance(data, LocomoData):
+        data = load_locomo(data)
+    conversations, questions, skipped = data.conversations, data.questions, data.left_out
     await ingest_conversations(mf, conversations, progress=progress)
     await mf.flush()
     count_tokens = minilm_token_counter()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from memfuse.cli import main
-from memfuse.evaluation.locomo import covered_within, load_questions
+from memfuse.cli import EVAL_SCHEMA, main
+from memfuse.db.urls import asyncpg_connect_args
+from memfuse.errors import ValidationError
+from memfuse.evaluation.locomo import covered_within, load_locomo, load_questions
 from memfuse.ingest import NAMESPACE
 from memfuse.retrieval.service import SearchResult
 
@@ -161,3 +165,81 @@ def test_eval_refuses_to_empty_the_main_schema_or_to_run_without_vectors(
     monkeypatch.setenv("MEMFUSE_EMBEDDER", "local")
     assert main(["--schema", "memfuse", *arguments]) == 2
     assert not (tmp_path / "r.json").exists()
+
+
+NOT_LOCOMO: list[tuple[Any, str]] = [
+    (
+        {"user": "ann", "messages": [{"role": "user", "content": "I run on Tuesdays."}]},
+        "sample 1: not a LoCoMo sample (locomo10.json format): missing 'sample_id', "
+        "'conversation', 'qa'",
+    ),
+    ({}, "sample 1: not a LoCoMo sample (locomo10.json format): missing 'sample_id'"),
+    ([{"sample_id": "s", "conversation": {}}], "sample 1: not a LoCoMo sample"),
+    ([SAMPLE[0], {"qa": []}], "sample 2: not a LoCoMo sample"),
+    ([], "not a LoCoMo file (locomo10.json format): no samples"),
+    ("text", "not a LoCoMo file (locomo10.json format): expected a list of samples, got str"),
+    ([7], "sample 1: not a LoCoMo sample: expected an object, got int"),
+    ([{**SAMPLE[0], "qa": {}}], "sample 1: field 'qa': expected a list, got dict"),
+    ([{**SAMPLE[0], "qa": [{"category": "four"}]}], "qa 1: field 'category': expected an integer"),
+    ([{**SAMPLE[0], "qa": [{"category": 4, "evidence": ["D1:1"]}]}], "qa 1: field 'question'"),
+    ([{**SAMPLE[0], "qa": []}], "no question of categories 1-4 with evidence to score"),
+]
+
+
+@pytest.mark.parametrize(("document", "expected"), NOT_LOCOMO)
+def test_a_file_that_is_not_locomo_is_refused_naming_what_is_missing(
+    tmp_path: Path, document: Any, expected: str
+) -> None:
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValidationError) as caught:
+        load_locomo(path)
+    assert str(caught.value).startswith(f"{path}: "), str(caught.value)
+    assert expected in str(caught.value)
+
+
+async def schema_tables(database_url: str, schema: str) -> list[str]:
+    connection = await asyncpg.connect(**asyncpg_connect_args(database_url))
+    try:
+        rows = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1", schema
+        )
+        return [row["tablename"] for row in rows]
+    finally:
+        await connection.close()
+
+
+async def create_marker(database_url: str, schema: str) -> None:
+    connection = await asyncpg.connect(**asyncpg_connect_args(database_url))
+    try:
+        await connection.execute(f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".marker ()')
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [NOT_LOCOMO[0][0], {}, [{"speaker": "a", "text": "b"}]],
+    ids=["memfuse-ingest-file", "empty-object", "list-without-sample-keys"],
+)
+def test_eval_on_a_file_that_is_not_locomo_exits_2_before_writing(
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    document: Any,
+) -> None:
+    monkeypatch.setenv("MEMFUSE_EMBEDDER", "local")
+    asyncio.run(create_marker(database_url, EVAL_SCHEMA))
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps(document))
+    output = tmp_path / "report.json"
+    arguments = ["--data", str(path), "--output", str(output), "--quiet"]
+    code = main(["--database-url", database_url, "eval", "locomo", *arguments])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"memfuse: {path}: sample 1: not a LoCoMo sample"), error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert "missing 'sample_id'" in error
+    assert not output.exists()
+    assert asyncio.run(schema_tables(database_url, EVAL_SCHEMA)) == ["marker"], "not emptied"
