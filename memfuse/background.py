@@ -143,14 +143,17 @@ class SupervisedTask:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    async def stop(self, grace: float = 0.0) -> None:
-        """Stop: let the body finish for up to ``grace`` seconds, then cancel it."""
+    async def stop(self, grace: float | None = 0.0) -> None:
+        """Stop: let the body finish for up to ``grace`` seconds (``None``: as long as it
+        takes), then cancel it. Cancelling this call cancels the body too."""
         self._stopping.set()
         task = self._task
         if task is None or task.done():
             return
-        if grace > 0:
-            await asyncio.wait({task}, timeout=grace)
-        if not task.done():
-            task.cancel()
+        try:
+            if grace is None or grace > 0:
+                await asyncio.wait({task}, timeout=grace)
+        finally:
+            if not task.done():
+                task.cancel()
         await asyncio.wait({task})

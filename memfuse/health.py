@@ -2,23 +2,25 @@
 
 Each check is one line a person can act on: the database answers, pgvector is installed, the
 schema is at this code's revision, the vectors have the embedder's dimension, the embedding
-queue is not piling up, no row is dead-lettered, and no session's layer processing is failing.
-A check never raises; a failure is reported with its reason.
+queue is not piling up, no row is dead-lettered, no session's layer processing is failing, and
+(for a running ``MemFuse``) every background task is up rather than restarting. A check never
+raises; a failure is reported with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from memfuse.background import TaskState
 from memfuse.db import migrate
-from memfuse.db.models import Episode, Fact, Message, Session, User
+from memfuse.db.models import Episode, Fact, Message, Session, User, listener_name
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import MemfuseError
 from memfuse.repositories.jobs import JobRepository, QueueCounts
@@ -68,8 +70,13 @@ async def check_health(
     embedder: Embedder | None,
     max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH,
     check_seconds: float = 5.0,
+    tasks: Sequence[TaskState] | None = None,
 ) -> HealthReport:
-    """Run every check against ``engine``; later checks are skipped once the database is gone."""
+    """Run every check against ``engine``; later checks are skipped once the database is gone.
+
+    ``tasks`` are this process's background tasks (``None``: not checked, as in ``doctor``,
+    which runs none); any one not running fails the ``background`` check.
+    """
     started = time.perf_counter()
     factory = async_sessionmaker(engine, expire_on_commit=False)
     queue_counts: list[QueueCounts] = []
@@ -87,12 +94,29 @@ async def check_health(
             ("pgvector", lambda: _pgvector(engine)),
             ("schema", lambda: _schema(engine, schema)),
             ("dimension", lambda: _dimension(engine, schema, embedder)),
-            ("queue", lambda: _queue(read_queue, max_queue_depth)),
+            (
+                "queue",
+                lambda: _queue(read_queue, max_queue_depth, lambda: _listeners(engine, schema)),
+            ),
             ("dead letters", lambda: _dead_letters(read_queue)),
             ("pipeline", lambda: _pipeline(factory)),
         ):
             checks.append(await _guarded(name, check_seconds, run))
+    if tasks is not None:
+        checks.append(_background(tasks))
     return HealthReport(tuple(checks), time.perf_counter() - started)
+
+
+def _background(tasks: Sequence[TaskState]) -> Check:
+    down = [task for task in tasks if task.status != "running"]
+    restarts = sum(task.restarts for task in tasks)
+    if down:
+        detail = "; ".join(
+            f"{task.name} {task.status}" + (f" after {task.last_error}" if task.last_error else "")
+            for task in down
+        )
+        return Check("background", False, detail, len(down))
+    return Check("background", True, f"{len(tasks)} tasks running ({restarts} restarts so far)", 0)
 
 
 async def _guarded(name: str, seconds: float, run: Callable[[], Awaitable[Check]]) -> Check:
@@ -158,11 +182,32 @@ async def _dimension(engine: AsyncEngine, schema: str, embedder: Embedder | None
     )
 
 
-async def _queue(read_queue: Callable[[], Awaitable[QueueCounts]], max_depth: int) -> Check:
+async def _queue(
+    read_queue: Callable[[], Awaitable[QueueCounts]],
+    max_depth: int,
+    count_listeners: Callable[[], Awaitable[int]],
+) -> Check:
     depth = (await read_queue()).depth
+    listening = f"{await count_listeners()} worker(s) listening for new jobs"
     if depth > max_depth:
-        return Check("queue", False, f"{depth} embedding jobs waiting (more than {max_depth})")
-    return Check("queue", True, f"{depth} embedding jobs waiting", depth)
+        return Check(
+            "queue", False, f"{depth} embedding jobs waiting (more than {max_depth}); {listening}"
+        )
+    return Check("queue", True, f"{depth} embedding jobs waiting; {listening}", depth)
+
+
+async def _listeners(engine: AsyncEngine, schema: str) -> int:
+    """Workers (of any process) whose LISTEN connection to this schema's queue is open."""
+    async with engine.connect() as connection:
+        found = await connection.execute(
+            select(func.count())
+            .select_from(text("pg_stat_activity"))
+            .where(
+                text("datname = current_database()"),
+                text("application_name = :name").bindparams(name=listener_name(schema)),
+            )
+        )
+        return int(found.scalar_one())
 
 
 async def _dead_letters(read_queue: Callable[[], Awaitable[QueueCounts]]) -> Check:

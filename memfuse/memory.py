@@ -10,20 +10,24 @@ async with MemFuse() as mf:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Self, TypeVar
 
 from dependency_injector import providers
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memfuse.background import TaskState
 from memfuse.config import Settings, load_settings
 from memfuse.container import Container, MessageBuffer, resolve, start, stop
 from memfuse.db import migrate
+from memfuse.db.errors import is_unavailable, unavailable_error
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, ConfigurationError, ValidationError
 from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
@@ -46,6 +50,27 @@ if TYPE_CHECKING:
 
 Order = Literal["asc", "desc"]
 MAX_PAGE = 1000
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _database_call(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """Report an unreachable database as :class:`DatabaseUnavailableError` (the masked URL
+    included), whatever driver error it surfaced as; every other error passes unchanged."""
+
+    @functools.wraps(method)
+    async def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as error:
+            if is_unavailable(error):
+                raise unavailable_error(error, self._database_url) from error
+            raise
+
+    return call
 
 
 class MemFuse:
@@ -78,6 +103,7 @@ class MemFuse:
         self.container.settings.override(providers.Object(settings))
         self._started = False
         self._closed = False
+        self._shutdown: asyncio.Future[None] | None = None
         self._buffer: MessageBuffer | None = None
         self.worker: EmbeddingWorker | None = None
 
@@ -93,6 +119,7 @@ class MemFuse:
     ) -> None:
         await self.close()
 
+    @_database_call
     async def start(self) -> None:
         """Start the database (embedded if no URL), migrate or check the schema, start work."""
         if self._closed:
@@ -128,10 +155,16 @@ class MemFuse:
             raise
 
     @property
+    def _database_url(self) -> str | None:
+        """For error messages (masked there); ``None`` for the embedded server."""
+        return self.settings.database_url
+
+    @property
     def monitor(self) -> PerformanceMonitor:
         monitor: PerformanceMonitor = self.container.monitor()
         return monitor
 
+    @_database_call
     async def init(self, user: str, agent: str | None = None, session: str | None = None) -> Memory:
         """The memory of ``user``'s ``session`` with ``agent``, created if missing.
 
@@ -141,6 +174,7 @@ class MemFuse:
         scope = await self.tenancy.resolve(user, agent, session)
         return Memory(self, scope)
 
+    @_database_call
     async def flush(self) -> None:
         """Return once everything added so far is committed, processed into M1 and M2, and
         (with the in-process worker) embedded.
@@ -157,6 +191,7 @@ class MemFuse:
             if self.worker is not None:
                 await self.worker.drain()
 
+    @_database_call
     async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
         """Database, pgvector, schema revision, vector dimension, queue, dead letters and
         pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an
@@ -167,13 +202,28 @@ class MemFuse:
             schema=self.settings.schema,
             embedder=await resolve(self.container.embedder),
             max_queue_depth=max_queue_depth,
+            tasks=self.task_states(),
         )
 
+    def task_states(self) -> list[TaskState]:
+        """Each background task of this instance: the write buffer's flusher, the pipeline's
+        runner, the embedding worker's loops and its LISTEN connection."""
+        states: list[TaskState] = []
+        if self._buffer is not None:
+            states.extend(self._buffer.task_states())
+        if self.settings.pipeline_auto:
+            states.extend(self.pipeline.task_states())
+        if self.worker is not None:
+            states.extend(self.worker.task_states())
+        return states
+
+    @_database_call
     async def metrics(self) -> dict[str, Any]:
         """The monitor (timings, gauges, counters) and the pools, as JSON-able builtins."""
         await self._refresh_gauges()
         return metrics_json(self.monitor, self.container.engine_registry().stats())
 
+    @_database_call
     async def metrics_text(self) -> str:
         """The same in Prometheus' text format (needs the ``metrics`` extra)."""
         await self._refresh_gauges()
@@ -193,10 +243,18 @@ class MemFuse:
         self.pipeline.set_parallel(parallel)
 
     async def close(self) -> None:
-        """Commit buffered writes, stop background work, release the database."""
-        if self._closed:
-            return
-        self._closed = True
+        """Commit buffered writes, stop background work, release the database.
+
+        Idempotent and safe to cancel: the shutdown runs once, in a task of its own, which a
+        cancelled ``close()`` does not stop; a second ``close()`` waits for the same
+        shutdown. Every ``add()`` still queued gets its ids or :class:`ClosedError`.
+        """
+        if self._shutdown is None:
+            self._closed = True
+            self._shutdown = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._shutdown)
+
+    async def _stop(self) -> None:
         if self._started:
             await stop(self.container)
 
@@ -226,6 +284,10 @@ class Memory:
         self.scope = scope
 
     @property
+    def _database_url(self) -> str | None:
+        return self._memfuse._database_url
+
+    @property
     def user(self) -> str:
         return self.scope.user
 
@@ -240,6 +302,7 @@ class Memory:
     def __repr__(self) -> str:
         return f"Memory(user={self.user!r}, agent={self.agent!r}, session={self.session!r})"
 
+    @_database_call
     async def add(self, messages: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
         """Store messages in this session, atomically; returns their ids once committed.
 
@@ -260,6 +323,7 @@ class Memory:
             self._changed()
             return ids
 
+    @_database_call
     async def query(
         self,
         query: str,
@@ -338,10 +402,12 @@ class Memory:
         """This user's cached search results are stale."""
         self._memfuse.retrieval.results.invalidate(self.scope.user_id)
 
+    @_database_call
     async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
         """The message with this id, if it is this user's."""
         return await self._memfuse.messages.get(self.scope, _uuid(message_id))
 
+    @_database_call
     async def list_messages(
         self,
         *,
@@ -360,6 +426,7 @@ class Memory:
             session_only=not all_sessions,
         )
 
+    @_database_call
     async def update_message(
         self,
         message_id: uuid.UUID | str,
@@ -375,12 +442,14 @@ class Memory:
         self._memfuse.pipeline.notify()
         return row
 
+    @_database_call
     async def delete_message(self, message_id: uuid.UUID | str) -> None:
         """Delete a message; M1/M2 of its session are rebuilt without it."""
         await self._memfuse.messages.delete(self.scope, _uuid(message_id))
         self._changed()
         self._memfuse.pipeline.notify()
 
+    @_database_call
     async def list_episodes(
         self,
         *,
@@ -400,6 +469,7 @@ class Memory:
                 newest_first=order == "desc",
             )
 
+    @_database_call
     async def list_facts(
         self,
         *,
@@ -421,11 +491,13 @@ class Memory:
                 newest_first=order == "desc",
             )
 
+    @_database_call
     async def delete_session(self) -> None:
         """Delete this session with its messages, episodes and facts."""
         await self._memfuse.tenancy.delete_session(self.scope)
         self._changed()
 
+    @_database_call
     async def delete_user(self) -> None:
         """Delete this user and everything stored for them."""
         await self._memfuse.tenancy.delete_user(self.scope)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from dependency_injector import providers
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memfuse.container import Container
+from memfuse.db import migrate
 from memfuse.db.engines import create_engine
+from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.health import check_health
 from memfuse.memory import MemFuse
 
@@ -37,9 +42,29 @@ async def test_a_migrated_database_is_healthy(database_url: str) -> None:
     async with MemFuse(database_url) as mf:
         report = await mf.health()
     assert report.ok, report.lines()
-    assert [check.name for check in report.checks] == NAMES
+    assert [check.name for check in report.checks] == [*NAMES, "background"]
     assert report.to_dict()["ok"] is True
     assert json.dumps(report.to_dict(), default=str)
+
+
+async def test_doctor_counts_the_workers_listening_in_any_process(
+    database_url: str, engine: AsyncEngine, model: LocalEmbedder
+) -> None:
+    """The queue check of another process (``doctor``) sees this process's LISTEN
+    connection by its application name in pg_stat_activity."""
+    await migrate.upgrade(engine)
+    before = await check_health(engine, schema="memfuse", embedder=None)
+    assert "0 worker(s) listening" in {c.name: c.detail for c in before.checks}["queue"]
+    container = Container()
+    container.embedder.override(providers.Object(model))
+    async with MemFuse(database_url, container=container, embedder="local") as mf:
+        assert mf.worker is not None
+        for _ in range(200):
+            if mf.worker.stats.listener_connects:
+                break
+            await asyncio.sleep(0.05)
+        report = await check_health(engine, schema="memfuse", embedder=None)
+    assert "1 worker(s) listening" in {c.name: c.detail for c in report.checks}["queue"]
 
 
 async def test_health_reads_the_configured_schema(database_url: str) -> None:

@@ -11,6 +11,10 @@ The buffer is bounded: when ``max_pending`` messages wait, callers wait for room
 anything being dropped. A failed batch is retried one call at a time, so a bad call fails
 alone and every other call still commits. A caller is never told its rows are written
 unless they committed; on failure it gets the exception and may retry with the same ids.
+
+Every queued caller gets an answer: its ids, its error, or :class:`ClosedError` if the
+buffer was torn down (``close()`` itself cancelled) before its batch committed. No call
+waits forever. The flusher runs supervised: an unexpected error restarts it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from memfuse.background import SupervisedTask, TaskState
 from memfuse.errors import ClosedError
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.waiting import wait_at_most
@@ -98,7 +103,8 @@ class WriteBuffer(Generic[Request, Result]):
         self._flush_target = 0
         self._closing = False
         self._changed = asyncio.Condition()
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: SupervisedTask | None = None
+        self._in_flight: list[_Pending[Request, Result]] = []
 
     @property
     def pending_messages(self) -> int:
@@ -145,17 +151,48 @@ class WriteBuffer(Generic[Request, Result]):
             await self._changed.wait_for(lambda: self._done >= target)
 
     async def close(self) -> None:
-        """Write everything pending, then refuse new calls. Nothing queued is dropped."""
+        """Write everything pending, then refuse new calls. Nothing queued is dropped.
+
+        If this is cancelled (or the flusher cannot finish), every call still waiting gets
+        :class:`ClosedError` instead of hanging; a second ``close()`` returns at once.
+        """
         async with self._changed:
             self._closing = True
             self._changed.notify_all()
-        if self._flusher is not None:
-            await self._flusher
-            self._flusher = None
+        try:
+            if self._flusher is not None:
+                await self._flusher.stop(grace=None)
+        finally:
+            if self._flusher is not None:
+                await self._flusher.stop()  # cancelled midway: stop it for good
+            self._abandon()
+
+    def task_states(self) -> list[TaskState]:
+        """The flusher's state (empty before the first call)."""
+        return [] if self._flusher is None else [self._flusher.state]
+
+    def _abandon(self) -> None:
+        """Answer every call not written with :class:`ClosedError`; wake flush waiters."""
+        error = ClosedError("the write buffer was closed before this call was written")
+        for entry in (*self._in_flight, *self._queue):
+            _fail(entry, error)
+        self._in_flight = []
+        self._queue.clear()
+        self._pending_messages = self._pending_tokens = 0
+        self._done = max(self._done, self._issued)
+        self._flush_target = 0
+        if not self._changed.locked():
+            # Waiters re-check on their next wake-up; wake them without taking the lock.
+            asyncio.get_running_loop().create_task(self._wake_all())
+
+    async def _wake_all(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._run(), name="memfuse-write-buffer")
+        if self._flusher is None:
+            self._flusher = SupervisedTask("buffer_flusher", self._run, self._monitor)
+            self._flusher.start()
 
     def _reason(self, now: float) -> str | None:
         """Why a batch should go now, in priority order, or ``None`` to keep waiting."""
@@ -172,11 +209,13 @@ class WriteBuffer(Generic[Request, Result]):
         return None
 
     async def _run(self) -> None:
+        """Write batches until closed and empty (returning then ends supervision)."""
         while True:
             async with self._changed:
                 while True:
                     if not self._queue:
                         if self._closing:
+                            self._flusher_done()
                             return
                         await self._changed.wait()
                         continue
@@ -187,11 +226,27 @@ class WriteBuffer(Generic[Request, Result]):
                     deadline = self._queue[0].enqueued_at + self.max_delay
                     await wait_at_most(self._changed.wait(), deadline - now)
                 batch, last_ticket = self._take()
+                self._in_flight = batch
                 self._changed.notify_all()
-            await self._write(batch, reason)
+            try:
+                await self._write(batch, reason)
+            except Exception as error:
+                # A bug past _write's own handling: answer the batch, then restart.
+                for entry in batch:
+                    _fail(entry, error)
+                self._done = max(self._done, last_ticket)
+                asyncio.get_running_loop().create_task(self._wake_all())
+                raise
+            finally:
+                self._in_flight = []
             async with self._changed:
                 self._done = max(self._done, last_ticket)
                 self._changed.notify_all()
+
+    def _flusher_done(self) -> None:
+        """Closing and drained: tell the supervisor this return is the planned end."""
+        if self._flusher is not None:
+            self._flusher.stop_soon()
 
     def _take(self) -> tuple[list[_Pending[Request, Result]], int]:
         """The oldest calls up to ``max_messages`` (at least one), and the last ticket taken.
@@ -226,7 +281,13 @@ class WriteBuffer(Generic[Request, Result]):
                 results = await self._write_batch([entry.request for entry in batch])
         except asyncio.CancelledError:
             for entry in batch:
-                _fail(entry, ClosedError("the write buffer was cancelled before this commit"))
+                _fail(
+                    entry,
+                    ClosedError(
+                        "the write buffer was cancelled during this call's commit; it may or "
+                        "may not be stored: retry it with the same message ids"
+                    ),
+                )
             raise
         except Exception as error:
             if len(batch) == 1:

@@ -46,6 +46,12 @@ def embedding_channel(schema: str) -> str:
     return f"{schema}_embedding_jobs"
 
 
+def listener_name(schema: str) -> str:
+    """The ``application_name`` of a worker's LISTEN connection, so ``doctor`` (another
+    process) can count the workers listening on ``schema``'s queue in ``pg_stat_activity``."""
+    return f"memfuse-listener:{schema}"[:63]
+
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from memfuse.background import SupervisedTask, TaskState
 from memfuse.config import DEFAULT_SCHEMA
 from memfuse.db.migrate import check_embedding_dimension
-from memfuse.db.models import EmbeddingJob, embedding_channel
+from memfuse.db.models import EmbeddingJob, embedding_channel, listener_name
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ClosedError, ModelCallError
@@ -398,7 +398,11 @@ class EmbeddingWorker:
         supervisor reconnects after a short backoff and logs the cause.
         """
         url = self._engine.url.render_as_string(hide_password=False)
-        connection = await asyncpg.connect(**asyncpg_connect_args(url), timeout=10)
+        connection = await asyncpg.connect(
+            **asyncpg_connect_args(url),
+            timeout=10,
+            server_settings={"application_name": listener_name(self.schema)},
+        )
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(_setter(lost))

@@ -1,0 +1,192 @@
+"""Faults the background machinery must survive: a killed LISTEN connection, a loop that
+raises, a ``close()`` that is cancelled. Real PostgreSQL, the real model where vectors matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from dependency_injector import providers
+
+from memfuse.container import Container
+from memfuse.db.urls import asyncpg_connect_args
+from memfuse.embedding.embedders import LocalEmbedder
+from memfuse.embedding.worker import EmbeddingWorker
+from memfuse.errors import ClosedError
+from memfuse.memory import MemFuse, Memory
+
+
+@asynccontextmanager
+async def memfuse_with_model(
+    url: str, model: LocalEmbedder, **settings: object
+) -> AsyncIterator[MemFuse]:
+    container = Container()
+    container.embedder.override(providers.Object(model))
+    async with MemFuse(url, container=container, embedder="local", **settings) as mf:
+        yield mf
+
+
+async def terminate(url: str, pid: int) -> None:
+    """What a network blip or an administrator does to one backend."""
+    admin = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+
+async def wait_until(predicate: object, seconds: float) -> float:
+    """Seconds until ``predicate()`` held; fails the test after ``seconds``."""
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not within {seconds} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def embedded(memory: Memory, message_id: uuid.UUID) -> bool:
+    row = await memory.get_message(message_id)
+    return row is not None and row.embedded
+
+
+@pytest.mark.slow
+async def test_the_listener_comes_back_after_every_kill_and_wakes_the_worker(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    """Polling every 60 s would hide a dead listener; a vector within seconds proves the
+    NOTIFY path works again after each kill."""
+    async with memfuse_with_model(
+        database_url, model, worker_poll_interval=60.0, pipeline_auto=False
+    ) as mf:
+        worker = mf.worker
+        assert worker is not None
+        memory = await mf.init("watcher")
+        await wait_until(lambda: worker._listener is not None, 10)
+        for round_ in range(5):
+            connects = worker.stats.listener_connects
+            listener = worker._listener
+            assert listener is not None
+            await terminate(database_url, listener.get_server_pid())
+            await wait_until(lambda c=connects: worker.stats.listener_connects > c, 10)
+            # A writer in another process: the worker learns of it only through NOTIFY.
+            outsider = await asyncpg.connect(**asyncpg_connect_args(database_url))
+            try:
+                row_id = uuid.uuid4()
+                await outsider.execute(
+                    "INSERT INTO memfuse.messages (id, user_id, agent_id, session_id, seq, role,"
+                    " content, token_count) SELECT $1, user_id, agent_id, id, $2, 'user', $3, 3"
+                    " FROM memfuse.sessions WHERE id = $4",
+                    row_id,
+                    round_ + 1,
+                    f"outside write {round_}",
+                    memory.scope.session_id,
+                )
+            finally:
+                await outsider.close()
+            started = time.monotonic()
+            while not await embedded(memory, row_id):
+                assert time.monotonic() - started < 10, f"round {round_}: no wake-up"
+                await asyncio.sleep(0.05)
+        assert mf.monitor.counters().get("listener_restarts", 0) >= 5
+        health = await mf.health()
+        assert health.ok, health.lines()
+
+
+@pytest.mark.slow
+async def test_a_worker_loop_that_raises_restarts_and_health_shows_it(
+    database_url: str,
+    model: LocalEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with memfuse_with_model(database_url, model, pipeline_auto=False) as mf:
+        worker = mf.worker
+        assert worker is not None
+        original = EmbeddingWorker.process_batch
+
+        async def broken(self: EmbeddingWorker) -> int:
+            raise RuntimeError("a bug in one batch")
+
+        monkeypatch.setattr(EmbeddingWorker, "process_batch", broken)
+        memory = await mf.init("ana")
+        with caplog.at_level(logging.DEBUG, logger="memfuse.background"):
+            ids = await memory.add([{"role": "user", "content": "I adopted a cat."}])
+            worker.notify()
+            await wait_until(lambda: worker.task_states()[0].restarts >= 3, 10)
+            # Failing again and again: the loop spends its time in backoff, and health says so.
+            report = await mf.health()
+            background = next(c for c in report.checks if c.name == "background")
+            assert not background.ok
+            assert "embedding_worker-0 restarting after RuntimeError: a bug in one batch" in (
+                background.detail
+            )
+            monkeypatch.setattr(EmbeddingWorker, "process_batch", original)
+            await mf.flush()
+            assert await embedded(memory, ids[0])
+        warnings = [
+            r
+            for r in caplog.records
+            if "a bug in one batch" in r.getMessage() and r.levelno == logging.WARNING
+        ]
+        assert len(warnings) == 1, "the same cause is logged once at WARNING, repeats at DEBUG"
+        assert mf.monitor.counters()["embedding_worker_restarts"] >= 1
+        await wait_until(lambda: worker.task_states()[0].status == "running", 10)
+        assert (await mf.health()).ok
+
+
+async def test_a_cancelled_close_leaves_no_caller_hanging(database_url: str) -> None:
+    """The issue's reproduction: 200 adds queued in the buffer, close() cancelled while the
+    flusher works through them (one hundred transactions)."""
+    mf = MemFuse(database_url, pipeline_auto=False, buffer_max_delay=5.0, buffer_max_messages=40)
+    await mf.start()
+    memory = await mf.init("ana")
+    calls = [
+        asyncio.create_task(
+            memory.add([{"role": "user", "content": f"message {i}.{j}"} for j in range(20)])
+        )
+        for i in range(200)
+    ]
+    await asyncio.sleep(0.05)  # all queued, waiting for the buffer's 5 s age limit
+    closing = asyncio.create_task(mf.close())
+    await asyncio.sleep(0.1)  # the flusher is writing the queue out
+    assert not all(c.done() for c in calls)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    done, pending = await asyncio.wait(calls, timeout=30)
+    assert not pending, f"{len(pending)} callers still waiting"
+    acknowledged = [i for c in done if c.exception() is None for i in c.result()]
+    refused = [c.exception() for c in done if c.exception() is not None]
+    assert all(isinstance(e, ClosedError) for e in refused)
+    await asyncio.wait_for(mf.close(), 10)  # a second close returns once shutdown is over
+
+    # What was acknowledged is durable.
+    async with MemFuse(database_url, pipeline_auto=False) as reopened:
+        stored = await (await reopened.init("ana", session=memory.session)).list_messages(
+            limit=1000, offset=0
+        )
+        count = len(stored)
+        while len(stored) == 1000:
+            stored = await (await reopened.init("ana", session=memory.session)).list_messages(
+                limit=1000, offset=count
+            )
+            count += len(stored)
+    assert count >= len(acknowledged)
+    assert len(acknowledged) == 4000, "a cancelled close() still writes what was queued"
+
+
+async def test_close_twice_and_concurrently(database_url: str) -> None:
+    mf = MemFuse(database_url, pipeline_auto=False)
+    await mf.start()
+    await asyncio.gather(mf.close(), mf.close(), mf.close())
+    await mf.close()
+    with pytest.raises(ClosedError):
+        await mf.init("ana")
