@@ -405,6 +405,7 @@ class Memory:
     @_database_call
     async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
         """The message with this id, if it is this user's."""
+        self._memfuse._check_open()
         return await self._memfuse.messages.get(self.scope, _uuid(message_id))
 
     @_database_call
@@ -417,6 +418,7 @@ class Memory:
         all_sessions: bool = False,
     ) -> list[MessageRow]:
         """Messages of this session (or all of the user's), newest first by default."""
+        self._memfuse._check_open()
         _check_page(limit, offset, order)
         return await self._memfuse.messages.list(
             self.scope,
@@ -435,6 +437,7 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
     ) -> MessageRow:
         """Change a message's content or metadata; M1/M2 of its session are rebuilt."""
+        self._memfuse._check_open()
         row = await self._memfuse.messages.update(
             self.scope, _uuid(message_id), content=content, metadata=metadata
         )
@@ -445,6 +448,7 @@ class Memory:
     @_database_call
     async def delete_message(self, message_id: uuid.UUID | str) -> None:
         """Delete a message; M1/M2 of its session are rebuilt without it."""
+        self._memfuse._check_open()
         await self._memfuse.messages.delete(self.scope, _uuid(message_id))
         self._changed()
         self._memfuse.pipeline.notify()
@@ -459,6 +463,7 @@ class Memory:
         all_sessions: bool = False,
     ) -> list[EpisodeRow]:
         """M1 episodes of this session (or all of the user's), newest first by default."""
+        self._memfuse._check_open()
         _check_page(limit, offset, order)
         async with self._memfuse.session_factory() as db:
             return await EpisodeRepository(db).page(
@@ -480,6 +485,7 @@ class Memory:
         include_superseded: bool = False,
     ) -> list[FactRow]:
         """M2 facts from this session (or all of the user's); live ones unless asked."""
+        self._memfuse._check_open()
         _check_page(limit, offset, order)
         async with self._memfuse.session_factory() as db:
             return await FactRepository(db).page(
@@ -494,12 +500,14 @@ class Memory:
     @_database_call
     async def delete_session(self) -> None:
         """Delete this session with its messages, episodes and facts."""
+        self._memfuse._check_open()
         await self._memfuse.tenancy.delete_session(self.scope)
         self._changed()
 
     @_database_call
     async def delete_user(self) -> None:
         """Delete this user and everything stored for them."""
+        self._memfuse._check_open()
         await self._memfuse.tenancy.delete_user(self.scope)
         self._changed()
 

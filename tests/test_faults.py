@@ -186,7 +186,17 @@ async def test_a_cancelled_close_leaves_no_caller_hanging(database_url: str) -> 
 async def test_close_twice_and_concurrently(database_url: str) -> None:
     mf = MemFuse(database_url, pipeline_auto=False)
     await mf.start()
+    memory = await mf.init("ana")
     await asyncio.gather(mf.close(), mf.close(), mf.close())
     await mf.close()
     with pytest.raises(ClosedError):
         await mf.init("ana")
+    for call in (
+        memory.add([{"role": "user", "content": "too late"}]),
+        memory.list_messages(),
+        memory.list_episodes(),
+        memory.delete_session(),
+        memory.query("anything"),
+    ):
+        with pytest.raises(ClosedError):
+            await call

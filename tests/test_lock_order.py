@@ -70,7 +70,9 @@ async def edit_and_delete(memory: Memory, rng: random.Random) -> None:
 
 def unexpected(outcomes: list[object]) -> list[BaseException]:
     """Errors other than the NotFoundError a deleted scope may answer with."""
-    return [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, NotFoundError)]
+    return [
+        o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, NotFoundError)
+    ]
 
 
 @pytest.mark.slow
