@@ -5,6 +5,10 @@ episode is under the target size, stays within the maximum with it, and follows 
 previous message within the idle gap; otherwise it starts a new episode. Because the last
 episode is reopened when new messages arrive, the episodes come out the same whether a
 session is processed in one go or message by message.
+
+Storing episodes also points the session's facts at them (``episode_id``) under the user's
+fact lock, as storing facts does with the episodes: whichever of the two commits second
+links them, so no fact stays unlinked when M1 and M2 run at once or in different processes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from memfuse.layers.chunk import ChunkData
 from memfuse.layers.tokens import count_tokens
 from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
+from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.progress import Progress
 
 
@@ -38,10 +43,12 @@ class EpisodePolicy:
 @dataclass(frozen=True, slots=True)
 class PackedEpisodes:
     """The episodes to write: ``reopened`` is the id of the stored episode the first one
-    extends, or ``None`` when every episode is new."""
+    extends (``reopened_last_seq`` its end when it was read), or ``None`` when every episode
+    is new."""
 
     episodes: tuple[ChunkData, ...]
     reopened: uuid.UUID | None
+    reopened_last_seq: int | None = None
 
 
 def episode_line(message: ChunkData) -> str:
@@ -152,11 +159,17 @@ class EpisodeProcessor:
             return PackedEpisodes(tuple(packed), None)
         if packed[0].last_seq == context.last_seq:
             return PackedEpisodes(tuple(packed[1:]), None)
-        return PackedEpisodes(tuple(packed), context.id)
+        return PackedEpisodes(tuple(packed), context.id, context.last_seq)
 
     async def store(self, db: AsyncSession, progress: Progress, result: PackedEpisodes) -> None:
+        """Write the episodes, then link the session's facts to them (lock order: the user's
+        fact lock before memory rows)."""
+        facts = FactRepository(db)
+        await facts.lock_user(progress.user_id)
         repository = EpisodeRepository(db)
         episodes = list(result.episodes)
         if result.reopened is not None:
-            await repository.replace(result.reopened, episodes.pop(0))
+            assert result.reopened_last_seq is not None
+            await repository.replace(result.reopened, result.reopened_last_seq, episodes.pop(0))
         await repository.insert(episodes)
+        await facts.link_episodes(progress.user_id, progress.session_id)

@@ -5,7 +5,8 @@ an exact duplicate of a live fact is not stored again; a fact with a ``key`` (a 
 where someone lives) replaces the live facts of that slot that are older, which stay stored
 with ``valid_to`` closed and ``superseded_by`` set; a fact older than the live one of its slot
 is stored already closed. A fact's time (``valid_from``) is its source messages' time, not
-the time it was processed, so the outcome does not depend on processing order.
+the time it was processed, so the outcome does not depend on processing order. New facts are
+linked to the episodes already stored; M1 links the facts stored before its episodes.
 """
 
 from __future__ import annotations
@@ -125,3 +126,4 @@ class FactProcessor:
         )
         await repository.insert(plan.inserts)
         await repository.close(plan.closures)
+        await repository.link_episodes(progress.user_id, progress.session_id)

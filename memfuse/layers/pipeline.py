@@ -5,12 +5,18 @@ message counter is ahead of the layer's progress. So a crash or restart loses no
 the next pass picks up where the last committed one stopped. Each layer's result commits
 with its progress in one transaction, so nothing is processed twice; a pass that finds its
 progress moved (by another process, or by an edit) discards its result and reads again.
+
+Exactly-once across processes rests on the layer's progress row: a step reads holding it
+shared (so the progress, the messages and the open episode it reads are one state) and
+writes holding it exclusively, and an edit's rebuild holds both rows of the session
+exclusively while it bumps their ``generation`` (creating them if need be, so it cannot miss
+a row a pass is creating). Lock order: user, session, layer progress, the user's fact lock,
+memory rows, embedding jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,11 +26,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memfuse.background import SupervisedTask, TaskState
 from memfuse.errors import ClosedError, PipelineError
 from memfuse.layers.m0 import message_chunk
 from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
 from memfuse.repositories.tenancy import SessionRepository, UserRepository
@@ -79,7 +85,7 @@ class LayerPipeline:
         self._on_stored = on_stored
         self._pass_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
+        self._runner: SupervisedTask | None = None
         self._closed = False
 
     @property
@@ -134,7 +140,6 @@ class LayerPipeline:
             for items in units:
                 for progress in items:
                     await self._run_unit(progress, report)
-                await self._link(items[0])
             return
         limit = asyncio.Semaphore(self._concurrency)
 
@@ -142,11 +147,7 @@ class LayerPipeline:
             async with limit:
                 await self._run_unit(progress, report)
 
-        async def session(items: list[Progress]) -> None:
-            await asyncio.gather(*(run(progress) for progress in items))
-            await self._link(items[0])
-
-        await asyncio.gather(*(session(items) for items in units))
+        await asyncio.gather(*(run(progress) for items in units for progress in items))
 
     async def _run_unit(self, progress: Progress, report: PassReport) -> None:
         processor = self.processors[progress.layer]
@@ -165,7 +166,12 @@ class LayerPipeline:
             await self._record_failure(progress, error)
 
     async def process_session(self, processor: LayerProcessor[Any, Any], progress: Progress) -> int:
-        """Bring one layer of one session up to date; returns the messages processed."""
+        """Bring one layer of one session up to date; returns the messages processed.
+
+        The read holds the progress row shared, so no store or rebuild commits between its
+        statements; the write holds it exclusively and stores only if neither
+        ``processed_seq`` nor ``generation`` moved since the read.
+        """
         processed = 0
         while True:
             async with self._session_factory.begin() as db:
@@ -174,7 +180,7 @@ class LayerPipeline:
                 if not await self._lock_scope(db, progress):
                     return processed
                 current = await ProgressRepository(db).read(
-                    progress.user_id, progress.session_id, processor.layer
+                    progress.user_id, progress.session_id, processor.layer, lock="share"
                 )
                 if current is None or not current.pending:
                     return processed
@@ -195,7 +201,7 @@ class LayerPipeline:
                         return processed
                     progress_rows = ProgressRepository(db)
                     locked = await progress_rows.read(
-                        current.user_id, current.session_id, processor.layer, lock=True
+                        current.user_id, current.session_id, processor.layer, lock="update"
                     )
                     if locked is None or (locked.processed_seq, locked.generation) != (
                         current.processed_seq,
@@ -210,7 +216,7 @@ class LayerPipeline:
 
     @staticmethod
     async def _lock_scope(db: AsyncSession, progress: Progress) -> bool:
-        """Hold the user and session (shared) while writing; ``False`` if they were deleted."""
+        """Hold the user and session (shared) for a step; ``False`` if they were deleted."""
         if not await UserRepository(db).lock([progress.user_id]):
             return False
         return await SessionRepository(db).lock(progress.user_id, progress.session_id)
@@ -219,19 +225,6 @@ class LayerPipeline:
         async with self._session_factory() as db:
             found = await SessionRepository(db).get(progress.user_id, progress.session_id)
         return found is not None
-
-    async def _link(self, progress: Progress) -> None:
-        """Point the session's new facts at their episodes once both layers have run."""
-        if "m2" not in self.processors:
-            return
-        try:
-            async with self._session_factory.begin() as db:
-                await FactRepository(db).link_episodes(progress.user_id, progress.session_id)
-        except Exception as error:
-            if not await self._session_exists(progress):
-                logger.debug("session %s was deleted while processed", progress.session_id)
-                return
-            logger.warning("linking facts of session %s failed: %s", progress.session_id, error)
 
     async def _record_failure(self, progress: Progress, error: BaseException) -> None:
         backoff = min(timedelta(seconds=2 ** min(progress.failures + 1, 20)), MAX_BACKOFF)
@@ -253,29 +246,28 @@ class LayerPipeline:
     def start(self) -> None:
         """Run passes in the background: now, whenever :meth:`notify` is called, and every
         ``poll_interval`` seconds (which retries failed sessions and picks up messages other
-        processes wrote but did not process)."""
+        processes wrote but did not process). The loop runs supervised: an unexpected error
+        is logged, counted as ``pipeline_restarts`` and the loop restarts after a backoff."""
         if self._closed:
             raise ClosedError("the pipeline is closed")
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run_forever(), name="memfuse-pipeline")
-            self._wake.set()
+            self._runner = SupervisedTask("pipeline", self._run_forever, self._monitor)
+            self._runner.start()
+
+    def task_states(self) -> list[TaskState]:
+        """The background runner's state, for health checks; empty when not started."""
+        return [] if self._runner is None else [self._runner.state]
 
     async def _run_forever(self) -> None:
+        # A (re)started loop passes at once: work may be pending since before the failure.
+        self._wake.set()
         while not self._closed:
             await wait_at_most(self._wake.wait(), self._poll_interval)
             self._wake.clear()
-            try:
-                await self.process_pending(retry_failed=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("background layer processing failed; retrying on next write")
+            await self.process_pending(retry_failed=False)
 
     async def close(self) -> None:
         """Stop the background runner; work in progress rolls back and is redone later."""
         self._closed = True
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+            await self._runner.stop()

@@ -100,11 +100,20 @@ class EpisodeRepository:
         if episodes:
             await self.session.execute(insert(_TABLE), [_columns(chunk) for chunk in episodes])
 
-    async def replace(self, episode_id: uuid.UUID, episode: ChunkData) -> None:
-        """Write over an episode that grew; the new content is queued for embedding."""
-        await self.session.execute(
-            update(_TABLE).where(_TABLE.c.id == episode_id).values(**_columns(episode))
+    async def replace(self, episode_id: uuid.UUID, last_seq: int, episode: ChunkData) -> None:
+        """Write over an episode that grew; the new content is queued for embedding.
+
+        ``last_seq`` is where the episode ended when it was read: if it was deleted or
+        changed since, this raises rather than silently dropping the messages it gained.
+        """
+        result = await self.session.execute(
+            update(_TABLE)
+            .where(_TABLE.c.id == episode_id, _TABLE.c.last_seq == last_seq)
+            .values(**_columns(episode))
+            .returning(_TABLE.c.id)
         )
+        if result.scalar_one_or_none() is None:
+            raise RuntimeError(f"episode {episode_id} changed while it was being extended")
 
     async def page(
         self,

@@ -219,7 +219,12 @@ class FactRepository:
         return [_row(row) for row in result]
 
     async def link_episodes(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-        """Point facts of a session at the episode holding their first source message."""
+        """Point facts of a session at the episode holding their first source message.
+
+        Call it holding the user's fact lock (:meth:`lock_user`), after writing episodes or
+        facts: the lock orders the M1 and M2 steps of a session, so the later one sees the
+        other's rows and no fact is left unlinked.
+        """
         await self.session.execute(
             update(Fact)
             .where(

@@ -1,10 +1,19 @@
-"""How far M1 and M2 have processed each session, and rebuilding a session after an edit."""
+"""How far M1 and M2 have processed each session, and rebuilding a session after an edit.
+
+The progress rows of a session are the pipeline's lock on it: a layer step reads holding its
+row shared and writes holding it exclusively, and an edit or deletion holds both rows
+exclusively. Whoever touches a row first creates it (``INSERT ... ON CONFLICT``), which waits
+for a concurrent creator to commit; so a rebuild can never miss a row that a pass is creating
+and its ``generation`` bump is seen by every step that read before it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -91,23 +100,43 @@ class ProgressRepository:
             for row in result
         ]
 
+    async def _create(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, layers: Sequence[str]
+    ) -> None:
+        """Create the missing progress rows of a session, one layer at a time in name order.
+
+        A row another transaction is creating makes this wait for it to commit, so the row
+        is visible (and lockable) afterwards.
+        """
+        for layer in sorted(layers):
+            await self.session.execute(
+                insert(LayerProgress)
+                .from_select(
+                    ["session_id", "layer", "user_id"],
+                    select(Session.id, literal(layer), Session.user_id).where(
+                        Session.id == session_id, Session.user_id == user_id
+                    ),
+                )
+                .on_conflict_do_nothing(
+                    index_elements=[LayerProgress.session_id, LayerProgress.layer]
+                )
+            )
+
     async def read(
-        self, user_id: uuid.UUID, session_id: uuid.UUID, layer: str, *, lock: bool = False
+        self,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        layer: str,
+        *,
+        lock: Literal["share", "update"] | None = None,
     ) -> Progress | None:
         """A layer's progress in a session, creating its row; ``lock`` holds it until commit.
 
+        ``"share"`` keeps the row (so the layer's rows and the session's messages) from
+        changing while a step reads them; ``"update"`` is for the step that writes.
         ``None`` when the session does not exist (any more) for this user.
         """
-        await self.session.execute(
-            insert(LayerProgress)
-            .from_select(
-                ["session_id", "layer", "user_id"],
-                select(Session.id, literal(layer), Session.user_id).where(
-                    Session.id == session_id, Session.user_id == user_id
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=[LayerProgress.session_id, LayerProgress.layer])
-        )
+        await self._create(user_id, session_id, [layer])
         query = (
             select(
                 LayerProgress.processed_seq,
@@ -123,8 +152,8 @@ class ProgressRepository:
                 LayerProgress.user_id == user_id,
             )
         )
-        if lock:
-            query = query.with_for_update(of=LayerProgress)
+        if lock is not None:
+            query = query.with_for_update(of=LayerProgress, read=lock == "share")
         row = (await self.session.execute(query)).one_or_none()
         if row is None:
             return None
@@ -170,12 +199,15 @@ class ProgressRepository:
     async def lock(self, *, user_id: uuid.UUID, session_id: uuid.UUID | None = None) -> None:
         """Lock the progress rows of a session (or of all a user's sessions) until commit.
 
-        Deletions take these locks first, in the same order as the pipeline (progress row,
-        then the user's fact lock), so a deletion and a layer step queue up instead of
-        deadlocking.
+        Edits and deletions take these locks first, in the same order as the pipeline
+        (progress rows, then the user's fact lock), so they and a layer step queue up instead
+        of deadlocking. A session's rows are created if missing: a pass creating them at the
+        same moment is waited for, never overlooked. (A user's rows need no creating: the
+        user deletion that locks them holds the user exclusively, which no pass does.)
         """
         query = select(LayerProgress.session_id).where(LayerProgress.user_id == user_id)
         if session_id is not None:
+            await self._create(user_id, session_id, DERIVED_LAYERS)
             query = query.where(LayerProgress.session_id == session_id)
         await self.session.execute(
             query.order_by(LayerProgress.session_id, LayerProgress.layer).with_for_update()
@@ -184,23 +216,33 @@ class ProgressRepository:
     async def rebuild_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
         """Forget a session's episodes and facts so the pipeline derives them again from M0.
 
-        Called in the transaction that edits or deletes a message. Resetting the progress
-        rows locks them first, so a layer processing the session concurrently either commits
-        before this (and its rows are removed here) or sees the new ``generation`` and
-        discards its work. Facts of other sessions that this session's facts had closed
-        are reopened.
+        Called in the transaction that edits or deletes a message, after :meth:`lock`. Each
+        layer's row is reset by an upsert, so it is bumped even if a pass created it a moment
+        ago (a plain ``UPDATE`` skipped a row still uncommitted, and the pass then stored
+        episodes from the old text, or episodes that this deleted right after). A layer step
+        on the session either committed before the lock (and its rows are removed here) or
+        finds the new ``generation`` and discards its work. Facts of other sessions that this
+        session's facts had closed are reopened.
         """
-        await self.session.execute(
-            update(LayerProgress)
-            .where(LayerProgress.session_id == session_id)
-            .values(
-                processed_seq=0,
-                generation=LayerProgress.generation + 1,
-                failures=0,
-                retry_after=None,
-                last_error=None,
+        for layer in sorted(DERIVED_LAYERS):
+            reset = insert(LayerProgress).from_select(
+                ["session_id", "layer", "user_id", "generation"],
+                select(Session.id, literal(layer), Session.user_id, literal(1)).where(
+                    Session.id == session_id, Session.user_id == user_id
+                ),
             )
-        )
+            await self.session.execute(
+                reset.on_conflict_do_update(
+                    index_elements=[LayerProgress.session_id, LayerProgress.layer],
+                    set_={
+                        "processed_seq": 0,
+                        "generation": LayerProgress.generation + 1,
+                        "failures": 0,
+                        "retry_after": None,
+                        "last_error": None,
+                    },
+                )
+            )
         facts = FactRepository(self.session)
         await facts.lock_user(user_id)
         await facts.delete_for_session(user_id, session_id)

@@ -15,7 +15,11 @@ from sqlalchemy import text
 from memfuse.container import Container
 from memfuse.errors import PipelineError
 from memfuse.layers.extractors.offline import OfflineFactExtractor
+from memfuse.layers.m1 import EpisodeProcessor
 from memfuse.memory import MemFuse, Memory
+from memfuse.repositories.episodes import EpisodeRow
+from memfuse.repositories.facts import FactRepository
+from memfuse.repositories.progress import Progress
 
 DAY_1 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 
@@ -160,6 +164,40 @@ async def test_the_background_runner_processes_new_messages(database_url: str) -
     assert "Miso" in episode.content
 
 
+async def test_the_background_runner_restarts_after_an_unexpected_error(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as idle:
+        assert idle.pipeline.task_states() == []
+    async with MemFuse(database_url) as mf:
+        pipeline = mf.pipeline
+        process_pending = pipeline.process_pending
+        calls = 0
+
+        async def fails_once(*, retry_failed: bool = True) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("database gone")
+            return await process_pending(retry_failed=retry_failed)
+
+        pipeline.process_pending = fails_once  # type: ignore[method-assign]
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "I adopted a cat named Miso."}])
+        for _ in range(100):
+            if await memory.list_episodes():
+                break
+            await asyncio.sleep(0.05)
+        assert len(await memory.list_episodes()) == 1, "processed after the restart"
+        [state] = pipeline.task_states()
+        assert (state.name, state.status, state.restarts) == ("pipeline", "running", 1)
+        assert state.last_error == "RuntimeError: database gone"
+        assert mf.monitor.counters()["pipeline_restarts"] == 1
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING" and "pipeline" in r.message]
+    assert "database gone" in warning.message
+    assert [s.status for s in pipeline.task_states()] == ["stopped"]
+
+
 async def test_an_edit_rebuilds_the_session_from_its_messages(database_url: str) -> None:
     async with MemFuse(database_url, pipeline_auto=False) as mf:
         memory = await mf.init("ana")
@@ -179,6 +217,92 @@ async def test_an_edit_rebuilds_the_session_from_its_messages(database_url: str)
     assert episode.message_ids == (first,)
     assert facts and all("Miso" not in f.content and "bakery" not in f.content for f in facts)
     assert all(f.message_ids == (first,) for f in facts)
+
+
+class PausingEpisodes(EpisodeProcessor):
+    """M1 that stops once inside its read step, with the read transaction still open."""
+
+    def __init__(self, original: EpisodeProcessor) -> None:
+        super().__init__(original.policy)
+        self.paused = asyncio.Event()
+        self.release = asyncio.Event()
+        self.pause = True
+
+    async def load(self, db: Any, progress: Progress) -> EpisodeRow | None:
+        context = await super().load(db, progress)
+        if self.pause:
+            self.pause = False
+            self.paused.set()
+            await self.release.wait()
+        return context
+
+
+async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url: str) -> None:
+    """The first read of a session creates its progress row; an edit committed meanwhile
+    must still discard what that read saw (a rebuild once missed the uncommitted row)."""
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        first, second = await memory.add(
+            [
+                {"role": "user", "content": "I adopted a cat named Miso."},
+                {"role": "user", "content": "I work at the bakery on Main Street."},
+            ]
+        )
+        pausing = PausingEpisodes(mf.pipeline.processors["m1"])
+        mf.pipeline.processors["m1"] = pausing
+        flushing = asyncio.create_task(mf.flush())
+        await asyncio.wait_for(pausing.paused.wait(), timeout=10)
+        editing = asyncio.create_task(
+            memory.update_message(first, content="I adopted a dog named Rex.")
+        )
+        await asyncio.sleep(0.3)
+        pausing.release.set()
+        await asyncio.wait_for(asyncio.gather(flushing, editing), timeout=10)
+        await mf.flush()
+        [episode] = await memory.list_episodes()
+        facts = await memory.list_facts(include_superseded=True)
+    assert episode.content.splitlines() == [
+        "user: I adopted a dog named Rex.",
+        "user: I work at the bakery on Main Street.",
+    ]
+    assert episode.message_ids == (first, second)
+    assert not [f for f in facts if "Miso" in f.content]
+
+
+async def test_a_layer_step_during_a_deletion_does_not_lose_episodes(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion racing a session's first read once reset no progress, and an M1 step that
+    committed between the deletion's steps had its episode deleted but its progress kept."""
+    deleting = asyncio.Event()
+    resume = asyncio.Event()
+    delete_for_session = FactRepository.delete_for_session
+
+    async def slow_delete(self: FactRepository, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        deleting.set()
+        await resume.wait()
+        await delete_for_session(self, user_id, session_id)
+
+    monkeypatch.setattr(FactRepository, "delete_for_session", slow_delete)
+    async with MemFuse(database_url, pipeline_auto=False, fact_extractor="none") as mf:
+        memory = await mf.init("ana")
+        first, second, third = await memory.add(
+            [{"role": "user", "content": f"Message number {n}."} for n in range(3)]
+        )
+        pausing = PausingEpisodes(mf.pipeline.processors["m1"])
+        mf.pipeline.processors["m1"] = pausing
+        flushing = asyncio.create_task(mf.flush())
+        await asyncio.wait_for(pausing.paused.wait(), timeout=10)
+        removing = asyncio.create_task(memory.delete_message(second))
+        await asyncio.sleep(0.2)
+        pausing.release.set()
+        await asyncio.wait_for(deleting.wait(), timeout=10)
+        await asyncio.sleep(0.3)  # time for the M1 step to commit, if nothing holds it
+        resume.set()
+        await asyncio.wait_for(asyncio.gather(flushing, removing), timeout=10)
+        await mf.flush()
+        episodes = await memory.list_episodes()
+    assert [e.message_ids for e in episodes] == [(first, third)]
 
 
 async def test_new_messages_extend_the_open_episode(database_url: str) -> None:
