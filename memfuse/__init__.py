@@ -4,6 +4,8 @@ from memfuse.config import PoolSettings, Settings, load_settings
 from memfuse.errors import (
     ClosedError,
     ConfigurationError,
+    ConflictError,
+    DatabaseUnavailableError,
     DimensionMismatchError,
     ExtractionError,
     MemfuseError,
@@ -19,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ClosedError",
     "ConfigurationError",
+    "ConflictError",
+    "DatabaseUnavailableError",
     "DimensionMismatchError",
     "ExtractionError",
     "MemFuse",

@@ -29,7 +29,7 @@ from memfuse.container import Container, MessageBuffer, resolve, start, stop
 from memfuse.db import migrate
 from memfuse.db.errors import is_unavailable, unavailable_error
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import ClosedError, ConfigurationError, ValidationError
+from memfuse.errors import ClosedError, ConfigurationError
 from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
@@ -43,13 +43,13 @@ from memfuse.repositories.tenancy import AgentRepository, SessionRepository
 from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
 from memfuse.services.tenancy import MemoryScope, TenancyService
 from memfuse.telemetry import span
+from memfuse.validation import check_page, parse_message_id, validate_filter_name
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
 
 Order = Literal["asc", "desc"]
-MAX_PAGE = 1000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -380,8 +380,7 @@ class Memory:
     ) -> tuple[uuid.UUID | None, uuid.UUID | None, bool]:
         """Ids of the named agent and session of this user; ``found`` is false if one is not."""
         for name, value in (("agent", agent), ("session", session)):
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(f"must be a name, got {type(value).__name__}", field=name)
+            validate_filter_name(name, value)
         if agent is None and session is None:
             return None, None, True
         agent_id = session_id = None
@@ -406,7 +405,7 @@ class Memory:
     async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
         """The message with this id, if it is this user's."""
         self._memfuse._check_open()
-        return await self._memfuse.messages.get(self.scope, _uuid(message_id))
+        return await self._memfuse.messages.get(self.scope, parse_message_id(message_id))
 
     @_database_call
     async def list_messages(
@@ -419,7 +418,7 @@ class Memory:
     ) -> list[MessageRow]:
         """Messages of this session (or all of the user's), newest first by default."""
         self._memfuse._check_open()
-        _check_page(limit, offset, order)
+        check_page(limit, offset, order)
         return await self._memfuse.messages.list(
             self.scope,
             limit=limit,
@@ -439,7 +438,7 @@ class Memory:
         """Change a message's content or metadata; M1/M2 of its session are rebuilt."""
         self._memfuse._check_open()
         row = await self._memfuse.messages.update(
-            self.scope, _uuid(message_id), content=content, metadata=metadata
+            self.scope, parse_message_id(message_id), content=content, metadata=metadata
         )
         self._changed()
         self._memfuse.pipeline.notify()
@@ -449,7 +448,7 @@ class Memory:
     async def delete_message(self, message_id: uuid.UUID | str) -> None:
         """Delete a message; M1/M2 of its session are rebuilt without it."""
         self._memfuse._check_open()
-        await self._memfuse.messages.delete(self.scope, _uuid(message_id))
+        await self._memfuse.messages.delete(self.scope, parse_message_id(message_id))
         self._changed()
         self._memfuse.pipeline.notify()
 
@@ -464,7 +463,7 @@ class Memory:
     ) -> list[EpisodeRow]:
         """M1 episodes of this session (or all of the user's), newest first by default."""
         self._memfuse._check_open()
-        _check_page(limit, offset, order)
+        check_page(limit, offset, order)
         async with self._memfuse.session_factory() as db:
             return await EpisodeRepository(db).page(
                 self.scope.user_id,
@@ -486,7 +485,7 @@ class Memory:
     ) -> list[FactRow]:
         """M2 facts from this session (or all of the user's); live ones unless asked."""
         self._memfuse._check_open()
-        _check_page(limit, offset, order)
+        check_page(limit, offset, order)
         async with self._memfuse.session_factory() as db:
             return await FactRepository(db).page(
                 self.scope.user_id,
@@ -529,21 +528,3 @@ def _query_attributes(
     if request.max_tokens is not None:
         attributes["memfuse.max_tokens"] = request.max_tokens
     return attributes
-
-
-def _uuid(value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise ValidationError(f"not a message id: {value!r}") from None
-
-
-def _check_page(limit: int, offset: int, order: str) -> None:
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValidationError(f"limit must be between 1 and {MAX_PAGE}, got {limit!r}")
-    if not isinstance(offset, int) or offset < 0:
-        raise ValidationError(f"offset must be 0 or more, got {offset!r}")
-    if order not in ("asc", "desc"):
-        raise ValidationError(f"order must be 'asc' or 'desc', got {order!r}")

@@ -1,32 +1,44 @@
 """M0, the raw layer: validated messages written atomically, numbered per session.
 
 Validation happens before anything reaches the database, so a bad message rejects its whole
-``add()`` call with an error naming the message and the field, and nothing is written.
+``add()`` call with an error naming the message and the field, and nothing is written. The
+rules for text, names, metadata and times are :mod:`memfuse.validation`'s, shared with the
+other entry points.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memfuse.db.models import MESSAGE_ROLES
-from memfuse.errors import NotFoundError, ValidationError
+from memfuse.errors import ConflictError, NotFoundError, ValidationError
 from memfuse.layers.chunk import ChunkData
 from memfuse.layers.tokens import count_tokens
-from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
 from memfuse.repositories.facts import FactRepository
+from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
 from memfuse.repositories.progress import ProgressRepository
 from memfuse.repositories.tenancy import SessionRepository, UserRepository
 from memfuse.services.tenancy import MemoryScope
+from memfuse.validation import (
+    check_metadata,
+    check_text,
+    name_problem,
+    parse_message_id,
+    preview,
+    stored_timestamp,
+)
 
 MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
-MAX_NAME_CHARS = 255
+MESSAGE_ID_CONSTRAINT = "pk_messages"
+"""The primary key a concurrent write of the same client id violates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,109 +101,58 @@ def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput
     role = raw.get("role")
     if role not in MESSAGE_ROLES:
         raise ValidationError(
-            f"must be one of {', '.join(MESSAGE_ROLES)}, got {role!r}", index=index, field="role"
-        )
-    content = raw.get("content")
-    if not isinstance(content, str):
-        raise ValidationError(
-            f"must be a string, got {type(content).__name__}", index=index, field="content"
-        )
-    if not content.strip():
-        raise ValidationError("must not be empty", index=index, field="content")
-    if len(content) > max_chars:
-        raise ValidationError(
-            f"is {len(content)} characters, more than the limit of {max_chars} "
-            "(setting max_message_chars)",
+            f"must be one of {', '.join(MESSAGE_ROLES)}, got {preview(role)}",
             index=index,
-            field="content",
+            field="role",
         )
-    _reject_nul(content, index=index, field="content")
+    content = check_content(raw.get("content"), index=index, max_chars=max_chars)
 
+    for name_field in ("name", "speaker"):
+        problem = None if raw.get(name_field) is None else name_problem(raw[name_field])
+        if problem is not None:
+            raise ValidationError(problem, index=index, field=name_field)
     if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
+        # compared once both are names or None: comparing arbitrary values may recurse
         raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
-    name_field = "name" if "name" in raw else "speaker"
-    name = raw.get(name_field)
-    if name is not None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValidationError("must be a non-empty string", index=index, field=name_field)
-        if len(name) > MAX_NAME_CHARS:
-            raise ValidationError(
-                f"is longer than {MAX_NAME_CHARS} characters", index=index, field=name_field
-            )
-        _reject_nul(name, index=index, field=name_field)
+    name = raw.get("name" if "name" in raw else "speaker")
 
+    created_at = raw.get("created_at")
     return MessageInput(
         id=_message_id(raw.get("id"), index=index),
         client_id=raw.get("id") is not None,
         role=role,
         content=content,
         name=name,
-        created_at=_created_at(raw.get("created_at"), index=index),
-        metadata=_metadata(raw.get("metadata"), index=index),
+        created_at=(
+            None
+            if created_at is None
+            else stored_timestamp(created_at, index=index, field="created_at")
+        ),
+        metadata=check_metadata(raw.get("metadata"), index=index),
         token_count=count_tokens(content),
     )
 
 
-def _reject_nul(value: str, *, index: int, field: str) -> None:
-    if "\x00" in value:
-        raise ValidationError("must not contain NUL bytes", index=index, field=field)
+def check_content(value: object, *, index: int | None, max_chars: int) -> str:
+    """A message's text: a non-empty string of at most ``max_chars`` storable characters."""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"must be a string, got {type(value).__name__}", index=index, field="content"
+        )
+    if not value.strip():
+        raise ValidationError("must not be empty", index=index, field="content")
+    if len(value) > max_chars:
+        raise ValidationError(
+            f"is {len(value)} characters, more than the limit of {max_chars} "
+            "(setting max_message_chars)",
+            index=index,
+            field="content",
+        )
+    return check_text(value, index=index, field="content")
 
 
 def _message_id(value: object, *, index: int) -> uuid.UUID:
-    if value is None:
-        return uuid.uuid4()
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    raise ValidationError(f"must be a UUID, got {value!r}", index=index, field="id")
-
-
-def _created_at(value: object, *, index: int) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError(
-                f"must be an ISO-8601 timestamp, got {value!r}", index=index, field="created_at"
-            ) from None
-    if not isinstance(value, datetime):
-        raise ValidationError(
-            f"must be a datetime or ISO-8601 string, got {type(value).__name__}",
-            index=index,
-            field="created_at",
-        )
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(
-            "must carry a time zone (e.g. 2023-05-08T13:56:00+00:00)",
-            index=index,
-            field="created_at",
-        )
-    return value
-
-
-def _metadata(value: object, *, index: int) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValidationError(
-            f"must be a dict, got {type(value).__name__}", index=index, field="metadata"
-        )
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValidationError(
-            f"must be JSON-serializable: {error}", index=index, field="metadata"
-        ) from None
-    if "\\u0000" in text:
-        raise ValidationError("must not contain NUL characters", index=index, field="metadata")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
+    return uuid.uuid4() if value is None else parse_message_id(value, index=index)
 
 
 def message_chunk(row: MessageRow) -> ChunkData:
@@ -231,7 +192,21 @@ class MessageService:
         Messages whose id already exists in the same session are skipped (an idempotent
         retry) and keep their first sequence number; new messages are numbered after the
         session's last number. An id used elsewhere, or a missing session, fails the call.
+        Another call committing one of the ids first, after this one looked them up, is a
+        :class:`ConflictError`: nothing of this call is written and retrying it is safe.
         """
+        try:
+            return await self._write(requests)
+        except sa_exc.IntegrityError as error:
+            if not _is_message_id_conflict(error):
+                raise
+            raise ConflictError(
+                "a message id of this call was written concurrently by another call (the same "
+                "client id sent twice at once); nothing of this call was written and retrying "
+                "it is safe: a retry skips the ids already stored in this session"
+            ) from error
+
+    async def _write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
         async with self._session_factory.begin() as db:
             repository = MessageRepository(db)
             counters = await repository.lock_sessions(
@@ -295,12 +270,10 @@ class MessageService:
         """Change a message; its session's episodes and facts are rebuilt from M0."""
         values: dict[str, Any] = {}
         if content is not None:
-            checked = validate_message(
-                {"role": "user", "content": content}, index=0, max_chars=self.max_chars
-            )
-            values.update(content=content, token_count=checked.token_count)
+            checked = check_content(content, index=None, max_chars=self.max_chars)
+            values.update(content=checked, token_count=count_tokens(checked))
         if metadata is not None:
-            values["metadata"] = _metadata(metadata, index=0)
+            values["metadata"] = check_metadata(metadata)
         if not values:
             raise ValidationError("nothing to update: give content or metadata")
         async with self._session_factory.begin() as db:
@@ -320,6 +293,16 @@ class MessageService:
             if row is None:
                 raise NotFoundError(f"message {message_id} not found")
             await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+
+
+def _is_message_id_conflict(error: sa_exc.IntegrityError) -> bool:
+    """Whether ``error`` is a unique violation of the messages' primary key."""
+    inner: BaseException | None = error.orig
+    while inner is not None:
+        if isinstance(inner, asyncpg.UniqueViolationError):
+            return inner.constraint_name == MESSAGE_ID_CONSTRAINT
+        inner = inner.__cause__
+    return False
 
 
 async def _lock_message_session(

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BindParameter,
+    Row,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import DateTime
 
@@ -53,6 +65,9 @@ class MessageRow:
     embedded: bool
 
 
+_NEW_FIELDS = tuple(field.name for field in fields(NewMessage))
+"""Parameter names of a row to insert; ``asdict`` would deep-copy every metadata dict."""
+
 _COLUMNS = (
     Message.id,
     Message.user_id,
@@ -91,6 +106,13 @@ _INSERT = insert(_TABLE).values(
 """Insert statement for executemany; a missing ``created_at`` becomes the transaction time."""
 
 
+def _uuid_array(ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
+    """``ids`` as one ``uuid[]`` parameter: an ``IN`` list takes one parameter per id, and a
+    statement takes at most 32 767, which one large ``add()`` would exceed."""
+    array_type: ARRAY[uuid.UUID] = ARRAY(UUID(as_uuid=True))
+    return bindparam(None, list(ids), type_=array_type)
+
+
 def _row(row: Row[Any]) -> MessageRow:
     return MessageRow(**row._mapping)
 
@@ -109,16 +131,27 @@ class MessageRepository:
         Their users get a shared key lock first (see ``UserRepository.lock`` for the order).
         Locking in one order keeps concurrent multi-session writers free of deadlocks; the
         locks last until commit, so sequence numbers follow commit order without gaps.
-        Sessions that do not exist (or are another user's) are absent from the result.
+        Sessions that do not exist (or are another user's) are absent from the result. The
+        pairs travel as two arrays (two parameters, whatever their number); ``OF sessions``
+        keeps the lock off the ``unnest`` they are read from.
         """
         if not sessions:
             return {}
         await UserRepository(self.session).lock(sorted({user_id for user_id, _ in sessions}))
+        pairs = (
+            func.unnest(
+                _uuid_array([u for u, _ in sessions]), _uuid_array([s for _, s in sessions])
+            )
+            .table_valued("user_id", "session_id")
+            .render_derived()
+        )
         result = await self.session.execute(
             select(Session.id, Session.message_count)
-            .where(tuple_(Session.user_id, Session.id).in_(sessions))
+            .where(
+                tuple_(Session.user_id, Session.id).in_(select(pairs.c.user_id, pairs.c.session_id))
+            )
             .order_by(Session.id)
-            .with_for_update(key_share=True)
+            .with_for_update(of=Session, key_share=True)
         )
         return {row.id: int(row.message_count) for row in result}
 
@@ -137,13 +170,16 @@ class MessageRepository:
         if not ids:
             return {}
         result = await self.session.execute(
-            select(Message.id, Message.session_id).where(Message.id.in_(ids))
+            select(Message.id, Message.session_id).where(Message.id == any_(_uuid_array(ids)))
         )
         return {row.id: row.session_id for row in result}
 
     async def insert(self, rows: Sequence[NewMessage]) -> None:
+        """One ``executemany``: each row is its own parameter set, so any count works."""
         if rows:
-            await self.session.execute(_INSERT, [asdict(row) for row in rows])
+            await self.session.execute(
+                _INSERT, [{name: getattr(row, name) for name in _NEW_FIELDS} for row in rows]
+            )
 
     async def get(self, user_id: uuid.UUID, message_id: uuid.UUID) -> MessageRow | None:
         result = await self.session.execute(

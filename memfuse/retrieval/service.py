@@ -33,6 +33,7 @@ from memfuse.repositories.search import (
     Unit,
 )
 from memfuse.retrieval.cache import LruCache, ResultCache
+from memfuse.validation import check_text, preview, time_bound
 
 logger = logging.getLogger(__name__)
 
@@ -97,21 +98,22 @@ class SearchRequest:
         """Check every option; raise ``ValidationError`` naming the bad one."""
         if not isinstance(query, str):
             raise ValidationError(f"must be a string, got {type(query).__name__}", field="query")
-        cleaned = clean_query(query)
+        cleaned = clean_query(check_text(query, field="query"))
         if top_k is None and max_tokens is None:
             top_k = 5
         for name, value, upper in (("top_k", top_k, MAX_TOP_K), ("max_tokens", max_tokens, None)):
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"must be a positive integer, got {value!r}", field=name)
+                raise ValidationError(
+                    f"must be a positive integer, got {preview(value)}", field=name
+                )
             if upper is not None and value > upper:
                 raise ValidationError(f"must be at most {upper}, got {value}", field=name)
         if unit not in get_args(Unit):
-            raise ValidationError(f"must be 'message' or 'item', got {unit!r}", field="unit")
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
-                raise ValidationError("must be a timezone-aware datetime", field=name)
+            raise ValidationError(f"must be 'message' or 'item', got {preview(unit)}", field="unit")
+        since = time_bound(since, field="since")
+        until = time_bound(until, field="until")
         if not isinstance(include_unembedded, bool):
             raise ValidationError("must be True or False", field="include_unembedded")
         return cls(
@@ -121,14 +123,17 @@ class SearchRequest:
             layers=_choices("layers", layers, ALL_LAYERS),
             methods=_choices("methods", methods, ALL_METHODS),
             unit=unit,  # type: ignore[arg-type]
-            since=since,  # type: ignore[arg-type]
-            until=until,  # type: ignore[arg-type]
+            since=since,
+            until=until,
             include_unembedded=include_unembedded,
         )
 
 
 def clean_query(query: str) -> str:
-    """The query as searched and cached: NULs and runs of whitespace become one space, cut."""
+    """The query as searched and cached: runs of white space become one space, cut.
+
+    NULs become spaces too, for callers outside ``SearchRequest.build`` (which rejects them).
+    """
     return " ".join(query.replace("\x00", " ").split())[:MAX_QUERY_CHARS]
 
 
@@ -145,7 +150,9 @@ def _choices(name: str, value: object, allowed: tuple[T, ...]) -> tuple[T, ...]:
         raise ValidationError(f"must be a non-empty list drawn from {list(allowed)}", field=name)
     unknown = [item for item in value if item not in allowed]
     if unknown:
-        raise ValidationError(f"unknown {unknown!r}; choose from {list(allowed)}", field=name)
+        raise ValidationError(
+            f"unknown {preview(unknown)}; choose from {list(allowed)}", field=name
+        )
     return tuple(item for item in allowed if item in value)
 
 

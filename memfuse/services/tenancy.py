@@ -12,9 +12,10 @@ from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.progress import ProgressRepository
 from memfuse.repositories.tenancy import AgentRepository, SessionRepository, UserRepository
+from memfuse.validation import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from memfuse.validation import validate_name as validate_name
 
 DEFAULT_AGENT = "default"
-MAX_NAME_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +91,3 @@ class TenancyService:
             if not await users.lock([scope.user_id], exclusive=True):
                 raise NotFoundError(f"user {scope.user!r} does not exist")
             await users.delete(scope.user_id)
-
-
-def validate_name(field: str, value: object) -> None:
-    """Names are non-empty text without NUL bytes, at most 255 characters."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{field} name must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValidationError(f"{field} name must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValidationError(f"{field} name is longer than {MAX_NAME_LENGTH} characters")
-    if "\x00" in value:
-        raise ValidationError(f"{field} name must not contain NUL bytes")

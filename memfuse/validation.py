@@ -1,0 +1,292 @@
+"""The input rules every public entry point applies before anything reaches the database.
+
+Invariant: a value that passes these checks is written to PostgreSQL and read back equal
+(metadata as its JSON, whose numbers jsonb keeps as ``numeric``); a value that fails them raises
+:class:`~memfuse.errors.ValidationError` naming the field and saying what to change, before
+anything of the call is written. Concretely:
+
+- text (message content, names, metadata keys and strings, query text, filter names) holds no
+  NUL character and no lone surrogate (U+D800 to U+DFFF): PostgreSQL cannot store NUL in
+  ``text`` or ``jsonb``, and a surrogate cannot be encoded to UTF-8 at all;
+- user, agent, session and speaker names are non-empty and at most :data:`MAX_NAME_LENGTH`
+  characters;
+- metadata is a JSON object nested at most :data:`MAX_METADATA_DEPTH` levels, checked by an
+  iterative walk so that hostile nesting cannot exhaust Python's recursion limit;
+- a stored timestamp carries a time zone and lies, in UTC, within
+  [:data:`MIN_STORED_TIME`, :data:`MAX_STORED_TIME`]; a query bound only needs a time zone
+  and a UTC equivalent (the driver converts to UTC, which overflows at the ends of Python's
+  ``datetime`` range).
+
+Every entry point calls this one module; there is no second copy of these rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from memfuse.errors import ValidationError
+
+MAX_NAME_LENGTH = 255
+"""User, agent, session and speaker names, in characters."""
+
+MAX_METADATA_DEPTH = 64
+"""Levels of nested objects and arrays in metadata, the top-level object counting as one.
+Deep enough for any real document; shallow enough that serialising it cannot recurse out."""
+
+MIN_STORED_TIME = datetime(1, 1, 2, tzinfo=UTC)
+"""The earliest ``created_at`` stored. asyncpg writes 0001-01-01T00:00Z as ``-infinity`` (read
+back as a naive datetime), and a day of margin keeps date arithmetic on stored times (such as
+"the day before") inside Python's range."""
+
+MAX_STORED_TIME = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+"""The latest ``created_at`` stored; 9999-12-31T23:59:59.999999Z is ``infinity`` to asyncpg,
+and a day of margin keeps "tomorrow" of a stored time inside Python's range."""
+
+PAGE_ORDERS = ("asc", "desc")
+MAX_PAGE_LIMIT = 1000
+MAX_PAGE_OFFSET = 2**63 - 1
+"""PostgreSQL's ``OFFSET`` is a bigint."""
+
+_PREVIEW_CHARS = 60
+_FORBIDDEN_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def preview(value: object) -> str:
+    """``repr(value)`` cut to a readable length, for error messages about huge inputs.
+
+    Never raises: a value nested too deep to ``repr`` (or whose ``__repr__`` fails) is shown
+    by its type, so reporting bad input cannot itself fail.
+    """
+    try:
+        shown = repr(value)
+    except Exception:  # RecursionError for deep nesting, anything from a custom __repr__
+        return f"<{type(value).__name__}>"
+    if len(shown) <= _PREVIEW_CHARS:
+        return shown
+    return f"{shown[:_PREVIEW_CHARS]}… ({len(shown)} characters)"
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as PostgreSQL text, or ``None`` if it can."""
+    found = _FORBIDDEN_CHARACTER.search(value)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "must not contain NUL bytes ('\\x00'); remove them"
+    return (
+        f"contains a lone surrogate (U+{ord(found.group()):04X}) at position {found.start()}, "
+        "which is not valid Unicode; decode the source bytes with errors='replace' or remove it"
+    )
+
+
+def check_text(value: str, *, field: str, index: int | None = None) -> str:
+    """``value`` unchanged, or a :class:`ValidationError` if it holds NUL or a surrogate."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValidationError(problem, index=index, field=field)
+    return value
+
+
+def name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a user, agent, session or speaker name, or ``None``."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"longer than {MAX_NAME_LENGTH} characters ({len(value)}); use a shorter name"
+    return text_problem(value)
+
+
+def validate_name(kind: str, value: object) -> str:
+    """``value`` as a ``kind`` (user, agent, session) name; an error's ``field`` is ``kind``.
+
+    Also for names that only filter a query: a name that could never be stored is a mistake
+    the caller should hear about, not a silent empty result.
+    """
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValidationError(problem, field=kind)
+    return value  # type: ignore[return-value]  # name_problem checked it is a str
+
+
+def parse_message_id(value: object, *, field: str = "id", index: int | None = None) -> uuid.UUID:
+    """A message id given as a ``UUID`` or its string form; anything else is refused without
+    calling ``str()`` on it (which fails on deeply nested values)."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError(
+        f"must be a message id (a UUID or its string), got {preview(value)}",
+        index=index,
+        field=field,
+    )
+
+
+def validate_filter_name(kind: str, value: object) -> str | None:
+    """A query's ``agent``/``session`` filter: ``None`` (no filter) or a valid ``kind`` name.
+
+    The same rules as stored names, so a filter that could never match (empty, too long, NUL,
+    a surrogate) is an error rather than a driver failure or a silent empty result.
+    """
+    return None if value is None else validate_name(kind, value)
+
+
+def check_metadata(
+    value: object, *, index: int | None = None, field: str = "metadata"
+) -> dict[str, Any]:
+    """``value`` as the JSON object that will be stored, or a :class:`ValidationError`.
+
+    The walk is iterative and bounded by :data:`MAX_METADATA_DEPTH` before ``json.dumps``
+    (which recurses) sees the value; a value that contains itself fails the depth check.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"must be a dict, got {type(value).__name__}", index=index, field=field
+        )
+    document = dict(value)
+    _check_json_tree(document, index=index, field=field)
+    try:
+        text = json.dumps(document, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(
+            f"must be JSON-serializable (objects, arrays, strings, finite numbers, booleans, "
+            f"null): {error}",
+            index=index,
+            field=field,
+        ) from None
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _check_json_tree(document: dict[Any, Any], *, index: int | None, field: str) -> None:
+    """Depth and text rules over every container, key and string of ``document``."""
+    stack: list[tuple[object, tuple[object, ...]]] = [(document, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            problem = text_problem(node)
+            if problem is not None:
+                raise ValidationError(
+                    f"value at {_json_path(path)} {problem}", index=index, field=field
+                )
+            continue
+        if not isinstance(node, dict | list | tuple):
+            continue  # numbers, booleans, None; anything else fails json.dumps afterwards
+        if len(path) >= MAX_METADATA_DEPTH:
+            raise ValidationError(
+                f"is nested more than {MAX_METADATA_DEPTH} levels deep (at "
+                f"{_json_path(path[:8])}…), or contains itself; flatten it",
+                index=index,
+                field=field,
+            )
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str):
+                    problem = text_problem(key)
+                    if problem is not None:
+                        raise ValidationError(
+                            f"key {preview(key)} at {_json_path(path)} {problem}",
+                            index=index,
+                            field=field,
+                        )
+                stack.append((item, (*path, key)))
+        else:
+            stack.extend((item, (*path, position)) for position, item in enumerate(node))
+
+
+def _json_path(path: tuple[object, ...]) -> str:
+    """``path`` as ``["a"][0]``, or ``the top level`` when empty."""
+    return "".join(f"[{preview(step)}]" for step in path) or "the top level"
+
+
+def stored_timestamp(value: object, *, field: str, index: int | None = None) -> datetime:
+    """A time to store (a message's ``created_at``): an aware ``datetime`` or ISO-8601 string
+    within [:data:`MIN_STORED_TIME`, :data:`MAX_STORED_TIME`] in UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(
+                f"must be an ISO-8601 timestamp, got {preview(value)}", index=index, field=field
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"must be a datetime or ISO-8601 string, got {type(value).__name__}",
+            index=index,
+            field=field,
+        )
+    utc = _as_utc(value, field=field, index=index)
+    if not MIN_STORED_TIME <= utc <= MAX_STORED_TIME:
+        raise ValidationError(
+            f"is {utc.isoformat()} in UTC, outside the range memfuse stores "
+            f"({MIN_STORED_TIME.date()} to {MAX_STORED_TIME.date()} UTC)",
+            index=index,
+            field=field,
+        )
+    return value
+
+
+def time_bound(value: object, *, field: str) -> datetime | None:
+    """A query bound (``since``/``until``): ``None`` or an aware ``datetime`` that has a UTC
+    equivalent. The ends of the range compare as PostgreSQL's ``-infinity``/``infinity``."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"must be a timezone-aware datetime, got {type(value).__name__}", field=field
+        )
+    _as_utc(value, field=field, index=None)
+    return value
+
+
+def _as_utc(value: datetime, *, field: str, index: int | None) -> datetime:
+    try:
+        offset = value.utcoffset()
+    except (TypeError, ValueError) as error:
+        raise ValidationError(
+            f"has a time zone that gives no valid UTC offset: {error}", index=index, field=field
+        ) from None
+    if offset is None:
+        raise ValidationError(
+            "must carry a time zone (e.g. 2023-05-08T13:56:00+00:00)", index=index, field=field
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            f"{value.isoformat()} falls outside the years 1 to 9999 once converted to UTC; "
+            "give a time inside that range",
+            index=index,
+            field=field,
+        ) from None
+
+
+def check_page(limit: object, offset: object, order: object) -> None:
+    """Paging arguments of the ``list_*`` methods; bools are not numbers here."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise ValidationError(
+            f"must be an integer from 1 to {MAX_PAGE_LIMIT}, got {preview(limit)}", field="limit"
+        )
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int)
+        or not 0 <= offset <= MAX_PAGE_OFFSET
+    ):
+        raise ValidationError(
+            f"must be an integer from 0 to {MAX_PAGE_OFFSET}, got {preview(offset)}",
+            field="offset",
+        )
+    if not isinstance(order, str) or order not in PAGE_ORDERS:
+        raise ValidationError(f"must be 'asc' or 'desc', got {preview(order)}", field="order")
