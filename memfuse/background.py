@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from memfuse.db.errors import describe_unavailable, is_unavailable
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.waiting import wait_at_most
 
@@ -68,6 +69,7 @@ class SupervisedTask:
         self._restarting = False
         self._backoff = initial_backoff
         self._stopping = asyncio.Event()
+        self._retry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -109,7 +111,11 @@ class SupervisedTask:
                 error = failure
             if time.monotonic() - started >= self.healthy_after:
                 self._backoff = self.initial_backoff
-            described = f"{type(error).__name__}: {error}"
+            described = (
+                describe_unavailable(error)
+                if is_unavailable(error)
+                else f"{type(error).__name__}: {error}"
+            )
             # The same failure again before any healthy run (a database that stays down) is
             # logged at DEBUG: one WARNING per cause, not one per retry.
             repeated = described == self.last_error and self._backoff > self.initial_backoff
@@ -125,11 +131,16 @@ class SupervisedTask:
             )
             logger.debug("background task %s failure", self.name, exc_info=error)
             self._restarting = True
+            self._retry.clear()
             try:
-                await wait_at_most(self._stopping.wait(), self._backoff)
+                await wait_at_most(_either(self._stopping, self._retry), self._backoff)
             finally:
                 self._restarting = False
             self._backoff = min(self._backoff * 2, self.max_backoff)
+
+    def retry_now(self) -> None:
+        """End a backoff early: something showed the cause is gone (a write succeeded)."""
+        self._retry.set()
 
     def healthy(self) -> None:
         """The body reached a good state (e.g. connected): the next failure restarts fast."""
@@ -157,3 +168,13 @@ class SupervisedTask:
             if not task.done():
                 task.cancel()
         await asyncio.wait({task})
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Return once either event is set."""
+    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

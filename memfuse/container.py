@@ -22,6 +22,7 @@ from memfuse.buffer import WriteBuffer
 from memfuse.config import Settings, load_settings
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import EngineRegistry, process_registry, schema_execution_options
+from memfuse.db.errors import is_unavailable
 from memfuse.embedding.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.layers.extractors import FactExtractor
@@ -188,6 +189,7 @@ async def write_buffer_resource(
         max_tokens=settings.buffer_max_tokens,
         max_delay=settings.buffer_max_delay,
         max_pending=settings.buffer_max_pending,
+        fail_together=is_unavailable,
     )
     try:
         yield buffer

@@ -80,7 +80,10 @@ class WriteBuffer(Generic[Request, Result]):
         max_tokens: int = 50_000,
         max_delay: float = 0.0,
         max_pending: int = 10_000,
+        fail_together: Callable[[BaseException], bool] | None = None,
     ) -> None:
+        """``fail_together(error)`` says a failed batch's error is not any one call's fault
+        (the database is down, say): every call gets it at once instead of a retry each."""
         if max_messages < 1 or max_tokens < 1 or max_pending < max_messages or max_delay < 0:
             raise ValueError(
                 "need max_messages >= 1, max_tokens >= 1, max_pending >= max_messages "
@@ -94,6 +97,7 @@ class WriteBuffer(Generic[Request, Result]):
         self.max_tokens = max_tokens
         self.max_delay = max_delay
         self.max_pending = max_pending
+        self._fail_together = fail_together
         self.stats = BufferStats()
         self._queue: deque[_Pending[Request, Result]] = deque()
         self._pending_messages = 0
@@ -290,9 +294,10 @@ class WriteBuffer(Generic[Request, Result]):
                 )
             raise
         except Exception as error:
-            if len(batch) == 1:
-                self.stats.calls_failed += 1
-                _fail(batch[0], error)
+            if len(batch) == 1 or (self._fail_together is not None and self._fail_together(error)):
+                self.stats.calls_failed += len(batch)
+                for entry in batch:
+                    _fail(entry, error)
                 return
             logger.info("batch of %d calls failed (%s); writing them one by one", len(batch), error)
             for entry in batch:

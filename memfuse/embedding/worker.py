@@ -367,8 +367,11 @@ class EmbeddingWorker:
         return [task.state for task in self._tasks]
 
     def notify(self) -> None:
-        """Wake the loops now (in-process writers may call this after committing)."""
+        """Wake the loops now (in-process writers may call this after committing); a loop
+        backing off after an error retries now, since a write just succeeded."""
         self._wake.set()
+        for task in self._tasks:
+            task.retry_now()
 
     async def _loop(self) -> None:
         """Process batches until stopped; an error ends the run (the supervisor restarts it)."""

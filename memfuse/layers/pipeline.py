@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memfuse.background import SupervisedTask, TaskState
+from memfuse.db.errors import is_unavailable
 from memfuse.errors import ClosedError, PipelineError
 from memfuse.layers.m0 import message_chunk
 from memfuse.layers.processor import LayerProcessor
@@ -50,6 +51,32 @@ class PassReport:
 
     def add(self, layer: str, count: int) -> None:
         self.processed[layer] = self.processed.get(layer, 0) + count
+
+
+async def _all_or_none(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the units of a pass at once; when one raises, cancel the rest and raise its error.
+
+    ``asyncio.gather`` would return at the first error and leave the others running outside
+    the pass lock, overlapping the next pass.
+    """
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in done:
+        error = task.exception()
+        if error is not None:
+            raise error
 
 
 class LayerPipeline:
@@ -147,7 +174,7 @@ class LayerPipeline:
             async with limit:
                 await self._run_unit(progress, report)
 
-        await asyncio.gather(*(run(progress) for items in units for progress in items))
+        await _all_or_none(run(progress) for items in units for progress in items)
 
     async def _run_unit(self, progress: Progress, report: PassReport) -> None:
         processor = self.processors[progress.layer]
@@ -156,6 +183,10 @@ class LayerPipeline:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            if is_unavailable(error):
+                # The database, not this session, failed: no failure is recorded against
+                # the session; the pass ends and the caller (or the supervisor) retries.
+                raise
             if not await self._session_exists(progress):
                 logger.debug("session %s was deleted while processed", progress.session_id)
                 return
@@ -240,8 +271,11 @@ class LayerPipeline:
             logger.exception("could not record the failure of session %s", progress.session_id)
 
     def notify(self) -> None:
-        """Tell the background runner that new messages were written."""
+        """Tell the background runner that new messages were written (a write succeeded, so
+        a runner backing off after an outage retries now)."""
         self._wake.set()
+        if self._runner is not None:
+            self._runner.retry_now()
 
     def start(self) -> None:
         """Run passes in the background: now, whenever :meth:`notify` is called, and every
@@ -265,6 +299,8 @@ class LayerPipeline:
             await wait_at_most(self._wake.wait(), self._poll_interval)
             self._wake.clear()
             await self.process_pending(retry_failed=False)
+            if self._runner is not None:
+                self._runner.healthy()
 
     async def close(self) -> None:
         """Stop the background runner; work in progress rolls back and is redone later."""

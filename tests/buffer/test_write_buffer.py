@@ -314,6 +314,44 @@ async def test_a_bad_request_fails_only_its_own_caller(
     await buffer.close()
 
 
+async def test_an_error_that_is_nobodys_fault_fails_the_batch_at_once(
+    writer: FakeWriter, monitor: PerformanceMonitor
+) -> None:
+    """With the database down, retrying each call alone would only try to connect again and
+    again; ``fail_together`` says so, and every caller gets the error from the one attempt."""
+    buffer = make_buffer(
+        writer, monitor, max_messages=5, max_delay=60, fail_together=lambda e: True
+    )
+    requests = [Request(f"m{i}", fail=i == 2) for i in range(5)]
+    results = await asyncio.gather(
+        *(buffer.submit(request) for request in requests), return_exceptions=True
+    )
+
+    assert all(isinstance(result, Rejected) for result in results)
+    assert writer.batches == [["m0", "m1", "m2", "m3", "m4"]], "no call retried alone"
+    assert (buffer.stats.calls_written, buffer.stats.calls_failed) == (0, 5)
+    await buffer.close()
+
+
+async def test_a_flusher_that_raises_restarts_and_answers_its_batch(
+    writer: FakeWriter, monitor: PerformanceMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = make_buffer(writer, monitor)
+    original = WriteBuffer._write
+
+    async def broken(self: WriteBuffer[Request, str], batch: Any, reason: str) -> None:
+        monkeypatch.setattr(WriteBuffer, "_write", original)
+        raise RuntimeError("a bug past the batch's own error handling")
+
+    monkeypatch.setattr(WriteBuffer, "_write", broken)
+    with pytest.raises(RuntimeError, match="a bug past"):
+        await asyncio.wait_for(buffer.submit(Request("first")), 5)
+    assert await asyncio.wait_for(buffer.submit(Request("second")), 5) == "second written"
+    assert monitor.counters()["buffer_flusher_restarts"] == 1
+    await asyncio.wait_for(buffer.flush(), 5)
+    await buffer.close()
+
+
 async def test_a_call_cancelled_before_its_batch_is_taken_is_not_written(
     writer: FakeWriter, monitor: PerformanceMonitor
 ) -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from dependency_injector import providers
 from scripted_extractor import ScriptedExtractor
 from sqlalchemy import text
 
 from memfuse.container import Container
-from memfuse.errors import PipelineError
+from memfuse.errors import DatabaseUnavailableError, PipelineError
+from memfuse.layers.chunk import ChunkData
+from memfuse.layers.extractors import FactCandidate
 from memfuse.layers.extractors.offline import OfflineFactExtractor
 from memfuse.layers.m1 import EpisodeProcessor
 from memfuse.memory import MemFuse, Memory
@@ -150,6 +154,39 @@ async def test_a_failing_layer_keeps_its_messages_and_is_retried(database_url: s
         await mf.flush()
         assert [f.content for f in await memory.list_facts()] == ["Ana loves hiking."]
         assert await count(mf, "SELECT max(failures) FROM memfuse.layer_progress") == 0
+
+
+class LostConnectionExtractor(ScriptedExtractor):
+    """Fails as a dropped connection does: the database's fault, not the session's."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.fail = True
+
+    async def extract(self, messages: Sequence[ChunkData]) -> list[FactCandidate]:
+        if self.fail:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        return await super().extract(messages)
+
+
+async def test_a_lost_database_is_not_recorded_as_the_sessions_failure(database_url: str) -> None:
+    """A session whose processing met an outage keeps no failure, backoff or raw driver text;
+    the caller sees DatabaseUnavailableError and the next flush processes it."""
+    extractor = LostConnectionExtractor()
+    container = Container()
+    container.fact_extractor.override(providers.Object(extractor))
+    async with MemFuse(database_url, container=container, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "I love hiking."}])
+        with pytest.raises(DatabaseUnavailableError):
+            await mf.flush()
+        assert await count(mf, "SELECT coalesce(max(failures), 0) FROM memfuse.layer_progress") == 0
+        extractor.fail = False
+        await mf.flush()
+        assert (
+            await count(mf, "SELECT count(*) FROM memfuse.layer_progress WHERE processed_seq = 1")
+            == 2
+        )
 
 
 async def test_the_background_runner_processes_new_messages(database_url: str) -> None:
