@@ -8,29 +8,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from dependency_injector import providers
+from real_model import memfuse_with_model
 
-from memfuse.container import Container
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError
 from memfuse.memory import MemFuse, Memory
-
-
-@asynccontextmanager
-async def memfuse_with_model(
-    url: str, model: LocalEmbedder, **settings: object
-) -> AsyncIterator[MemFuse]:
-    container = Container()
-    container.embedder.override(providers.Object(model))
-    async with MemFuse(url, container=container, embedder="local", **settings) as mf:
-        yield mf
 
 
 async def terminate(url: str, pid: int) -> None:

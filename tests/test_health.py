@@ -9,11 +9,10 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-from dependency_injector import providers
+from real_model import memfuse_with_model
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memfuse.container import Container
 from memfuse.db import migrate
 from memfuse.db.engines import create_engine
 from memfuse.embedding.embedders import LocalEmbedder
@@ -55,9 +54,7 @@ async def test_doctor_counts_the_workers_listening_in_any_process(
     await migrate.upgrade(engine)
     before = await check_health(engine, schema="memfuse", embedder=None)
     assert "0 worker(s) listening" in {c.name: c.detail for c in before.checks}["queue"]
-    container = Container()
-    container.embedder.override(providers.Object(model))
-    async with MemFuse(database_url, container=container, embedder="local") as mf:
+    async with memfuse_with_model(database_url, model) as mf:
         assert mf.worker is not None
         for _ in range(200):
             if mf.worker.stats.listener_connects:

@@ -12,29 +12,15 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from dependency_injector import providers
+from real_model import memfuse_with_model
 
-from memfuse.container import Container
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.errors import NotFoundError
-from memfuse.memory import MemFuse, Memory
-
-
-@asynccontextmanager
-async def memfuse_with_model(
-    url: str, model: LocalEmbedder, **settings: object
-) -> AsyncIterator[MemFuse]:
-    """A MemFuse with the in-process worker on the real model (loaded once per run)."""
-    container = Container()
-    container.embedder.override(providers.Object(model))
-    async with MemFuse(url, container=container, embedder="local", **settings) as mf:
-        yield mf
+from memfuse.memory import Memory
 
 
 async def deadlocks(url: str) -> int:

@@ -66,6 +66,13 @@ class CallerLog:
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
 
+    def failed(self, error: Exception) -> None:
+        """Count a failed call; anything but the outage's own errors is the bug under test
+        (a raw driver or OS error that leaked, above all)."""
+        self.errors[type(error).__name__] += 1
+        if not isinstance(error, ACCEPTABLE_DURING_OUTAGE):
+            self.unexpected.append(_origin(error))
+
 
 def _origin(error: BaseException) -> str:
     """The error with the innermost memfuse frame that raised or passed it on, for reports."""
@@ -102,13 +109,8 @@ async def _writer(memory: Memory, log: CallerLog, stop: asyncio.Event) -> None:
             log.calls += 1
             try:
                 ids = await asyncio.wait_for(memory.add(batch), CALL_SECONDS)
-            except MemfuseError as error:
-                log.errors[type(error).__name__] += 1
-                if not isinstance(error, ACCEPTABLE_DURING_OUTAGE):
-                    log.unexpected.append(_origin(error))
-            except Exception as error:  # a raw driver or OS error leaked: the bug under test
-                log.errors[type(error).__name__] += 1
-                log.unexpected.append(_origin(error))
+            except Exception as error:
+                log.failed(error)
             else:
                 assert ids == expected, f"{log.name}: add() returned other ids"
                 log.acknowledged.extend(ids)
@@ -133,13 +135,8 @@ async def _reader(mf: MemFuse, memory: Memory, log: CallerLog, stop: asyncio.Eve
         log.calls += 1
         try:
             await asyncio.wait_for(calls[number % len(calls)](), CALL_SECONDS)
-        except MemfuseError as error:
-            log.errors[type(error).__name__] += 1
-            if not isinstance(error, ACCEPTABLE_DURING_OUTAGE):
-                log.unexpected.append(_origin(error))
-        except Exception as error:  # a raw driver or OS error leaked: the bug under test
-            log.errors[type(error).__name__] += 1
-            log.unexpected.append(_origin(error))
+        except Exception as error:
+            log.failed(error)
         else:
             log.last_ack = time.monotonic()
         await asyncio.sleep(RETRY_PAUSE)
