@@ -16,7 +16,7 @@ from real_model import memfuse_with_model
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import ClosedError
+from memfuse.errors import ClosedError, DatabaseUnavailableError
 from memfuse.memory import MemFuse, Memory
 
 
@@ -187,3 +187,20 @@ async def test_close_twice_and_concurrently(database_url: str) -> None:
     ):
         with pytest.raises(ClosedError):
             await call
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://ana:secret@127.0.0.1:1/memory", "connection refused"),
+        ("postgresql://ana:secret@no-such-host.invalid/memory", "unknown database host"),
+    ],
+)
+async def test_starting_against_an_unreachable_database_is_one_clear_error(
+    url: str, reason: str
+) -> None:
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        async with MemFuse(url, embedder="none"):
+            pass
+    assert reason in str(raised.value)
+    assert "secret" not in str(raised.value) and "***" in str(raised.value)
