@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -279,13 +280,17 @@ class EmbeddingWorker:
         results: dict[RowKey, list[float]] = {}
         errors: dict[RowKey, str] = {}
         for text, vector in zip(texts, vectors, strict=True):
-            if len(vector) == self.embedder.dimension:
-                results[_key(text)] = vector
-            else:
+            if len(vector) != self.embedder.dimension:
                 errors[_key(text)] = (
                     f"embedder returned {len(vector)} dimensions, "
                     f"expected {self.embedder.dimension}"
                 )
+            elif not _finite(vector):
+                # pgvector refuses NaN and infinity; stored, one such vector would fail the
+                # whole write transaction, batch after batch.
+                errors[_key(text)] = "embedder returned a vector with NaN or infinite values"
+            else:
+                results[_key(text)] = vector
         return results, errors
 
     async def _handle_failures(
@@ -463,6 +468,11 @@ class EmbeddingWorker:
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _: event.set()
+
+
+def _finite(vector: Sequence[float]) -> bool:
+    """Whether every value is finite (the sum is, unless one is not or they overflow)."""
+    return math.isfinite(sum(vector)) or all(math.isfinite(value) for value in vector)
 
 
 def _key(text: RowText) -> RowKey:

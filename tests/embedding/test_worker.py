@@ -175,6 +175,44 @@ async def test_a_poison_row_is_retried_then_dead_lettered_while_its_batch_succee
     assert (await message_vectors(engine_for_worker))["POISON pill"] is not None
 
 
+class NonFiniteEmbedder(ScriptedEmbedder):
+    """The real model, except that a poison text comes back with a NaN or an infinity."""
+
+    def __init__(self, model: LocalEmbedder, bad: float) -> None:
+        super().__init__(model)
+        self.bad = bad
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = await self.model.embed_documents(texts)
+        return [
+            [self.bad, *vector[1:]] if "POISON" in text else vector
+            for text, vector in zip(texts, vectors, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+async def test_a_vector_with_nan_or_infinity_fails_its_row_alone(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder, bad: float
+) -> None:
+    """pgvector refuses such a vector; stored with the others, it would fail their write too,
+    batch after batch. It is the row's failure instead: retried, then dead-lettered."""
+    memory = await mf.init("ana")
+    await add(memory, "good one", "POISON pill", "good two")
+    worker = make_worker(
+        engine_for_worker, NonFiniteEmbedder(model, bad), max_attempts=1, backoff_base=0.0
+    )
+    await worker.process_batch()
+    vectors = await message_vectors(engine_for_worker)
+    assert vectors["good one"] is not None and vectors["good two"] is not None
+    assert vectors["POISON pill"] is None
+    assert worker.stats.dead_lettered == 1
+    async with engine_for_worker.connect() as connection:
+        error = (
+            await connection.execute(text("SELECT last_error FROM memfuse.embedding_dead_letters"))
+        ).scalar_one()
+    assert "NaN or infinite" in error
+
+
 async def test_an_embedder_that_is_down_fails_the_batch_without_a_call_per_text(
     mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
 ) -> None:
