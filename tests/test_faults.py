@@ -204,3 +204,35 @@ async def test_starting_against_an_unreachable_database_is_one_clear_error(
             pass
     assert reason in str(raised.value)
     assert "secret" not in str(raised.value) and "***" in str(raised.value)
+
+
+@pytest.mark.slow
+async def test_a_flush_running_when_close_is_called_stops_and_leaves_no_lease(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    async with memfuse_with_model(
+        database_url, model, pipeline_auto=False, buffer_enabled=False, worker_batch_size=32
+    ) as mf:
+        worker = mf.worker
+        assert worker is not None
+        memory = await mf.init("ana")
+        await memory.add(
+            [{"role": "user", "content": f"message {i} about the sea"} for i in range(600)]
+        )
+        flushing = asyncio.create_task(mf.flush())
+        await asyncio.sleep(1.0)  # the flush is draining the queue, batch after batch
+    # close() has returned: the flush takes no new batch (it ends at once, refused), and no
+    # job stays leased under the closed worker's id (each would wait out its lease before
+    # another worker could take it).
+    await asyncio.sleep(0.3)
+    connection = await asyncpg.connect(**asyncpg_connect_args(database_url))
+    try:
+        leased = await connection.fetchval(
+            "SELECT count(*) FROM memfuse.embedding_jobs WHERE locked_by = $1", worker.worker_id
+        )
+    finally:
+        await connection.close()
+    assert leased == 0
+    done, _ = await asyncio.wait({flushing}, timeout=1.0)
+    assert done, "the flush went on after close() returned"
+    assert flushing.exception() is None or isinstance(flushing.exception(), ClosedError)

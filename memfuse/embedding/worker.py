@@ -24,13 +24,14 @@ so a poison text fails alone; a failed job backs off exponentially and, after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -126,6 +127,9 @@ class EmbeddingWorker:
         self._stopping = asyncio.Event()
         self._tasks: list[SupervisedTask] = []
         self._listener_task: SupervisedTask | None = None
+        self._batches_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._listener: asyncpg.Connection | None = None
 
     async def verify(self) -> None:
@@ -139,6 +143,16 @@ class EmbeddingWorker:
 
     async def process_batch(self) -> int:
         """Lease, embed and finish one batch; returns the number of jobs leased (0: none due)."""
+        self._batches_in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._process_batch()
+        finally:
+            self._batches_in_flight -= 1
+            if not self._batches_in_flight:
+                self._idle.set()
+
+    async def _process_batch(self) -> int:
         async with self._session_factory.begin() as db:
             repository = JobRepository(db)
             jobs = await repository.claim(self.batch_size, owner=self.worker_id, lease=self.lease)
@@ -146,13 +160,14 @@ class EmbeddingWorker:
                 return 0
             texts = await repository.texts(jobs)
         try:
-            vectors, errors = await self._embed(list(texts.values()))
-            written, busy, failed = await self._finish(jobs, texts, vectors, errors)
+            async with self._leases_renewed(jobs):
+                vectors, errors = await self._embed(list(texts.values()))
+            written, busy, failed, done = await self._finish(jobs, texts, vectors, errors)
         except BaseException:
             # Cancelled or failed: give the jobs back now rather than when the lease expires.
             await asyncio.shield(self._release_quietly(jobs))
             raise
-        self._count(jobs, texts, written, busy, failed)
+        self._count(jobs, texts, written, busy, failed, done)
         if written and self._on_written is not None:
             self._on_written()
         if busy and len(busy) == len(jobs):
@@ -166,11 +181,11 @@ class EmbeddingWorker:
         texts: dict[RowKey, RowText],
         vectors: dict[RowKey, list[float]],
         errors: dict[RowKey, str],
-    ) -> tuple[set[RowKey], list[Job], list[Job]]:
+    ) -> tuple[set[RowKey], list[Job], list[Job], int]:
         """Write vectors and settle the jobs in one short transaction that never waits.
 
-        Returns the rows written, the jobs given back because a writer held their row, and
-        the jobs that failed.
+        Returns the rows written, the jobs given back because a writer held their row, the
+        jobs that failed, and how many jobs were deleted as done.
         """
         async with self._session_factory.begin() as db:
             repository = JobRepository(db)
@@ -181,15 +196,43 @@ class EmbeddingWorker:
             await repository.write_vectors([(texts[key], vectors[key]) for key in written])
             busy = [job for job in jobs if _job_key(job) in held]
             failed = [job for job in jobs if _job_key(job) in unchanged and _job_key(job) in errors]
-            settled = {job.id for job in (*busy, *failed)}
-            # Done: embedded, or the row is gone, or its content changed (the change queued
-            # a job of its own, or took this one over).
-            await repository.finish(
+            embedded = [job.id for job in jobs if _job_key(job) in written]
+            settled = {job.id for job in (*busy, *failed)} | set(embedded)
+            # Embedded rows are locked and hold the embedded text: their jobs are done,
+            # whoever leases them now (a lease that expired mid-embed must not leave a job
+            # that two workers hand back and forth).
+            done = await repository.finish(embedded, owner=None)
+            # The row is gone, or its content changed: the change queued a job of its own,
+            # or took this one over (then it is no longer this worker's to delete).
+            done += await repository.finish(
                 [job.id for job in jobs if job.id not in settled], owner=self.worker_id
             )
             await repository.release([job.id for job in busy], owner=self.worker_id)
             await self._handle_failures(repository, failed, errors)
-        return written, busy, failed
+        return written, busy, failed, done
+
+    @contextlib.asynccontextmanager
+    async def _leases_renewed(self, jobs: Sequence[Job]) -> AsyncIterator[None]:
+        """Extend the batch's leases every third of a lease while the model runs, so a slow
+        embedder (an API retrying) does not lose its jobs to another worker midway."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease.total_seconds() / 3)
+                try:
+                    async with self._session_factory.begin() as db:
+                        await JobRepository(db).renew(
+                            [job.id for job in jobs], owner=self.worker_id, lease=self.lease
+                        )
+                except Exception as error:  # the lease may lapse; the work is not lost
+                    logger.debug("could not renew leases: %s", _describe(error))
+
+        renewing = asyncio.create_task(renew(), name="memfuse-lease-renewal")
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            await asyncio.wait({renewing})
 
     async def _release_quietly(self, jobs: Sequence[Job]) -> None:
         """Give leased jobs back after an error; if that fails too, their lease expires."""
@@ -200,8 +243,14 @@ class EmbeddingWorker:
             logger.debug("could not give back %d leased jobs: %s", len(jobs), _describe(error))
 
     async def drain(self) -> None:
-        """Return once no due job is left, including jobs other workers hold right now."""
+        """Return once no due job is left, including jobs other workers hold right now.
+
+        Raises :class:`ClosedError` once the worker is stopping (``close()``), so no batch
+        is leased after the worker gave its leases back.
+        """
         while True:
+            if self._stopping.is_set():
+                raise ClosedError("the embedding worker is stopped")
             if await self.process_batch():
                 continue
             async with self._session_factory() as db:
@@ -320,6 +369,7 @@ class EmbeddingWorker:
         written: set[RowKey],
         busy: Sequence[Job],
         failed: Sequence[Job],
+        done: int,
     ) -> None:
         now = datetime.now(UTC)
         for job in jobs:
@@ -327,7 +377,7 @@ class EmbeddingWorker:
                 lag_ms = (now - job.enqueued_at).total_seconds() * 1000
                 self._monitor.record("embedding_lag", lag_ms)
         self.stats.batches += 1
-        self.stats.jobs_done += len(jobs) - len(failed) - len(busy)
+        self.stats.jobs_done += done
         self.stats.vectors_written += len(written)
         self.stats.rows_gone += sum(1 for job in jobs if _job_key(job) not in texts)
         self.stats.rows_busy += len(busy)
@@ -448,8 +498,10 @@ class EmbeddingWorker:
         if listener is not None and not listener.is_closed():
             listener.terminate()
         await asyncio.gather(*(task.stop(grace) for task in tasks))
-        if tasks:
-            await self._release_leases()
+        # A flush() may be draining in its caller's task: let its batch in hand finish (it
+        # takes no new one once stopping) so no lease is taken after they are given back.
+        await wait_at_most(self._idle.wait(), grace)
+        await self._release_leases()
 
     async def _release_leases(self) -> None:
         try:

@@ -176,24 +176,38 @@ class JobRepository:
                     rows,
                 )
 
-    def _owned(self, job_ids: Sequence[int], owner: str) -> Select[int]:
-        """The jobs of ``job_ids`` that ``owner`` still leases and nobody else has locked."""
-        return (
-            select(EmbeddingJob.id)
-            .where(EmbeddingJob.id.in_(sorted(job_ids)), EmbeddingJob.locked_by == owner)
-            .order_by(EmbeddingJob.id)
-            .with_for_update(skip_locked=True)
-        )
+    def _owned(self, job_ids: Sequence[int], owner: str | None) -> Select[int]:
+        """The jobs of ``job_ids`` that ``owner`` still leases (``None``: whoever leases them)
+        and that no other transaction has locked."""
+        query = select(EmbeddingJob.id).where(EmbeddingJob.id.in_(sorted(job_ids)))
+        if owner is not None:
+            query = query.where(EmbeddingJob.locked_by == owner)
+        return query.order_by(EmbeddingJob.id).with_for_update(skip_locked=True)
 
-    async def finish(self, job_ids: Sequence[int], *, owner: str) -> None:
-        """Delete finished jobs that ``owner`` still leases.
+    async def finish(self, job_ids: Sequence[int], *, owner: str | None) -> int:
+        """Delete finished jobs; returns how many.
 
-        A job an edit took over (its lease cleared) or another worker re-leased is left for
-        its new owner.
+        With ``owner``, only jobs it still leases: a job an edit took over (its lease
+        cleared) or another worker re-leased is left for its new owner. Without, whoever
+        leases them: for jobs whose row the caller holds locked and has just given the
+        vector of its current text, any worker would only write the same vector again.
         """
+        if not job_ids:
+            return 0
+        result = await self.session.execute(
+            delete(EmbeddingJob)
+            .where(EmbeddingJob.id.in_(self._owned(job_ids, owner)))
+            .returning(EmbeddingJob.id)
+        )
+        return len(result.all())
+
+    async def renew(self, job_ids: Sequence[int], *, owner: str, lease: timedelta) -> None:
+        """Extend ``owner``'s leases: its model call is still running."""
         if job_ids:
             await self.session.execute(
-                delete(EmbeddingJob).where(EmbeddingJob.id.in_(self._owned(job_ids, owner)))
+                update(EmbeddingJob)
+                .where(EmbeddingJob.id.in_(self._owned(job_ids, owner)))
+                .values(locked_until=func.clock_timestamp() + lease)
             )
 
     async def release(self, job_ids: Sequence[int], *, owner: str) -> None:

@@ -8,10 +8,11 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from memfuse.db import migrate
 from memfuse.db.engines import create_engine
@@ -20,6 +21,7 @@ from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import DimensionMismatchError, EmbeddingError
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor import PerformanceMonitor
+from memfuse.repositories.jobs import JobRepository
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -294,6 +296,58 @@ async def test_a_crashed_workers_leases_expire_and_its_jobs_come_back(
     await asyncio.sleep(1.2)
     await other.drain()
     assert other.stats.jobs_done == queued
+    assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
+
+
+async def test_a_slow_embed_keeps_its_leases_renewed(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    """A model call longer than the lease: the lease is renewed, no other worker takes the
+    jobs meanwhile, and the batch finishes them."""
+    memory = await mf.init("ana")
+    await add(memory, "one", "two", "three")
+    embedder = ScriptedEmbedder(model)
+    embedder.before = lambda _: asyncio.sleep(1.5)
+    slow = make_worker(engine_for_worker, embedder, lease_seconds=0.6)
+    batch = asyncio.create_task(slow.process_batch())
+    await asyncio.sleep(1.0)  # well past the first lease
+    other = make_worker(engine_for_worker, model)
+    assert await other.process_batch() == 0, "the renewed leases keep the jobs"
+    assert await batch == 3
+    assert await jobs(engine_for_worker) == 0
+    assert slow.stats.jobs_done == 3
+
+
+async def test_a_job_whose_lease_lapsed_mid_embed_is_still_finished(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    """Another worker re-leased the jobs while the first one embedded: the first one, holding
+    the rows and writing the vectors of their current text, still deletes the jobs. (Leaving
+    them to their new owner let two workers hand jobs back and forth for ever.)"""
+    memory = await mf.init("ana")
+    await add(memory, "one", "two")
+    other = make_worker(engine_for_worker, model)
+
+    async def lapse(_: Sequence[str]) -> None:
+        async with engine_for_worker.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE memfuse.embedding_jobs "
+                    "SET locked_until = clock_timestamp() - interval '1 second'"
+                )
+            )
+        async with async_sessionmaker(engine_for_worker).begin() as db:
+            stolen = await JobRepository(db).claim(
+                10, owner=other.worker_id, lease=timedelta(minutes=1)
+            )
+        assert len(stolen) == 2
+
+    embedder = ScriptedEmbedder(model)
+    embedder.before = lapse
+    first = make_worker(engine_for_worker, embedder)
+    assert await first.process_batch() == 2
+    assert await jobs(engine_for_worker) == 0
+    assert first.stats.jobs_done == 2
     assert all(v is not None for v in (await message_vectors(engine_for_worker)).values())
 
 
