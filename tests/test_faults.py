@@ -13,11 +13,13 @@ import asyncpg
 import pytest
 from real_model import memfuse_with_model
 
+from memfuse.db.engines import create_engine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, DatabaseUnavailableError
 from memfuse.memory import MemFuse, Memory
+from memfuse.monitor import PerformanceMonitor
 
 
 async def terminate(url: str, pid: int) -> None:
@@ -236,3 +238,16 @@ async def test_a_flush_running_when_close_is_called_stops_and_leaves_no_lease(
     done, _ = await asyncio.wait({flushing}, timeout=1.0)
     assert done, "the flush went on after close() returned"
     assert flushing.exception() is None or isinstance(flushing.exception(), ClosedError)
+
+
+async def test_the_workers_own_methods_report_an_unreachable_database_plainly(
+    model: LocalEmbedder,
+) -> None:
+    engine = create_engine("postgresql://ana:secret@127.0.0.1:1/memory")
+    worker = EmbeddingWorker(engine, model, PerformanceMonitor())
+    try:
+        for call in (worker.queue_depth(), worker.requeue_dead_letters(), worker.drain()):
+            with pytest.raises(DatabaseUnavailableError, match="connection refused"):
+                await call
+    finally:
+        await engine.dispose()

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from memfuse.background import SupervisedTask, TaskState
 from memfuse.config import DEFAULT_SCHEMA
+from memfuse.db.errors import translate_unavailable
 from memfuse.db.migrate import check_embedding_dimension
 from memfuse.db.models import EmbeddingJob, embedding_channel, listener_name
 from memfuse.db.urls import asyncpg_connect_args
@@ -248,25 +249,27 @@ class EmbeddingWorker:
         Raises :class:`ClosedError` once the worker is stopping (``close()``), so no batch
         is leased after the worker gave its leases back.
         """
-        while True:
-            if self._stopping.is_set():
-                raise ClosedError("the embedding worker is stopped")
-            if await self.process_batch():
-                continue
-            async with self._session_factory() as db:
-                due = await db.execute(
-                    select(func.count(EmbeddingJob.id)).where(
-                        EmbeddingJob.retry_after <= func.clock_timestamp()
+        with translate_unavailable(self._engine.url):
+            while True:
+                if self._stopping.is_set():
+                    raise ClosedError("the embedding worker is stopped")
+                if await self.process_batch():
+                    continue
+                async with self._session_factory() as db:
+                    due = await db.execute(
+                        select(func.count(EmbeddingJob.id)).where(
+                            EmbeddingJob.retry_after <= func.clock_timestamp()
+                        )
                     )
-                )
-                if due.scalar_one() == 0:
-                    return
-            await asyncio.sleep(0.02)
+                    if due.scalar_one() == 0:
+                        return
+                await asyncio.sleep(0.02)
 
     async def requeue_dead_letters(self, table_name: str | None = None) -> int:
         """Give dead-lettered rows (of one table, or all) a fresh start; returns how many."""
-        async with self._session_factory.begin() as db:
-            return await JobRepository(db).requeue_dead_letters(table_name)
+        with translate_unavailable(self._engine.url):
+            async with self._session_factory.begin() as db:
+                return await JobRepository(db).requeue_dead_letters(table_name)
 
     async def queue_depth(self) -> int:
         """Jobs waiting, due or not (also refreshes the monitor's queue gauges)."""
@@ -274,8 +277,9 @@ class EmbeddingWorker:
 
     async def refresh_gauges(self) -> QueueCounts:
         """Read the queue's depth and dead letters into the monitor's gauges."""
-        async with self._session_factory() as db:
-            counts = await JobRepository(db).counts()
+        with translate_unavailable(self._engine.url):
+            async with self._session_factory() as db:
+                counts = await JobRepository(db).counts()
         self._monitor.set_gauge("embedding_queue_depth", counts.depth)
         self._monitor.set_gauge("embedding_dead_letters", counts.dead_letters)
         return counts
