@@ -38,14 +38,17 @@ class PoolSettings:
     pool_timeout: float = 30.0
     pool_recycle: int = 1800
     pool_pre_ping: bool = True
+    connect_timeout: float = 10.0
+    command_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1:
             raise ConfigurationError("pool_size", f"must be at least 1, got {self.pool_size}")
         if self.max_overflow < 0:
             raise ConfigurationError("max_overflow", f"must be 0 or more, got {self.max_overflow}")
-        if self.pool_timeout <= 0:
-            raise ConfigurationError("pool_timeout", f"must be positive, got {self.pool_timeout}")
+        for name in ("pool_timeout", "connect_timeout", "command_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         if self.pool_recycle <= 0 and self.pool_recycle != -1:
             raise ConfigurationError(
                 "pool_recycle",
@@ -53,8 +56,21 @@ class PoolSettings:
             )
 
     def engine_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``create_async_engine``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The keyword arguments for ``create_async_engine``.
+
+        ``connect_timeout`` and ``command_timeout`` go to asyncpg: a server that accepts the
+        connection and then never answers (frozen, or behind a partition that drops packets)
+        fails the call after that long instead of hanging it.
+        """
+        driver = {"connect_timeout", "command_timeout"}
+        kwargs: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in driver
+        }
+        kwargs["connect_args"] = {
+            "timeout": self.connect_timeout,
+            "command_timeout": self.command_timeout,
+        }
+        return kwargs
 
 
 FACT_EXTRACTORS = ("offline", "llm", "none")
@@ -226,6 +242,8 @@ _POOL_ENV = {
     "pool_timeout": "MEMFUSE_POOL_TIMEOUT",
     "pool_recycle": "MEMFUSE_POOL_RECYCLE",
     "pool_pre_ping": "MEMFUSE_POOL_PRE_PING",
+    "connect_timeout": "MEMFUSE_CONNECT_TIMEOUT",
+    "command_timeout": "MEMFUSE_COMMAND_TIMEOUT",
 }
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import tempfile
 import time
 import traceback
@@ -445,3 +448,46 @@ async def _check_episodes(url: str) -> None:
     stored = {row["id"] for row in await _fetch(url, "SELECT id FROM memfuse.messages")}
     assert set(in_episodes) == stored, "M1 misses messages or names unknown ones"
     assert max(in_episodes.values()) == 1, "a message is in two episodes"
+
+
+def _server_processes(pgdata: Path) -> list[int]:
+    """The postmaster and its children (backends, checkpointer, ...)."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return [postmaster, *(int(pid) for pid in children)]
+
+
+@pytest.mark.slow
+async def test_a_frozen_server_fails_calls_in_time_and_close_still_ends() -> None:
+    """A server that accepts connections but never answers (SIGSTOP: what a partition that
+    drops packets looks like) must not hang callers or close(): the command and connect
+    timeouts turn it into DatabaseUnavailableError."""
+    with tempfile.TemporaryDirectory(prefix="memfuse-frozen-") as data_dir:
+        server = EmbeddedPostgres(Path(data_dir))
+        url = await server.start()
+        mf = MemFuse(url, command_timeout=2.0, connect_timeout=2.0)
+        frozen: list[int] = []
+        try:
+            await mf.start()
+            memory = await mf.init("ana")
+            await memory.add([{"role": "user", "content": "before the freeze"}])
+            await mf.flush()
+            frozen = _server_processes(server.pgdata)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            for call in (
+                memory.add([{"role": "user", "content": "during the freeze"}]),
+                memory.list_messages(),
+            ):
+                with pytest.raises(DatabaseUnavailableError, match="no answer in time"):
+                    await asyncio.wait_for(call, 30)
+            assert time.monotonic() - started < 20
+            await asyncio.wait_for(mf.close(), 30)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            await mf.close()
+            await server.stop()

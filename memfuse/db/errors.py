@@ -46,6 +46,11 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (asyncpg.InvalidPasswordError, "the password was refused"),
     (asyncpg.TooManyConnectionsError, "the server has no free connection slots"),
     (sa_exc.TimeoutError, "no pooled connection became free in time (pool_timeout)"),
+    (
+        TimeoutError,
+        "no answer in time (connect_timeout, command_timeout): the server is frozen, "
+        "unreachable, or the statement ran too long",
+    ),
 )
 
 
