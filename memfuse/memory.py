@@ -43,7 +43,7 @@ from memfuse.repositories.tenancy import AgentRepository, SessionRepository
 from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
 from memfuse.services.tenancy import MemoryScope, TenancyService
 from memfuse.telemetry import span
-from memfuse.validation import check_page, parse_message_id, validate_filter_name
+from memfuse.validation import check_flag, check_page, parse_message_id, validate_filter_name
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -419,6 +419,7 @@ class Memory:
         """Messages of this session (or all of the user's), newest first by default."""
         self._memfuse._check_open()
         check_page(limit, offset, order)
+        check_flag(all_sessions, field="all_sessions")
         return await self._memfuse.messages.list(
             self.scope,
             limit=limit,
@@ -464,6 +465,7 @@ class Memory:
         """M1 episodes of this session (or all of the user's), newest first by default."""
         self._memfuse._check_open()
         check_page(limit, offset, order)
+        check_flag(all_sessions, field="all_sessions")
         async with self._memfuse.session_factory() as db:
             return await EpisodeRepository(db).page(
                 self.scope.user_id,
@@ -486,6 +488,8 @@ class Memory:
         """M2 facts from this session (or all of the user's); live ones unless asked."""
         self._memfuse._check_open()
         check_page(limit, offset, order)
+        check_flag(all_sessions, field="all_sessions")
+        check_flag(include_superseded, field="include_superseded")
         async with self._memfuse.session_factory() as db:
             return await FactRepository(db).page(
                 self.scope.user_id,

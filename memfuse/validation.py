@@ -273,6 +273,13 @@ def _as_utc(value: datetime, *, field: str, index: int | None) -> datetime:
         ) from None
 
 
+def check_flag(value: object, *, field: str) -> bool:
+    """A yes/no option must be a bool: ``all_sessions="no"`` is not allowed to mean yes."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"must be True or False, got {preview(value)}", field=field)
+    return value
+
+
 def check_page(limit: object, offset: object, order: object) -> None:
     """Paging arguments of the ``list_*`` methods; bools are not numbers here."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_LIMIT:

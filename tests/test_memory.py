@@ -413,3 +413,15 @@ async def test_close_right_after_a_write_returns(database_url: str) -> None:
             async with MemFuse(database_url) as mf:
                 memory = await mf.init("ana", session=f"s{attempt}")
                 await memory.add([{"role": "user", "content": "hello"}])
+
+
+async def test_yes_no_options_take_only_bools(memory: Memory) -> None:
+    """``all_sessions="no"`` once listed every session: a truthy string is not a yes."""
+    for call in (
+        memory.list_messages(all_sessions="no"),  # type: ignore[arg-type]
+        memory.list_episodes(all_sessions=1),  # type: ignore[arg-type]
+        memory.list_facts(include_superseded="yes"),  # type: ignore[arg-type]
+        memory.query("Lisbon", include_unembedded="no"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValidationError, match="must be True or False"):
+            await call

@@ -21,6 +21,7 @@ from memfuse.validation import (
     MAX_PAGE_OFFSET,
     MAX_STORED_TIME,
     MIN_STORED_TIME,
+    check_flag,
     check_metadata,
     check_page,
     check_text,
@@ -333,3 +334,10 @@ def test_message_ids() -> None:
         with pytest.raises(ValidationError, match="must be a message id") as raised:
             parse_message_id(bad)
         assert raised.value.field == "id"
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None, [], "False"])
+def test_a_yes_no_option_must_be_a_bool(value: object) -> None:
+    with pytest.raises(ValidationError, match="must be True or False"):
+        check_flag(value, field="all_sessions")
+    assert check_flag(True, field="all_sessions") is True

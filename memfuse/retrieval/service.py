@@ -33,7 +33,7 @@ from memfuse.repositories.search import (
     Unit,
 )
 from memfuse.retrieval.cache import LruCache, ResultCache
-from memfuse.validation import check_text, preview, time_bound
+from memfuse.validation import check_flag, check_text, preview, time_bound
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class SearchRequest:
             raise ValidationError(f"must be 'message' or 'item', got {preview(unit)}", field="unit")
         since = time_bound(since, field="since")
         until = time_bound(until, field="until")
-        if not isinstance(include_unembedded, bool):
-            raise ValidationError("must be True or False", field="include_unembedded")
+        include_unembedded = check_flag(include_unembedded, field="include_unembedded")
         return cls(
             query=cleaned,
             top_k=top_k,  # type: ignore[arg-type]
