@@ -22,11 +22,18 @@ def with_password(url: str, password: str) -> str:
 
 
 def test_two_spellings_of_one_url_normalize_equal() -> None:
-    a = normalize_url("postgresql://alice:pw@DB.example.com/app?b=2&a=1")
-    b = normalize_url("postgres://alice:pw@db.example.com:5432/app?a=1&b=2")
+    a = normalize_url(
+        "postgresql://alice:pw@DB.example.com/app?target_session_attrs=primary&sslmode=require"
+    )
+    b = normalize_url(
+        "postgres://alice:pw@db.example.com:5432/app?ssl=require&target_session_attrs=primary"
+    )
     assert a == b
     assert a.drivername == "postgresql+asyncpg"
-    assert engine_key(a) == "postgresql+asyncpg://alice:***@db.example.com:5432/app?a=1&b=2"
+    assert engine_key(a) == (
+        "postgresql+asyncpg://alice:***@db.example.com:5432/app"
+        "?ssl=require&target_session_attrs=primary"
+    )
 
 
 @pytest.mark.parametrize(
