@@ -2,6 +2,12 @@
 
 Repositories never commit; the service that owns the unit of work does. Every lookup below the
 user level takes the owning ``user_id``, so one tenant's names never resolve to another's rows.
+
+``get_or_create`` of a user or a session returns the row holding a shared key lock
+(``FOR KEY SHARE``) until the transaction ends, as writers hold it: a concurrent deletion of
+that user or session waits for the caller's commit. A row that a concurrent transaction deleted
+between the insert (which does nothing, and locks nothing, when the row exists) and the locking
+read raises :class:`DeletedConcurrentlyError`; the transaction can then be retried as a whole.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import Agent, Session, User
+from memfuse.errors import ConflictError
+
+
+class DeletedConcurrentlyError(ConflictError):
+    """A row being got-or-created was deleted by a concurrent transaction that committed
+    after the insert found it; nothing was created, and retrying the transaction is safe."""
 
 
 class UserRepository:
@@ -27,12 +39,20 @@ class UserRepository:
         return result.scalar_one_or_none()
 
     async def get_or_create(self, name: str) -> User:
-        """The user called ``name``, created if missing; concurrent callers get the same row."""
+        """The user called ``name``, created if missing; concurrent callers get the same row.
+
+        The row is held with a shared key lock until the transaction ends, so deleting the user
+        waits for the caller. Raises :class:`DeletedConcurrentlyError` if a concurrent
+        deletion of the user committed after the insert found the row.
+        """
         await self.session.execute(
             insert(User).values(name=name).on_conflict_do_nothing(index_elements=[User.name])
         )
-        user = await self.get_by_name(name)
-        assert user is not None  # inserted above or by a concurrent caller
+        query = select(User).where(User.name == name)
+        result = await self.session.execute(query.with_for_update(read=True, key_share=True))
+        user = result.scalar_one_or_none()
+        if user is None:
+            raise DeletedConcurrentlyError(f"user {name!r} was deleted by a concurrent call")
         return user
 
     async def lock(
@@ -41,8 +61,9 @@ class UserRepository:
         """Lock users until commit, in id order; returns those that exist.
 
         Lock order everywhere in memfuse: user, then session, then layer progress, then the
-        user's fact lock. Writers take a shared key lock on the user, so deleting a user
-        (``exclusive``) waits for them instead of deadlocking with their foreign-key checks.
+        user's fact lock. Writers (and ``get_or_create``) take a shared key lock on the user, so
+        deleting a user (``exclusive``) waits for them instead of deadlocking with their
+        foreign-key checks.
         """
         if not user_ids:
             return set()
@@ -75,13 +96,20 @@ class AgentRepository:
         return result.scalar_one_or_none()
 
     async def get_or_create(self, user_id: uuid.UUID, name: str) -> Agent:
+        """The user's agent called ``name``, created if missing.
+
+        Agents are deleted only with their user: a caller holding the user's lock (as
+        :meth:`UserRepository.get_or_create` leaves it) always finds the row. Without it,
+        raises :class:`DeletedConcurrentlyError` if the user's deletion removed it meanwhile.
+        """
         await self.session.execute(
             insert(Agent)
             .values(user_id=user_id, name=name)
             .on_conflict_do_nothing(index_elements=[Agent.user_id, Agent.name])
         )
         agent = await self.get_by_name(user_id, name)
-        assert agent is not None
+        if agent is None:
+            raise DeletedConcurrentlyError(f"agent {name!r} was deleted by a concurrent call")
         return agent
 
 
@@ -104,13 +132,23 @@ class SessionRepository:
         return result.scalar_one_or_none()
 
     async def get_or_create(self, user_id: uuid.UUID, agent_id: uuid.UUID, name: str) -> Session:
+        """The user's session called ``name``, created (with ``agent_id``) if missing.
+
+        An existing session keeps its own agent, which may differ from ``agent_id``. The row
+        is held with a shared key lock until the transaction ends, so deleting the session
+        waits for the caller. Raises :class:`DeletedConcurrentlyError` if a concurrent
+        deletion of the session committed after the insert found the row.
+        """
         await self.session.execute(
             insert(Session)
             .values(user_id=user_id, agent_id=agent_id, name=name)
             .on_conflict_do_nothing(index_elements=[Session.user_id, Session.name])
         )
-        found = await self.get_by_name(user_id, name)
-        assert found is not None
+        query = select(Session).where(Session.user_id == user_id, Session.name == name)
+        result = await self.session.execute(query.with_for_update(read=True, key_share=True))
+        found = result.scalar_one_or_none()
+        if found is None:
+            raise DeletedConcurrentlyError(f"session {name!r} was deleted by a concurrent call")
         return found
 
     async def lock(
