@@ -22,10 +22,9 @@ from memfuse.config import Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
 from memfuse.db.engines import create_engine, schema_execution_options
-from memfuse.db.errors import is_unavailable, unavailable_error
+from memfuse.db.errors import database_error
 from memfuse.errors import (
     ConfigurationError,
-    DatabaseUnavailableError,
     MemfuseError,
     ValidationError,
 )
@@ -294,13 +293,10 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
         await stop(container)
 
 
-def database_unavailable(
-    error: Exception, settings: Settings | None
-) -> DatabaseUnavailableError | None:
-    """The one-line error for an unreachable database, or None for any other error."""
-    if not is_unavailable(error):
-        return None
-    return unavailable_error(error, settings.database_url if settings is not None else None)
+def database_unavailable(error: Exception, settings: Settings | None) -> MemfuseError | None:
+    """The one-line error for an unreachable database (or a connection option the driver
+    refused), or None for any other error."""
+    return database_error(error, settings.database_url if settings is not None else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

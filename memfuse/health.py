@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from memfuse.background import TaskState
 from memfuse.db import migrate
+from memfuse.db.errors import describe_unavailable, is_unavailable
 from memfuse.db.models import Episode, Fact, Message, Session, User, listener_name
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import MemfuseError
@@ -120,12 +121,15 @@ def _background(tasks: Sequence[TaskState]) -> Check:
 
 
 async def _guarded(name: str, seconds: float, run: Callable[[], Awaitable[Check]]) -> Check:
+    limit = asyncio.timeout(seconds)
     try:
-        async with asyncio.timeout(seconds):
+        async with limit:
             return await run()
-    except TimeoutError:
-        return Check(name, False, f"no answer within {seconds:g} s")
     except Exception as error:  # reported, not raised: this is a health check
+        if isinstance(error, TimeoutError) and limit.expired():
+            return Check(name, False, f"no answer within {seconds:g} s")
+        if is_unavailable(error):
+            return Check(name, False, describe_unavailable(error))
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         return Check(name, False, reason)
 

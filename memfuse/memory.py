@@ -27,9 +27,9 @@ from memfuse.background import TaskState
 from memfuse.config import Settings, load_settings
 from memfuse.container import Container, MessageBuffer, resolve, start, stop
 from memfuse.db import migrate
-from memfuse.db.errors import is_unavailable, unavailable_error
+from memfuse.db.errors import database_error
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import ClosedError, ConfigurationError
+from memfuse.errors import ClosedError, ConfigurationError, ValidationError
 from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
 from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
@@ -66,8 +66,9 @@ def _database_call(
         try:
             return await method(self, *args, **kwargs)
         except Exception as error:
-            if is_unavailable(error):
-                raise unavailable_error(error, self._database_url) from error
+            translated = database_error(error, self._database_url)
+            if translated is not None:
+                raise translated from error
             raise
 
     return call
@@ -197,6 +198,15 @@ class MemFuse:
         pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an
         endpoint). Never raises for a failing check."""
         self._check_open()
+        if (
+            not isinstance(max_queue_depth, int)
+            or isinstance(max_queue_depth, bool)
+            or max_queue_depth < 0
+        ):
+            raise ValidationError(
+                f"must be a whole number, 0 or more, got {max_queue_depth!r}",
+                field="max_queue_depth",
+            )
         return await check_health(
             await resolve(self.container.engine),
             schema=self.settings.schema,
@@ -240,7 +250,7 @@ class MemFuse:
         return self.pipeline.parallel
 
     def set_parallel(self, parallel: bool) -> None:
-        self.pipeline.set_parallel(parallel)
+        self.pipeline.set_parallel(check_flag(parallel, field="parallel"))
 
     async def close(self) -> None:
         """Commit buffered writes, stop background work, release the database.

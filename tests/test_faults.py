@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,7 +18,12 @@ from memfuse.db.engines import create_engine
 from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import ClosedError, DatabaseUnavailableError
+from memfuse.errors import (
+    ClosedError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ValidationError,
+)
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor import PerformanceMonitor
 
@@ -251,3 +257,25 @@ async def test_the_workers_own_methods_report_an_unreachable_database_plainly(
                 await call
     finally:
         await engine.dispose()
+
+
+async def test_a_tls_option_the_driver_refuses_is_a_configuration_error(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify-full`` with no root certificate file: asyncpg refuses it while handling a
+    missing file, which must not read as "no server socket"."""
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt
+    with pytest.raises(ConfigurationError, match="root certificate"):
+        async with MemFuse(f"{database_url}&sslmode=verify-full"):
+            pass
+
+
+async def test_health_and_set_parallel_check_their_arguments(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        for bad in ("x", True, -1, 1.5):
+            with pytest.raises(ValidationError, match="max_queue_depth"):
+                await mf.health(max_queue_depth=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="must be True or False"):
+            mf.set_parallel("no")  # type: ignore[arg-type]
+        assert mf.parallel is True

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from memfuse.db.urls import mask_url
-from memfuse.errors import DatabaseUnavailableError, MemfuseError
+from memfuse.errors import ConfigurationError, DatabaseUnavailableError, MemfuseError
 
 _DRIVER_MODULES = ("asyncpg", "sqlalchemy")
 
@@ -88,10 +88,30 @@ def _from_driver(error: BaseException) -> bool:
     )
 
 
+def client_configuration_problem(error: BaseException) -> ConfigurationError | None:
+    """The :class:`ConfigurationError` for a connection option the driver refused on our
+    side (e.g. ``sslmode=verify-full`` without a root certificate file), else ``None``.
+
+    asyncpg raises these while handling an ``OSError`` (a missing file), so they must be
+    told apart before the chain is searched for outages.
+    """
+    for inner in _chain(error):
+        if isinstance(inner, asyncpg.ClientConfigurationError):
+            detail = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+            return ConfigurationError(
+                "database_url",
+                f"the driver refused a connection option: {detail} "
+                "(for TLS certificates set PGSSLROOTCERT, PGSSLCERT, PGSSLKEY)",
+            )
+    return None
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` means the database is unreachable, refused us, or went away."""
     if isinstance(error, MemfuseError):
         return isinstance(error, DatabaseUnavailableError)
+    if client_configuration_problem(error) is not None:
+        return False
     for inner in _chain(error):
         if isinstance(inner, sa_exc.DBAPIError) and inner.connection_invalidated:
             return True
@@ -133,10 +153,25 @@ def unavailable_error(error: BaseException, url: str | URL | None) -> DatabaseUn
 
 @contextlib.contextmanager
 def translate_unavailable(url: str | URL | None) -> Iterator[None]:
-    """Raise :class:`DatabaseUnavailableError` for outage errors inside the block."""
+    """Raise :class:`DatabaseUnavailableError` for outage errors inside the block (and
+    :class:`ConfigurationError` for a connection option the driver refused)."""
     try:
         yield
     except Exception as error:
-        if is_unavailable(error):
-            raise unavailable_error(error, url) from error
+        translated = database_error(error, url)
+        if translated is not None:
+            raise translated from error
         raise
+
+
+def database_error(error: BaseException, url: str | URL | None) -> MemfuseError | None:
+    """The memfuse error a driver error stands for, or ``None`` if it is not about reaching
+    the database (then it keeps its own type)."""
+    if isinstance(error, MemfuseError):
+        return None
+    configuration = client_configuration_problem(error)
+    if configuration is not None:
+        return configuration
+    if is_unavailable(error):
+        return unavailable_error(error, url)
+    return None
