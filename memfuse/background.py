@@ -82,10 +82,6 @@ class SupervisedTask:
             status = "running"
         return TaskState(self.name, status, self.restarts, self.last_error)
 
-    @property
-    def running(self) -> bool:
-        return self.state.status == "running"
-
     def start(self) -> None:
         """Start supervising (again after a stop is not allowed: make a new one)."""
         if self._stopping.is_set():
@@ -149,10 +145,6 @@ class SupervisedTask:
     def stop_soon(self) -> None:
         """Ask the task to stop without waiting (its body sees ``stopping``)."""
         self._stopping.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
 
     async def stop(self, grace: float | None = 0.0) -> None:
         """Stop: let the body finish for up to ``grace`` seconds (``None``: as long as it

@@ -25,7 +25,7 @@ from memfuse.layers.tokens import count_tokens
 from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
 from memfuse.repositories.progress import ProgressRepository
-from memfuse.repositories.tenancy import SessionRepository, UserRepository
+from memfuse.repositories.tenancy import lock_user_and_session
 from memfuse.services.tenancy import MemoryScope
 from memfuse.validation import (
     check_metadata,
@@ -315,11 +315,7 @@ async def _lock_message_session(
     locking the row first deadlocked with a concurrent deletion of its session.
     """
     found = await MessageRepository(db).get(scope.user_id, message_id)
-    if found is None:
-        raise NotFoundError(f"message {message_id} not found")
-    if not await UserRepository(db).lock([found.user_id]):
-        raise NotFoundError(f"message {message_id} not found")
-    if not await SessionRepository(db).lock(found.user_id, found.session_id):
+    if found is None or not await lock_user_and_session(db, found.user_id, found.session_id):
         raise NotFoundError(f"message {message_id} not found")
     await ProgressRepository(db).lock(user_id=found.user_id, session_id=found.session_id)
     await FactRepository(db).lock_user(found.user_id)

@@ -34,7 +34,7 @@ from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
-from memfuse.repositories.tenancy import SessionRepository, UserRepository
+from memfuse.repositories.tenancy import SessionRepository, lock_user_and_session
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
@@ -248,9 +248,7 @@ class LayerPipeline:
     @staticmethod
     async def _lock_scope(db: AsyncSession, progress: Progress) -> bool:
         """Hold the user and session (shared) for a step; ``False`` if they were deleted."""
-        if not await UserRepository(db).lock([progress.user_id]):
-            return False
-        return await SessionRepository(db).lock(progress.user_id, progress.session_id)
+        return await lock_user_and_session(db, progress.user_id, progress.session_id)
 
     async def _session_exists(self, progress: Progress) -> bool:
         async with self._session_factory() as db:

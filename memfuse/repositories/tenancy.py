@@ -194,3 +194,13 @@ class SessionRepository:
         if last is None:
             raise LookupError(f"session {session_id} does not exist for this user")
         return int(last) - count + 1
+
+
+async def lock_user_and_session(
+    session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
+) -> bool:
+    """Shared key locks on a user, then one of its sessions: the first two steps of the
+    writers' lock order. ``False`` if either was deleted."""
+    if not await UserRepository(session).lock([user_id]):
+        return False
+    return await SessionRepository(session).lock(user_id, session_id)
