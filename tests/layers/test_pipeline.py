@@ -157,7 +157,11 @@ async def test_a_failing_layer_keeps_its_messages_and_is_retried(database_url: s
 
 
 class LostConnectionExtractor(ScriptedExtractor):
-    """Fails as a dropped connection does: the database's fault, not the session's."""
+    """Fails as a dropped connection does: the database's fault, not the session's.
+
+    A double because a real connection cannot be dropped at exactly this step reliably; the
+    real outage, a server restarted mid-traffic, is tests/test_server_restart.py.
+    """
 
     def __init__(self) -> None:
         super().__init__({})
