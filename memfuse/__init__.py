@@ -1,5 +1,7 @@
 """memfuse: a long-term memory layer for LLM applications on PostgreSQL and pgvector."""
 
+from importlib.metadata import version
+
 from memfuse.config import PoolSettings, Settings, load_settings
 from memfuse.errors import (
     ClosedError,
@@ -18,7 +20,7 @@ from memfuse.errors import (
 )
 from memfuse.memory import MemFuse, Memory
 
-__version__ = "0.1.0"
+__version__ = version("memfuse")
 
 __all__ = [
     "ClosedError",

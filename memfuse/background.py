@@ -15,26 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from memfuse.db.errors import describe_unavailable, is_unavailable
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.types import TaskState, TaskStatus
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
-
-TaskStatus = Literal["running", "restarting", "stopped"]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskState:
-    """What a supervised task is doing now, for ``health()`` and ``doctor``."""
-
-    name: str
-    status: TaskStatus
-    restarts: int
-    last_error: str | None
 
 
 class SupervisedTask:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dependency_injector import providers
@@ -28,8 +29,8 @@ from memfuse.errors import (
     MemfuseError,
     ValidationError,
 )
-from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.operations.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
 
 
 def _write(text: str) -> None:
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="show the current revision")
+    db_commands.add_parser(
+        "ini-path", help='print the alembic.ini to use: alembic -c "$(memfuse db ini-path)" ...'
+    )
 
     commands.add_parser(
         "demo", help="ingest a short conversation, list messages, episodes and facts"
@@ -293,6 +297,30 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
         await stop(container)
 
 
+BENCH_NEEDS_CHECKOUT = (
+    "`memfuse bench` runs from a source checkout (the benchmarks are not in the wheel): "
+    "clone the repository and run pip install -e '.[bench,local]' there"
+)
+
+
+def benchmark_suite() -> ModuleType | None:
+    """``benchmarks.suite`` of the checkout this memfuse runs from; None outside a checkout.
+
+    In an editable install ``benchmarks/`` sits beside the ``memfuse/`` package: only then is
+    the checkout put first on ``sys.path``, and a ``benchmarks`` found elsewhere is refused.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "benchmarks" / "suite.py").is_file():
+        return None
+    if sys.path[:1] != [str(checkout)]:
+        sys.path.insert(0, str(checkout))
+    from benchmarks import suite
+
+    if Path(suite.__file__).resolve().parent != checkout / "benchmarks":
+        return None
+    return suite
+
+
 def database_unavailable(error: Exception, settings: Settings | None) -> MemfuseError | None:
     """The one-line error for an unreachable database (or a connection option the driver
     refused), or None for any other error."""
@@ -310,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings: Settings | None = None
     try:
+        if args.command == "db" and args.db_command == "ini-path":
+            _write(str(migrate.alembic_ini_path()))
+            return 0
         settings = settings_from(args)
         if args.command == "db":
             asyncio.run(run_db_command(settings, args.db_command, getattr(args, "revision", None)))
@@ -329,9 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             asyncio.run(run_worker(settings, args))
         elif args.command == "bench":
-            from benchmarks import suite  # only here: a user's own ``benchmarks`` may shadow it
-
-            return suite.main(unknown, prog="memfuse bench", database_url=args.database_url)
+            suite = benchmark_suite()
+            if suite is None:
+                sys.stderr.write(f"memfuse: {BENCH_NEEDS_CHECKOUT}\n")
+                return 2
+            return int(suite.main(unknown, prog="memfuse bench", database_url=args.database_url))
     except MemfuseError as error:
         sys.stderr.write(f"memfuse: {error}\n")
         return 2

@@ -10,7 +10,6 @@ hand in their own engine with ``container.host_engine.override(providers.Object(
 from __future__ import annotations
 
 import inspect
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -26,15 +25,18 @@ from memfuse.db.errors import is_unavailable
 from memfuse.embedding.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.layers.extractors import FactExtractor
-from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.m1 import EpisodePolicy, EpisodeProcessor
 from memfuse.layers.m2 import FactProcessor
 from memfuse.layers.pipeline import LayerPipeline
 from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor, process_monitor
 from memfuse.retrieval.cache import ResultCache
-from memfuse.retrieval.service import RetrievalService, SearchResult
+from memfuse.retrieval.service import RetrievalService
+from memfuse.services.changes import AfterCommit
+from memfuse.services.listing import ListingService
+from memfuse.services.messages import MessageBuffer, MessageService, MessageWriter
 from memfuse.services.tenancy import TenancyService
+from memfuse.types import SearchResult
 
 T = TypeVar("T")
 
@@ -166,12 +168,9 @@ async def pipeline_resource(
         await pipeline.close()
 
 
-MessageBuffer = WriteBuffer[WriteRequest, list[uuid.UUID]]
-
-
 async def write_buffer_resource(
     settings: Settings,
-    messages: MessageService,
+    writer: MessageWriter,
     monitor: PerformanceMonitor,
     engine: AsyncEngine,
 ) -> AsyncIterator[MessageBuffer | None]:
@@ -181,7 +180,7 @@ async def write_buffer_resource(
         yield None
         return
     buffer: MessageBuffer = WriteBuffer(
-        messages.write,
+        writer.write,
         size=lambda request: len(request.messages),
         tokens=lambda request: request.token_count,
         monitor=monitor,
@@ -260,6 +259,16 @@ async def embedding_worker_resource(
         await worker.close()
 
 
+def make_after_commit(
+    cache: ResultCache[tuple[SearchResult, ...]],
+    pipeline: LayerPipeline,
+    worker: EmbeddingWorker | None,
+) -> AfterCommit:
+    """After a user's memory changed: drop their cached results, wake pipeline and worker."""
+    wake = [pipeline.notify] if worker is None else [pipeline.notify, worker.notify]
+    return AfterCommit(invalidate=cache.invalidate, wake=wake)
+
+
 def make_result_cache(settings: Settings) -> ResultCache[tuple[SearchResult, ...]]:
     return ResultCache(settings.search_cache_size, settings.search_cache_ttl)
 
@@ -301,18 +310,11 @@ class Container(containers.DeclarativeContainer):
     )
     session_factory = providers.Singleton(session_factory, engine=engine)
 
-    tenancy_service = providers.Singleton(
-        TenancyService, session_factory=session_factory, monitor=monitor
-    )
-    message_service = providers.Singleton(
-        MessageService,
-        session_factory=session_factory,
-        max_chars=settings.provided.max_message_chars,
-    )
+    message_writer = providers.Singleton(MessageWriter, session_factory=session_factory)
     write_buffer = providers.Resource(
         write_buffer_resource,
         settings=settings,
-        messages=message_service,
+        writer=message_writer,
         monitor=monitor,
         engine=engine,
     )
@@ -336,6 +338,21 @@ class Container(containers.DeclarativeContainer):
         monitor=monitor,
         cache=result_cache,
     )
+    after_commit = providers.Singleton(
+        make_after_commit, cache=result_cache, pipeline=pipeline, worker=embedding_worker
+    )
+    tenancy_service = providers.Singleton(
+        TenancyService, session_factory=session_factory, monitor=monitor, after_commit=after_commit
+    )
+    message_service = providers.Singleton(
+        MessageService,
+        session_factory=session_factory,
+        writer=message_writer,
+        buffer=write_buffer,
+        after_commit=after_commit,
+        max_chars=settings.provided.max_message_chars,
+    )
+    listing_service = providers.Singleton(ListingService, session_factory=session_factory)
     retrieval_service = providers.Singleton(
         make_retrieval_service,
         settings=settings,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from memfuse.config import Settings
+from memfuse.embedding import BUNDLED_MODEL_NAME
 from memfuse.memory import MemFuse
 
 FIRST = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
@@ -88,15 +89,17 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
             when = f", occurred {fact.occurred_at:%Y-%m-%d}" if fact.occurred_at else ""
             write(f"  [{fact.fact_type}, {status}{when}] {fact.content}")
 
-        if mf.worker is None:
-            write("\nembeddings: off (embedder 'none')")
+        if mf.worker_stats() is None:
+            write("\nembeddings: off (no in-process worker)")
         else:
             messages = await memory.list_messages(limit=100, all_sessions=True)
             episodes = await memory.list_episodes(limit=100, all_sessions=True)
             flags = [row.embedded for row in messages]
             flags += [row.embedded for row in episodes] + [row.embedded for row in facts]
             embedded, total = sum(flags), len(flags)
-            write(f"\nembeddings ({mf.worker.embedder.model_name}): {embedded} of {total} rows")
+            local = mf.settings.embedder == "local"
+            model = BUNDLED_MODEL_NAME if local else mf.settings.embedding_model
+            write(f"\nembeddings ({model}): {embedded} of {total} rows")
 
         for question in QUESTIONS:
             write(f"\nsearch: {question!r} (top 3, all layers fused)")

@@ -2,7 +2,7 @@
 
 This module turns a JSON document into :class:`ConversationData` whose messages are dicts as
 ``Memory.add`` takes them. Every message and name of the whole file is checked here with the
-library's own rules (``memfuse.layers.m0.validate_message``, ``tenancy.validate_name``), and
+library's own rules (``memfuse.validation.validate_message`` and ``validate_name``), and
 every problem is a :class:`~memfuse.errors.ValidationError` naming the file and the 1-based
 position: an import writes nothing unless the whole file would be accepted.
 """
@@ -18,12 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
 from memfuse.config import Settings
 from memfuse.errors import ValidationError
-from memfuse.layers.m0 import validate_message
-from memfuse.services.tenancy import validate_name
+from memfuse.progress import progress_bar
+from memfuse.validation import validate_message, validate_name
 
 if TYPE_CHECKING:
     from memfuse.memory import MemFuse
@@ -100,7 +98,7 @@ async def ingest_conversations(
     """
     total = sum(conversation.message_count for conversation in conversations)
     sessions = 0
-    with tqdm(total=total, unit="msg", desc="ingest", disable=not progress) as bar:
+    with progress_bar(total, desc="ingest", unit="msg", enabled=progress) as bar:
         for conversation in conversations:
             for session in conversation.sessions:
                 memory = await memfuse.init(conversation.user, conversation.agent, session.name)

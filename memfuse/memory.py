@@ -15,41 +15,50 @@ import functools
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from dependency_injector import providers
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memfuse.background import TaskState
+from memfuse.buffer import WriteBuffer
 from memfuse.config import Settings, load_settings
-from memfuse.container import Container, MessageBuffer, resolve, start, stop
+from memfuse.container import Container, resolve, start, stop
 from memfuse.db import migrate
 from memfuse.db.errors import database_error
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, ConfigurationError, ValidationError
-from memfuse.health import DEFAULT_MAX_QUEUE_DEPTH, HealthReport, check_health
-from memfuse.layers.m0 import MessageService, WriteRequest
 from memfuse.layers.pipeline import LayerPipeline
-from memfuse.monitor.export import metrics_json, prometheus_text
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
-from memfuse.repositories.facts import FactRepository, FactRow
-from memfuse.repositories.messages import MessageRow
-from memfuse.repositories.search import Layer, Method, Unit
-from memfuse.repositories.tenancy import AgentRepository, SessionRepository
-from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
-from memfuse.services.tenancy import MemoryScope, TenancyService
-from memfuse.telemetry import span
-from memfuse.validation import check_flag, check_page, parse_message_id, validate_filter_name
+from memfuse.operations.export import metrics_json, prometheus_text
+from memfuse.operations.health import DEFAULT_MAX_QUEUE_DEPTH, check_health
+from memfuse.operations.telemetry import span
+from memfuse.retrieval.service import RetrievalService, SearchRequest
+from memfuse.services.listing import ListingService
+from memfuse.services.messages import MessageService
+from memfuse.services.tenancy import TenancyService
+from memfuse.types import (
+    BufferStats,
+    EpisodeRow,
+    FactRow,
+    HealthReport,
+    Layer,
+    MemoryScope,
+    MessageRow,
+    Method,
+    Order,
+    RetrievalStats,
+    SearchResult,
+    TaskState,
+    Unit,
+    WorkerStats,
+)
+from memfuse.validation import check_flag, check_page, parse_message_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
-
-Order = Literal["asc", "desc"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,6 +81,33 @@ def _database_call(
             raise
 
     return call
+
+
+def _memory_call(
+    method: Callable[Concatenate[Memory, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Memory, P], Coroutine[Any, Any, R]]:
+    """A ``Memory`` method: refused once its ``MemFuse`` is closed (or before it started), and
+    an unreachable database reported as :class:`DatabaseUnavailableError`."""
+
+    @functools.wraps(method)
+    async def call(self: Memory, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._memfuse._check_open()
+        return await method(self, *args, **kwargs)
+
+    return _database_call(call)
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """What ``start()`` resolves from the container; none of it exists before."""
+
+    tenancy: TenancyService
+    messages: MessageService
+    listing: ListingService
+    retrieval: RetrievalService
+    pipeline: LayerPipeline
+    buffer: WriteBuffer[Any, Any] | None
+    worker: EmbeddingWorker | None
 
 
 class MemFuse:
@@ -105,8 +141,7 @@ class MemFuse:
         self._started = False
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
-        self._buffer: MessageBuffer | None = None
-        self.worker: EmbeddingWorker | None = None
+        self._running: _Started | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -137,20 +172,21 @@ class MemFuse:
                 )
             else:
                 await migrate.require_head(engine, self.settings.schema)
-            self.session_factory: async_sessionmaker[AsyncSession] = await resolve(
-                self.container.session_factory
+            running = _Started(
+                tenancy=await resolve(self.container.tenancy_service),
+                messages=await resolve(self.container.message_service),
+                listing=await resolve(self.container.listing_service),
+                retrieval=await resolve(self.container.retrieval_service),
+                pipeline=await resolve(self.container.pipeline),
+                buffer=await resolve(self.container.write_buffer),
+                worker=await resolve(self.container.embedding_worker),
             )
-            self.tenancy: TenancyService = await resolve(self.container.tenancy_service)
-            self.messages: MessageService = await resolve(self.container.message_service)
-            self.pipeline: LayerPipeline = await resolve(self.container.pipeline)
-            self._buffer = await resolve(self.container.write_buffer)
-            self.worker = await resolve(self.container.embedding_worker)
-            self.retrieval: RetrievalService = await resolve(self.container.retrieval_service)
-            if self.worker is not None:
-                await self.worker.verify()
-                self.worker.start()
+            self._running = running
+            if running.worker is not None:
+                await running.worker.verify()
+                running.worker.start()
             if self.settings.pipeline_auto:
-                self.pipeline.start()
+                running.pipeline.start()
         except BaseException:
             await self.close()
             raise
@@ -171,8 +207,7 @@ class MemFuse:
 
         A missing agent is the user's default agent; a missing session is a new one.
         """
-        self._check_open()
-        scope = await self.tenancy.resolve(user, agent, session)
+        scope = await self._parts.tenancy.resolve(user, agent, session)
         return Memory(self, scope)
 
     @_database_call
@@ -185,19 +220,19 @@ class MemFuse:
         the queue (or the dead-letter table) and do not hold up ``flush``.
         """
         with span("memfuse.flush", {}):
-            self._check_open()
-            if self._buffer is not None:
-                await self._buffer.flush()
-            await self.pipeline.flush()
-            if self.worker is not None:
-                await self.worker.drain()
+            parts = self._parts
+            if parts.buffer is not None:
+                await parts.buffer.flush()
+            await parts.pipeline.flush()
+            if parts.worker is not None:
+                await parts.worker.drain()
 
     @_database_call
     async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
         """Database, pgvector, schema revision, vector dimension, queue, dead letters and
         pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an
         endpoint). Never raises for a failing check."""
-        self._check_open()
+        self._parts  # noqa: B018  (refused unless started and open)
         if (
             not isinstance(max_queue_depth, int)
             or isinstance(max_queue_depth, bool)
@@ -218,14 +253,31 @@ class MemFuse:
     def task_states(self) -> list[TaskState]:
         """Each background task of this instance: the write buffer's flusher, the pipeline's
         runner, the embedding worker's loops and its LISTEN connection."""
+        parts = self._parts
         states: list[TaskState] = []
-        if self._buffer is not None:
-            states.extend(self._buffer.task_states())
+        if parts.buffer is not None:
+            states.extend(parts.buffer.task_states())
         if self.settings.pipeline_auto:
-            states.extend(self.pipeline.task_states())
-        if self.worker is not None:
-            states.extend(self.worker.task_states())
+            states.extend(parts.pipeline.task_states())
+        if parts.worker is not None:
+            states.extend(parts.worker.task_states())
         return states
+
+    def buffer_stats(self) -> BufferStats | None:
+        """The write buffer's counters since start (``None`` when the buffer is off)."""
+        buffer = self._parts.buffer
+        return None if buffer is None else replace(buffer.stats, batches=dict(buffer.stats.batches))
+
+    def worker_stats(self) -> WorkerStats | None:
+        """The in-process embedding worker's counters (``None`` without one)."""
+        worker = self._parts.worker
+        if worker is None:
+            return None
+        return replace(worker.stats, batch_sizes=list(worker.stats.batch_sizes))
+
+    def search_stats(self) -> RetrievalStats:
+        """Searches served since start, and how many the result cache answered."""
+        return replace(self._parts.retrieval.stats)
 
     @_database_call
     async def metrics(self) -> dict[str, Any]:
@@ -240,17 +292,17 @@ class MemFuse:
         return prometheus_text(self.monitor, self.container.engine_registry().stats())
 
     async def _refresh_gauges(self) -> None:
-        self._check_open()
-        if self.worker is not None:
-            await self.worker.refresh_gauges()
+        worker = self._parts.worker
+        if worker is not None:
+            await worker.refresh_gauges()
 
     @property
     def parallel(self) -> bool:
         """Whether M1 and M2 run in parallel (else one after the other)."""
-        return self.pipeline.parallel
+        return self._parts.pipeline.parallel
 
     def set_parallel(self, parallel: bool) -> None:
-        self.pipeline.set_parallel(check_flag(parallel, field="parallel"))
+        self._parts.pipeline.set_parallel(check_flag(parallel, field="parallel"))
 
     async def close(self) -> None:
         """Commit buffered writes, stop background work, release the database.
@@ -268,16 +320,13 @@ class MemFuse:
         if self._started:
             await stop(self.container)
 
-    async def _write(self, request: WriteRequest) -> list[uuid.UUID]:
+    @property
+    def _parts(self) -> _Started:
+        """The started parts; :class:`ClosedError` before ``start()`` or after ``close()``."""
         self._check_open()
-        if self._buffer is not None:
-            ids = await self._buffer.submit(request)
-        else:
-            ids = (await self.messages.write([request]))[0]
-        self.pipeline.notify()
-        if self.worker is not None:
-            self.worker.notify()
-        return ids
+        if self._running is None:
+            raise ClosedError("this MemFuse is not started: use `async with MemFuse()` or start()")
+        return self._running
 
     def _check_open(self) -> None:
         if self._closed:
@@ -287,7 +336,11 @@ class MemFuse:
 
 
 class Memory:
-    """One user's memory seen from one session; every call is bound to that user."""
+    """One user's memory seen from one session; every call is bound to that user.
+
+    Every method is refused with :class:`~memfuse.errors.ClosedError` once the ``MemFuse``
+    it came from is closed.
+    """
 
     def __init__(self, memfuse: MemFuse, scope: MemoryScope) -> None:
         self._memfuse = memfuse
@@ -296,6 +349,10 @@ class Memory:
     @property
     def _database_url(self) -> str | None:
         return self._memfuse._database_url
+
+    @property
+    def _parts(self) -> _Started:
+        return self._memfuse._parts
 
     @property
     def user(self) -> str:
@@ -312,7 +369,7 @@ class Memory:
     def __repr__(self) -> str:
         return f"Memory(user={self.user!r}, agent={self.agent!r}, session={self.session!r})"
 
-    @_database_call
+    @_memory_call
     async def add(self, messages: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
         """Store messages in this session, atomically; returns their ids once committed.
 
@@ -321,19 +378,15 @@ class Memory:
         ``metadata``. One bad message rejects the call with a
         :class:`~memfuse.errors.ValidationError` and nothing is written.
         """
-        service = self._memfuse.messages
-        with self._span("memfuse.add") as current:
-            with self._memfuse.monitor.track_operation("m0_operation"):
-                inputs = service.validate(messages)
-                if current is not None:
-                    current.set_attribute("memfuse.messages", len(inputs))
-                if not inputs:
-                    return []
-                ids = await self._memfuse._write(WriteRequest(self.scope, inputs))
-            self._changed()
-            return ids
+        service = self._parts.messages
+        monitor = self._memfuse.monitor
+        with self._span("memfuse.add") as current, monitor.track_operation("m0_operation"):
+            inputs = service.validate(messages)
+            if current is not None:
+                current.set_attribute("memfuse.messages", len(inputs))
+            return await service.add(self.scope, inputs)
 
-    @_database_call
+    @_memory_call
     async def query(
         self,
         query: str,
@@ -358,7 +411,6 @@ class Memory:
         are found by full text unless ``include_unembedded`` is false.
         """
         with self._span("memfuse.query") as current:
-            self._memfuse._check_open()
             request = SearchRequest.build(
                 query,
                 top_k=top_k,
@@ -372,11 +424,15 @@ class Memory:
             )
             if current is not None:
                 current.set_attributes(_query_attributes(request, agent, session))
-            agent_id, session_id, found = await self._filter_ids(agent, session)
+            narrowed = await self._parts.tenancy.find_ids(
+                self.scope.user_id, agent=agent, session=session
+            )
             results: list[SearchResult] = []
-            if found:
-                request = replace(request, agent_id=agent_id, session_id=session_id)
-                results = await self._memfuse.retrieval.search(self.scope.user_id, request)
+            if narrowed is not None:  # else a named agent or session does not exist
+                request = replace(
+                    request, agent_id=narrowed.agent_id, session_id=narrowed.session_id
+                )
+                results = await self._parts.retrieval.search(self.scope.user_id, request)
             if current is not None:
                 current.set_attribute("memfuse.results", len(results))
             return results
@@ -385,39 +441,12 @@ class Memory:
         """A span naming this memory's session by its id (names may be personal data)."""
         return span(name, {"memfuse.session_id": str(self.scope.session_id)})
 
-    async def _filter_ids(
-        self, agent: str | None, session: str | None
-    ) -> tuple[uuid.UUID | None, uuid.UUID | None, bool]:
-        """Ids of the named agent and session of this user; ``found`` is false if one is not."""
-        for name, value in (("agent", agent), ("session", session)):
-            validate_filter_name(name, value)
-        if agent is None and session is None:
-            return None, None, True
-        agent_id = session_id = None
-        async with self._memfuse.session_factory() as db:
-            if agent is not None:
-                agent_row = await AgentRepository(db).get_by_name(self.scope.user_id, agent)
-                if agent_row is None:
-                    return None, None, False
-                agent_id = agent_row.id
-            if session is not None:
-                session_row = await SessionRepository(db).get_by_name(self.scope.user_id, session)
-                if session_row is None:
-                    return None, None, False
-                session_id = session_row.id
-        return agent_id, session_id, True
-
-    def _changed(self) -> None:
-        """This user's cached search results are stale."""
-        self._memfuse.retrieval.results.invalidate(self.scope.user_id)
-
-    @_database_call
+    @_memory_call
     async def get_message(self, message_id: uuid.UUID | str) -> MessageRow | None:
         """The message with this id, if it is this user's."""
-        self._memfuse._check_open()
-        return await self._memfuse.messages.get(self.scope, parse_message_id(message_id))
+        return await self._parts.messages.get(self.scope, parse_message_id(message_id))
 
-    @_database_call
+    @_memory_call
     async def list_messages(
         self,
         *,
@@ -427,18 +456,12 @@ class Memory:
         all_sessions: bool = False,
     ) -> list[MessageRow]:
         """Messages of this session (or all of the user's), newest first by default."""
-        self._memfuse._check_open()
-        check_page(limit, offset, order)
-        check_flag(all_sessions, field="all_sessions")
-        return await self._memfuse.messages.list(
-            self.scope,
-            limit=limit,
-            offset=offset,
-            newest_first=order == "desc",
-            session_only=not all_sessions,
+        page = check_page(limit, offset, order)
+        return await self._parts.messages.list(
+            self.scope, page, all_sessions=check_flag(all_sessions, field="all_sessions")
         )
 
-    @_database_call
+    @_memory_call
     async def update_message(
         self,
         message_id: uuid.UUID | str,
@@ -447,23 +470,16 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
     ) -> MessageRow:
         """Change a message's content or metadata; M1/M2 of its session are rebuilt."""
-        self._memfuse._check_open()
-        row = await self._memfuse.messages.update(
+        return await self._parts.messages.update(
             self.scope, parse_message_id(message_id), content=content, metadata=metadata
         )
-        self._changed()
-        self._memfuse.pipeline.notify()
-        return row
 
-    @_database_call
+    @_memory_call
     async def delete_message(self, message_id: uuid.UUID | str) -> None:
         """Delete a message; M1/M2 of its session are rebuilt without it."""
-        self._memfuse._check_open()
-        await self._memfuse.messages.delete(self.scope, parse_message_id(message_id))
-        self._changed()
-        self._memfuse.pipeline.notify()
+        await self._parts.messages.delete(self.scope, parse_message_id(message_id))
 
-    @_database_call
+    @_memory_call
     async def list_episodes(
         self,
         *,
@@ -473,19 +489,12 @@ class Memory:
         all_sessions: bool = False,
     ) -> list[EpisodeRow]:
         """M1 episodes of this session (or all of the user's), newest first by default."""
-        self._memfuse._check_open()
-        check_page(limit, offset, order)
-        check_flag(all_sessions, field="all_sessions")
-        async with self._memfuse.session_factory() as db:
-            return await EpisodeRepository(db).page(
-                self.scope.user_id,
-                None if all_sessions else self.scope.session_id,
-                limit=limit,
-                offset=offset,
-                newest_first=order == "desc",
-            )
+        page = check_page(limit, offset, order)
+        return await self._parts.listing.episodes(
+            self.scope, page, all_sessions=check_flag(all_sessions, field="all_sessions")
+        )
 
-    @_database_call
+    @_memory_call
     async def list_facts(
         self,
         *,
@@ -496,33 +505,23 @@ class Memory:
         include_superseded: bool = False,
     ) -> list[FactRow]:
         """M2 facts from this session (or all of the user's); live ones unless asked."""
-        self._memfuse._check_open()
-        check_page(limit, offset, order)
-        check_flag(all_sessions, field="all_sessions")
-        check_flag(include_superseded, field="include_superseded")
-        async with self._memfuse.session_factory() as db:
-            return await FactRepository(db).page(
-                self.scope.user_id,
-                None if all_sessions else self.scope.session_id,
-                include_superseded=include_superseded,
-                limit=limit,
-                offset=offset,
-                newest_first=order == "desc",
-            )
+        page = check_page(limit, offset, order)
+        return await self._parts.listing.facts(
+            self.scope,
+            page,
+            all_sessions=check_flag(all_sessions, field="all_sessions"),
+            include_superseded=check_flag(include_superseded, field="include_superseded"),
+        )
 
-    @_database_call
+    @_memory_call
     async def delete_session(self) -> None:
         """Delete this session with its messages, episodes and facts."""
-        self._memfuse._check_open()
-        await self._memfuse.tenancy.delete_session(self.scope)
-        self._changed()
+        await self._parts.tenancy.delete_session(self.scope)
 
-    @_database_call
+    @_memory_call
     async def delete_user(self) -> None:
         """Delete this user and everything stored for them."""
-        self._memfuse._check_open()
-        await self._memfuse.tenancy.delete_user(self.scope)
-        self._changed()
+        await self._parts.tenancy.delete_user(self.scope)
 
 
 def _query_attributes(

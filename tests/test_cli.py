@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from memfuse import cli
 from memfuse.cli import database_unavailable, main
 from memfuse.config import Settings
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.memory import MemFuse
 
 MEMFUSE = [sys.executable, "-m", "memfuse.cli"]
@@ -106,6 +106,7 @@ def test_bad_setting_exits_non_zero_with_the_setting_named() -> None:
     assert "pw@" not in result.stderr
 
 
+@pytest.mark.model
 def test_worker_once_embeds_what_is_queued(database_url: str) -> None:
     async def write() -> None:
         async with MemFuse(database_url, pipeline_auto=False, embedder="none") as mf:

@@ -8,19 +8,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memfuse.config import Settings
+from memfuse.config.urls import normalize_url
 from memfuse.container import Container
 from memfuse.db import migrate
 from memfuse.db.engines import EngineRegistry
-from memfuse.db.urls import normalize_url
 from memfuse.errors import ValidationError
 from memfuse.monitor import PerformanceMonitor
-from memfuse.services import MemoryScope, TenancyService
+from memfuse.services import TenancyService
+from memfuse.types import MemoryScope
 
 
 def isolated_container(database_url: str) -> Container:
-    """A container with its own settings, monitor and registry, as a test wants it."""
+    """A container with its own settings, monitor and registry, as a test wants it.
+
+    No embedder: these tests never embed, and so run without the ``local`` extra too.
+    """
     container = Container()
-    container.settings.override(providers.Object(Settings(database_url=database_url)))
+    settings = Settings(database_url=database_url, embedder="none")
+    container.settings.override(providers.Object(settings))
     monitor = PerformanceMonitor()
     container.monitor.override(providers.Object(monitor))
     container.engine_registry.override(providers.Object(EngineRegistry(monitor)))
@@ -58,6 +63,7 @@ async def test_a_service_provider_can_be_overridden(database_url: str) -> None:
             RecordingTenancy,
             session_factory=container.session_factory,
             monitor=container.monitor,
+            after_commit=container.after_commit,
         )
     )
     await container.init_resources()
@@ -86,7 +92,9 @@ async def test_host_engine_is_used_and_left_open(database_url: str) -> None:
 async def test_configured_schema_is_used_by_services(database_url: str) -> None:
     container = Container()
     container.settings.override(
-        providers.Object(Settings(database_url=database_url, schema="tenant_memory"))
+        providers.Object(
+            Settings(database_url=database_url, schema="tenant_memory", embedder="none")
+        )
     )
     container.engine_registry.override(providers.Object(EngineRegistry()))
     await container.init_resources()
@@ -160,6 +168,7 @@ async def test_the_fact_extractor_follows_the_settings(database_url: str) -> Non
             fact_extractor=name,
             llm_base_url="http://127.0.0.1:9/v1",
             llm_model="local-model",
+            embedder="none",
         )
         container.settings.override(providers.Object(settings))
         await container.init_resources()
@@ -173,7 +182,9 @@ async def test_the_fact_extractor_follows_the_settings(database_url: str) -> Non
 
 async def test_without_a_fact_extractor_the_pipeline_runs_m1_only(database_url: str) -> None:
     container = isolated_container(database_url)
-    settings = Settings(database_url=database_url, fact_extractor="none", buffer_enabled=False)
+    settings = Settings(
+        database_url=database_url, fact_extractor="none", buffer_enabled=False, embedder="none"
+    )
     container.settings.override(providers.Object(settings))
     await container.init_resources()
     try:

@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 from real_model import memfuse_with_model
 
+from memfuse.config.urls import asyncpg_connect_args
+from memfuse.container import resolve
 from memfuse.db.engines import create_engine
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import (
@@ -61,7 +62,7 @@ async def test_the_listener_comes_back_after_every_kill_and_wakes_the_worker(
     async with memfuse_with_model(
         database_url, model, worker_poll_interval=60.0, pipeline_auto=False
     ) as mf:
-        worker = mf.worker
+        worker = await resolve(mf.container.embedding_worker)
         assert worker is not None
         memory = await mf.init("watcher")
         await wait_until(lambda: worker._listener is not None, 10)
@@ -103,7 +104,7 @@ async def test_a_worker_loop_that_raises_restarts_and_health_shows_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with memfuse_with_model(database_url, model, pipeline_auto=False) as mf:
-        worker = mf.worker
+        worker = await resolve(mf.container.embedding_worker)
         assert worker is not None
         original = EmbeddingWorker.process_batch
 
@@ -221,7 +222,7 @@ async def test_a_flush_running_when_close_is_called_stops_and_leaves_no_lease(
     async with memfuse_with_model(
         database_url, model, pipeline_auto=False, buffer_enabled=False, worker_batch_size=32
     ) as mf:
-        worker = mf.worker
+        worker = await resolve(mf.container.embedding_worker)
         assert worker is not None
         memory = await mf.init("ana")
         await memory.add(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+import parts
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -255,7 +256,7 @@ class Target:
 
     async def counts(self) -> tuple[int, ...]:
         """Rows per table that a rejected call must leave alone, and the sessions' counters."""
-        async with self.mf.session_factory() as db:
+        async with parts.db(self.mf) as db:
             row = (
                 await db.execute(
                     text(
@@ -271,7 +272,7 @@ class Target:
 
     async def snapshot(self) -> list[tuple[Any, ...]]:
         """Every message as stored, to show an update that was refused changed nothing."""
-        async with self.mf.session_factory() as db:
+        async with parts.db(self.mf) as db:
             rows = await db.execute(
                 text(
                     "SELECT id, seq, content, name, metadata::text, created_at, updated_at"

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from memfuse.cli import main
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.errors import ValidationError
 from memfuse.ingest import (
     NAMESPACE,
@@ -235,10 +235,9 @@ def test_message_errors_name_file_position_and_field(
 
 def test_message_is_checked_with_memory_adds_own_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a copy of the rules: a change to ``validate_message`` applies to files too."""
-    from memfuse import ingest
-    from memfuse.layers import m0
+    from memfuse import ingest, validation
 
-    def strict(raw: object, *, index: int, max_chars: int) -> m0.MessageInput:
+    def strict(raw: object, *, index: int, max_chars: int) -> validation.MessageInput:
         raise ValidationError("no messages today", index=index, field="content")
 
     monkeypatch.setattr(ingest, "validate_message", strict)

@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 from real_model import memfuse_with_model
 
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
+from memfuse.container import resolve
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.errors import NotFoundError
 from memfuse.memory import Memory
@@ -96,7 +97,9 @@ async def test_writers_racing_the_worker_and_the_pipeline_never_deadlock(
             )
             assert unexpected(outcomes) == [], f"round {round_}: {unexpected(outcomes)}"
         await mf.flush()
-        assert mf.worker is not None and await mf.worker.queue_depth() == 0
+        assert (await resolve(mf.container.embedding_worker)) is not None and await (
+            await resolve(mf.container.embedding_worker)
+        ).queue_depth() == 0
     assert await deadlocks(database_url) == before
 
 

@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import parts
 import pytest
 
 from memfuse import MemFuse
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db.embedded import EmbeddedPostgres
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.errors import ClosedError, DatabaseUnavailableError, MemfuseError
 from memfuse.memory import Memory
-from memfuse.repositories.messages import MessageRow
+from memfuse.types import MessageRow
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +184,9 @@ async def _state(url: str, logs: list[CallerLog], mf: MemFuse, since: float) -> 
         f"the restart, errors {dict(log.errors)}, unexpected {log.unexpected[-2:]}"
         for log in logs
     ]
-    states = [*mf.pipeline.task_states()]
-    if mf._buffer is not None:
-        states.extend(mf._buffer.task_states())
+    states = [*(await parts.pipeline(mf)).task_states()]
+    if (await parts.write_buffer(mf)) is not None:
+        states.extend((await parts.write_buffer(mf)).task_states())
     lines.append(str(states))
     lines.extend(f"{task.get_name()}: {_stack(task)}" for task in asyncio.all_tasks())
     try:
@@ -365,7 +366,7 @@ async def _restart_mid_traffic(mf: MemFuse, url: str, server: _Server) -> None:
     last = {"id": str(uuid.uuid4()), "role": "user", "content": "I moved to Braga last week."}
     assert await memories[-1].add([last]) == [uuid.UUID(last["id"])]
     logs[-1].acknowledged.append(uuid.UUID(last["id"]))
-    layers = sorted(mf.pipeline.processors)
+    layers = sorted((await parts.pipeline(mf)).processors)
     catch_up = await _eventually(
         lambda: _nothing_pending(url, layers), RECOVERY_SECONDS, "the pipeline catches up", 0.1
     )

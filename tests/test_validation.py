@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from memfuse.errors import MemfuseError, ValidationError
-from memfuse.layers.m0 import validate_messages
 from memfuse.retrieval.service import SearchRequest
 from memfuse.services import tenancy
 from memfuse.validation import (
@@ -32,13 +31,13 @@ from memfuse.validation import (
     text_problem,
     time_bound,
     validate_filter_name,
+    validate_messages,
     validate_name,
 )
 
 
 def test_one_name_rule_serves_tenancy() -> None:
     assert tenancy.validate_name is validate_name
-    assert tenancy.MAX_NAME_LENGTH == MAX_NAME_LENGTH
 
 
 @pytest.mark.parametrize(

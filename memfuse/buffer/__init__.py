@@ -1,5 +1,5 @@
 """The write buffer: group commit for concurrent ``add()`` calls."""
 
-from memfuse.buffer.write_buffer import BufferStats, WriteBuffer
+from memfuse.buffer.write_buffer import WriteBuffer
 
-__all__ = ["BufferStats", "WriteBuffer"]
+__all__ = ["WriteBuffer"]

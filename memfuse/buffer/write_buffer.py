@@ -24,32 +24,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from memfuse.background import SupervisedTask, TaskState
+from memfuse.background import SupervisedTask
 from memfuse.errors import ClosedError
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.types import BufferStats, TaskState
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
-
-FLUSH_REASONS = ("shutdown", "explicit", "size", "tokens", "age")
-"""Why a batch was written, highest priority first."""
-
-
-@dataclass(slots=True)
-class BufferStats:
-    """Counters for the monitor and tests: batches per reason, calls and messages written."""
-
-    batches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLUSH_REASONS, 0))
-    calls_written: int = 0
-    messages_written: int = 0
-    calls_failed: int = 0
-    largest_batch: int = 0
 
 
 @dataclass(slots=True)

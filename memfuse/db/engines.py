@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from memfuse.config import PoolSettings
+from memfuse.config.urls import engine_key, normalize_url
 from memfuse.db.models import SCHEMA
-from memfuse.db.urls import engine_key, normalize_url
 from memfuse.db.vector import register_vector_codec
 from memfuse.errors import MemfuseError
 from memfuse.monitor.engine_hooks import instrument_engine

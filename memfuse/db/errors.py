@@ -18,7 +18,7 @@ import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from memfuse.db.urls import mask_url
+from memfuse.config.urls import mask_url
 from memfuse.errors import ConfigurationError, DatabaseUnavailableError, MemfuseError
 
 _DRIVER_MODULES = ("asyncpg", "sqlalchemy")

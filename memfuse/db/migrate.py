@@ -46,6 +46,18 @@ def migrations_directory() -> Path:
     raise SchemaError(f"memfuse migrations not found next to {_PACKAGE_DIR}")
 
 
+def alembic_ini_path() -> Path:
+    """The ``alembic.ini`` beside :func:`migrations_directory`, for ``alembic -c``.
+
+    ``memfuse/alembic.ini`` in a wheel, the checkout's root ``alembic.ini`` in an editable
+    install; ``memfuse db ini-path`` prints it.
+    """
+    ini = migrations_directory().parent / "alembic.ini"
+    if not ini.is_file():
+        raise SchemaError(f"alembic.ini not found next to {migrations_directory()}")
+    return ini
+
+
 def alembic_config(options: MigrationOptions | None = None) -> Config:
     """An Alembic ``Config`` for memfuse's migrations, independent of any ``alembic.ini``.
 

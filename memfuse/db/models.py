@@ -30,13 +30,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from memfuse.db.vector import Vector
+from memfuse.types import MESSAGE_ROLES
 
 SCHEMA = "memfuse"
 """The schema name in the models; the configured name replaces it at run time."""
 
 VERSION_TABLE = "memfuse_alembic_version"
 TEXT_SEARCH_CONFIG = "english"
-MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
 DERIVED_LAYERS = ("m1", "m2")
 
@@ -64,10 +64,24 @@ _NOW = text("now()")
 _EMPTY_OBJECT = text("'{}'::jsonb")
 _NEW_UUID = text("gen_random_uuid()")
 _TSVECTOR = f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, content)"
+SPEAKER_SEPARATOR = ": "
+"""Between a speaker and what they said, wherever a message is read as text."""
+
+
+def message_text(speaker: str | None, content: str) -> str:
+    """How a message reads: ``speaker: content``, or the content alone without a speaker.
+
+    The one rule for a message's text: the embedding worker embeds it, the full-text column
+    below indexes it (the same rule in SQL), and an M1 episode is made of such lines.
+    """
+    return f"{speaker}{SPEAKER_SEPARATOR}{content}" if speaker else content
+
+
 _MESSAGE_TSVECTOR = (
-    f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, coalesce(name || ': ', '') || content)"
+    f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
+    f"coalesce(name || '{SPEAKER_SEPARATOR}', '') || content)"
 )
-"""A message is searched with its speaker's name, as it is embedded (``name: content``)."""
+"""A message is searched as :func:`message_text` reads it (migration 0004 holds a copy)."""
 
 
 class Base(DeclarativeBase):

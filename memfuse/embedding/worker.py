@@ -32,44 +32,26 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from memfuse.background import SupervisedTask, TaskState
+from memfuse.background import SupervisedTask
 from memfuse.config import DEFAULT_SCHEMA
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db.errors import translate_unavailable
 from memfuse.db.migrate import check_embedding_dimension
 from memfuse.db.models import EmbeddingJob, embedding_channel, listener_name
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ClosedError, ModelCallError
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.jobs import Job, JobRepository, QueueCounts, RowKey, RowText
+from memfuse.types import TaskState, WorkerStats
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counters since start: batches, jobs, vectors written, and what went wrong."""
-
-    batches: int = 0
-    jobs_done: int = 0
-    vectors_written: int = 0
-    rows_gone: int = 0
-    rows_busy: int = 0
-    failures: int = 0
-    dead_lettered: int = 0
-    largest_batch: int = 0
-    notifications: int = 0
-    listener_connects: int = 0
-    last_error: str | None = None
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 class EmbeddingWorker:

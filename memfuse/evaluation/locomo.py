@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from tqdm import tqdm
-
 from memfuse.errors import ValidationError
 from memfuse.ingest import (
     LOCOMO_SESSION,
@@ -36,6 +34,7 @@ from memfuse.ingest import (
     read_document,
 )
 from memfuse.memory import MemFuse, Memory
+from memfuse.progress import track
 
 BUDGETS: Final = (500, 1000, 2000)
 CATEGORIES: Final = (1, 2, 3, 4)
@@ -285,7 +284,7 @@ async def evaluate(
     count_tokens = minilm_token_counter()
     memories: dict[str, Memory] = {}
     recalls: dict[str, list[dict[int, float]]] = {name: [] for name in LINES}
-    for question in tqdm(questions, desc="questions", unit="q", disable=not progress):
+    for question in track(questions, desc="questions", unit="q", enabled=progress):
         memory = memories.get(question.user)
         if memory is None:
             memory = memories[question.user] = await mf.init(question.user)

@@ -20,11 +20,12 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memfuse.layers.chunk import ChunkData
-from memfuse.layers.tokens import count_tokens
-from memfuse.repositories.episodes import EpisodeRepository, EpisodeRow
+from memfuse.db.models import message_text
+from memfuse.repositories.episodes import EpisodeRepository
 from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.progress import Progress
+from memfuse.tokens import count_tokens
+from memfuse.types import ChunkData, EpisodeRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,12 @@ class PackedEpisodes:
 
 def episode_line(message: ChunkData) -> str:
     """How a message reads inside an episode: the speaker, then the text."""
-    return f"{message.speaker or message.role or 'unknown'}: {message.content}"
+    return message_text(message_speaker(message), message.content)
+
+
+def message_speaker(message: ChunkData) -> str:
+    """Who said a message: its speaker's name, else its role."""
+    return message.speaker or message.role or "unknown"
 
 
 def episode_chunk(row: EpisodeRow) -> ChunkData:
@@ -108,7 +114,7 @@ def _speakers(chunk: ChunkData) -> list[str]:
 
 
 def _start(message: ChunkData, line: str, tokens: int) -> ChunkData:
-    speaker = message.speaker or message.role or "unknown"
+    speaker = message_speaker(message)
     return replace(
         message,
         content=line,
@@ -121,7 +127,7 @@ def _start(message: ChunkData, line: str, tokens: int) -> ChunkData:
 
 def _extend(episode: ChunkData, message: ChunkData, line: str, tokens: int) -> ChunkData:
     speakers = _speakers(episode)
-    speaker = message.speaker or message.role or "unknown"
+    speaker = message_speaker(message)
     if speaker not in speakers:
         speakers.append(speaker)
     return replace(

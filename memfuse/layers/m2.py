@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.repositories.facts import Closure, FactRepository, LiveFact, NewFact
 from memfuse.repositories.progress import Progress
+from memfuse.types import ChunkData
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,15 +26,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memfuse.background import SupervisedTask, TaskState
+from memfuse.background import SupervisedTask
 from memfuse.db.errors import is_unavailable
 from memfuse.errors import ClosedError, PipelineError
-from memfuse.layers.m0 import message_chunk
+from memfuse.layers.chunk import message_chunk
 from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
 from memfuse.repositories.tenancy import SessionRepository, lock_user_and_session
+from memfuse.types import TaskState
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.repositories.progress import Progress
+from memfuse.types import ChunkData
 
 Context = TypeVar("Context")
 Result = TypeVar("Result")

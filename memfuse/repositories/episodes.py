@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import Episode
-from memfuse.layers.chunk import ChunkData
-
-
-@dataclass(frozen=True, slots=True)
-class EpisodeRow:
-    """A stored episode as callers see it (without its vector)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    session_id: uuid.UUID
-    content: str
-    token_count: int
-    message_ids: tuple[uuid.UUID, ...]
-    first_seq: int
-    last_seq: int
-    started_at: datetime
-    ended_at: datetime
-    metadata: dict[str, Any]
-    created_at: datetime
-    embedded: bool
-
+from memfuse.repositories.paging import paginate
+from memfuse.types import ChunkData, EpisodeRow, Page
 
 _TABLE = cast(Table, Episode.__table__)
 
@@ -116,20 +94,14 @@ class EpisodeRepository:
             raise RuntimeError(f"episode {episode_id} changed while it was being extended")
 
     async def page(
-        self,
-        user_id: uuid.UUID,
-        session_id: uuid.UUID | None,
-        *,
-        limit: int,
-        offset: int,
-        newest_first: bool,
+        self, user_id: uuid.UUID, session_id: uuid.UUID | None, page: Page
     ) -> list[EpisodeRow]:
+        """A page of the user's episodes, of one session or of all, by time."""
         query = select(*_COLUMNS).where(Episode.user_id == user_id)
         if session_id is not None:
             query = query.where(Episode.session_id == session_id)
         order = [Episode.started_at, Episode.session_id, Episode.first_seq]
-        query = query.order_by(*(column.desc() if newest_first else column for column in order))
-        result = await self.session.execute(query.limit(limit).offset(offset))
+        result = await self.session.execute(paginate(query, order, page))
         return [_row(row) for row in result]
 
     async def delete_for_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:

@@ -27,34 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from memfuse.db.models import Episode, Fact
-
-
-@dataclass(frozen=True, slots=True)
-class FactRow:
-    """A stored fact as callers see it (without its vector)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    agent_id: uuid.UUID | None
-    session_id: uuid.UUID | None
-    content: str
-    fact_type: str
-    fact_key: str | None
-    entities: tuple[str, ...]
-    confidence: float
-    occurred_at: datetime | None
-    message_ids: tuple[uuid.UUID, ...]
-    episode_id: uuid.UUID | None
-    valid_from: datetime
-    valid_to: datetime | None
-    superseded_by: uuid.UUID | None
-    metadata: dict[str, Any]
-    created_at: datetime
-    embedded: bool
-
-    @property
-    def live(self) -> bool:
-        return self.valid_to is None
+from memfuse.repositories.paging import paginate
+from memfuse.types import FactRow, Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,20 +176,18 @@ class FactRepository:
         self,
         user_id: uuid.UUID,
         session_id: uuid.UUID | None,
+        page: Page,
         *,
         include_superseded: bool,
-        limit: int,
-        offset: int,
-        newest_first: bool,
     ) -> list[FactRow]:
+        """A page of the user's facts (live ones unless asked), by validity then creation."""
         query = select(*_COLUMNS).where(Fact.user_id == user_id)
         if session_id is not None:
             query = query.where(Fact.session_id == session_id)
         if not include_superseded:
             query = query.where(Fact.valid_to.is_(None))
         order = [Fact.valid_from, Fact.created_at, Fact.id]
-        query = query.order_by(*(column.desc() if newest_first else column for column in order))
-        result = await self.session.execute(query.limit(limit).offset(offset))
+        result = await self.session.execute(paginate(query, order, page))
         return [_row(row) for row in result]
 
     async def link_episodes(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:

@@ -18,7 +18,14 @@ from typing import cast
 from sqlalchemy import Select, Table, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memfuse.db.models import EmbeddingDeadLetter, EmbeddingJob, Episode, Fact, Message
+from memfuse.db.models import (
+    EmbeddingDeadLetter,
+    EmbeddingJob,
+    Episode,
+    Fact,
+    Message,
+    message_text,
+)
 
 MEMORY_TABLES: dict[str, Table] = {
     "messages": cast(Table, Message.__table__),
@@ -54,11 +61,6 @@ class RowText:
     row_id: uuid.UUID
     content: str
     text: str
-
-
-def message_text(name: str | None, content: str) -> str:
-    """The text a message is embedded as; the full-text column of messages uses the same rule."""
-    return f"{name}: {content}" if name else content
 
 
 @dataclass(frozen=True, slots=True)

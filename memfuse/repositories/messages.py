@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import DateTime
 
 from memfuse.db.models import Message, Session
-from memfuse.repositories.tenancy import UserRepository
+from memfuse.repositories.paging import paginate
+from memfuse.types import MessageRow, Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +45,6 @@ class NewMessage:
     token_count: int
     metadata: dict[str, Any]
     created_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRow:
-    """A stored message as callers see it (without its vector)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    session_id: uuid.UUID
-    seq: int
-    role: str
-    name: str | None
-    content: str
-    token_count: int
-    metadata: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    embedded: bool
 
 
 _NEW_FIELDS = tuple(field.name for field in fields(NewMessage))
@@ -128,7 +110,7 @@ class MessageRepository:
     ) -> dict[uuid.UUID, int]:
         """Lock the counters of ``(user_id, session_id)`` pairs in id order; their counts.
 
-        Their users get a shared key lock first (see ``UserRepository.lock`` for the order).
+        The caller locks their users first (``UserRepository.lock``: the writers' order).
         Locking in one order keeps concurrent multi-session writers free of deadlocks; the
         locks last until commit, so sequence numbers follow commit order without gaps.
         Sessions that do not exist (or are another user's) are absent from the result. The
@@ -137,7 +119,6 @@ class MessageRepository:
         """
         if not sessions:
             return {}
-        await UserRepository(self.session).lock(sorted({user_id for user_id, _ in sessions}))
         pairs = (
             func.unnest(
                 _uuid_array([u for u, _ in sessions]), _uuid_array([s for _, s in sessions])
@@ -189,13 +170,7 @@ class MessageRepository:
         return None if row is None else _row(row)
 
     async def page(
-        self,
-        user_id: uuid.UUID,
-        session_id: uuid.UUID | None,
-        *,
-        limit: int,
-        offset: int,
-        newest_first: bool,
+        self, user_id: uuid.UUID, session_id: uuid.UUID | None, page: Page
     ) -> list[MessageRow]:
         """A page of the user's messages, of one session or of all, by time then number."""
         query = select(*_COLUMNS).where(Message.user_id == user_id)
@@ -204,8 +179,7 @@ class MessageRepository:
             order: list[Any] = [Message.seq]
         else:
             order = [Message.created_at, Message.session_id, Message.seq]
-        query = query.order_by(*(column.desc() if newest_first else column for column in order))
-        result = await self.session.execute(query.limit(limit).offset(offset))
+        result = await self.session.execute(paginate(query, order, page))
         return [_row(row) for row in result]
 
     async def read_after(

@@ -1,4 +1,4 @@
-"""How far M1 and M2 have processed each session, and rebuilding a session after an edit.
+"""How far M1 and M2 have processed each session, and resetting a session after an edit.
 
 The progress rows of a session are the pipeline's lock on it: a layer step reads holding its
 row shared and writes holding it exclusively, and an edit or deletion holds both rows
@@ -20,8 +20,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import DERIVED_LAYERS, LayerProgress, Session
-from memfuse.repositories.episodes import EpisodeRepository
-from memfuse.repositories.facts import FactRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,16 +211,15 @@ class ProgressRepository:
             query.order_by(LayerProgress.session_id, LayerProgress.layer).with_for_update()
         )
 
-    async def rebuild_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-        """Forget a session's episodes and facts so the pipeline derives them again from M0.
+    async def reset_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        """Set a session's layers back to the start, so the pipeline derives them again.
 
         Called in the transaction that edits or deletes a message, after :meth:`lock`. Each
         layer's row is reset by an upsert, so it is bumped even if a pass created it a moment
         ago (a plain ``UPDATE`` skipped a row still uncommitted, and the pass then stored
-        episodes from the old text, or episodes that this deleted right after). A layer step
-        on the session either committed before the lock (and its rows are removed here) or
-        finds the new ``generation`` and discards its work. Facts of other sessions that this
-        session's facts had closed are reopened.
+        episodes from the old text, or episodes that the rebuild deleted right after). A layer
+        step on the session either committed before the lock (and the caller removes its rows)
+        or finds the new ``generation`` and discards its work.
         """
         for layer in sorted(DERIVED_LAYERS):
             reset = insert(LayerProgress).from_select(
@@ -243,7 +240,3 @@ class ProgressRepository:
                     },
                 )
             )
-        facts = FactRepository(self.session)
-        await facts.lock_user(user_id)
-        await facts.delete_for_session(user_id, session_id)
-        await EpisodeRepository(self.session).delete_for_session(user_id, session_id)

@@ -18,16 +18,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import TEXT_SEARCH_CONFIG
-
-Layer = Literal["m0", "m1", "m2"]
-Method = Literal["vector", "text"]
-Unit = Literal["message", "item"]
+from memfuse.types import Layer, Method, Unit
 
 LAYER_TABLES: Final[dict[Layer, str]] = {"m0": "messages", "m1": "episodes", "m2": "facts"}
 _LINEAGE: Final[dict[Layer, str]] = {"m0": "ARRAY[id]", "m1": "message_ids", "m2": "message_ids"}

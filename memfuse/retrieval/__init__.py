@@ -1,6 +1,6 @@
 """Hybrid search over the memory layers, with its caches."""
 
 from memfuse.retrieval.cache import LruCache, ResultCache
-from memfuse.retrieval.service import RetrievalService, SearchRequest, SearchResult
+from memfuse.retrieval.service import RetrievalService, SearchRequest
 
-__all__ = ["LruCache", "ResultCache", "RetrievalService", "SearchRequest", "SearchResult"]
+__all__ = ["LruCache", "ResultCache", "RetrievalService", "SearchRequest"]

@@ -22,17 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
-from memfuse.layers.tokens import count_tokens
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.search import (
-    Layer,
-    Method,
-    ScoredRow,
-    SearchFilters,
-    SearchRepository,
-    Unit,
-)
+from memfuse.repositories.search import ScoredRow, SearchFilters, SearchRepository
 from memfuse.retrieval.cache import LruCache, ResultCache
+from memfuse.tokens import count_tokens
+from memfuse.types import Layer, Method, RetrievalStats, SearchResult, Unit
 from memfuse.validation import check_flag, check_text, preview, time_bound
 
 logger = logging.getLogger(__name__)
@@ -42,27 +36,6 @@ ALL_METHODS: tuple[Method, ...] = ("vector", "text")
 MAX_QUERY_CHARS = 4000
 """Longer queries are cut: the model reads 256 word pieces, and full text gains nothing."""
 MAX_TOP_K = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    """One result: a message (``m0``), an episode (``m1``) or a fact (``m2``).
-
-    ``created_at`` is when it was said: the message's time, the episode's first message, the
-    fact's source message. ``message_ids`` is the lineage: the M0 messages it contains.
-    """
-
-    layer: Layer
-    id: uuid.UUID
-    content: str
-    score: float
-    created_at: datetime
-    session_id: uuid.UUID | None
-    agent_id: uuid.UUID | None
-    message_ids: tuple[uuid.UUID, ...]
-    token_count: int
-    speaker: str | None = None
-    embedded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +126,6 @@ def _choices(name: str, value: object, allowed: tuple[T, ...]) -> tuple[T, ...]:
             f"unknown {preview(unknown)}; choose from {list(allowed)}", field=name
         )
     return tuple(item for item in allowed if item in value)
-
-
-@dataclass(slots=True)
-class RetrievalStats:
-    """Searches served, and how many the caches answered."""
-
-    searches: int = 0
-    result_cache_hits: int = 0
 
 
 class RetrievalService:

@@ -1,5 +1,5 @@
 """Services: units of work over repositories, built by the container."""
 
-from memfuse.services.tenancy import MemoryScope, TenancyService
+from memfuse.services.tenancy import TenancyService
 
-__all__ = ["MemoryScope", "TenancyService"]
+__all__ = ["TenancyService"]

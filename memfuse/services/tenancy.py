@@ -17,8 +17,9 @@ from memfuse.repositories.tenancy import (
     SessionRepository,
     UserRepository,
 )
-from memfuse.validation import MAX_NAME_LENGTH as MAX_NAME_LENGTH
-from memfuse.validation import validate_name as validate_name
+from memfuse.services.changes import AfterCommit
+from memfuse.types import MemoryScope
+from memfuse.validation import validate_filter_name, validate_name
 
 DEFAULT_AGENT = "default"
 
@@ -27,25 +28,26 @@ RESOLVE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
-class MemoryScope:
-    """The ids every memory read and write is bound to; ``user_id`` is never optional."""
+class FilterIds:
+    """The ids a query narrows to; ``None`` means not narrowed."""
 
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    session_id: uuid.UUID
-    user: str
-    agent: str
-    session: str
+    agent_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
 
 
 class TenancyService:
     """Gets or creates users, agents and sessions by name."""
 
     def __init__(
-        self, session_factory: async_sessionmaker[AsyncSession], monitor: PerformanceMonitor
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        monitor: PerformanceMonitor,
+        *,
+        after_commit: AfterCommit,
     ) -> None:
         self._session_factory = session_factory
         self._monitor = monitor
+        self._after_commit = after_commit
 
     async def resolve(
         self, user: str, agent: str | None = None, session: str | None = None
@@ -112,6 +114,7 @@ class TenancyService:
             await facts.lock_user(scope.user_id)
             await facts.delete_for_session(scope.user_id, scope.session_id)
             await sessions.delete(scope.user_id, scope.session_id)
+        self._after_commit(scope.user_id)
 
     async def delete_user(self, scope: MemoryScope) -> None:
         """Delete a user and everything stored for them."""
@@ -120,3 +123,30 @@ class TenancyService:
             if not await users.lock([scope.user_id], exclusive=True):
                 raise NotFoundError(f"user {scope.user!r} does not exist")
             await users.delete(scope.user_id)
+        self._after_commit(scope.user_id)
+
+    async def find_ids(
+        self, user_id: uuid.UUID, *, agent: str | None, session: str | None
+    ) -> FilterIds | None:
+        """The ids of the user's named agent and session; ``None`` if one does not exist.
+
+        Names are looked up within ``user_id`` only: another user's agent or session of the
+        same name is never found.
+        """
+        for kind, value in (("agent", agent), ("session", session)):
+            validate_filter_name(kind, value)
+        if agent is None and session is None:
+            return FilterIds()
+        agent_id = session_id = None
+        async with self._session_factory() as db:
+            if agent is not None:
+                agent_row = await AgentRepository(db).get_by_name(user_id, agent)
+                if agent_row is None:
+                    return None
+                agent_id = agent_row.id
+            if session is not None:
+                session_row = await SessionRepository(db).get_by_name(user_id, session)
+                if session_row is None:
+                    return None
+                session_id = session_row.id
+        return FilterIds(agent_id=agent_id, session_id=session_id)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from benchmarks import foundation, suite, sustained
 from memfuse.cli import main as memfuse_main
 
 
+@pytest.mark.model  # the local extra: settings default to embedder="local"
 async def test_foundation_keys_come_from_a_measured_run(database_url: str) -> None:
     results = await foundation.measure(database_url, rounds=1, ops=20)
 
@@ -30,6 +33,7 @@ async def test_foundation_keys_come_from_a_measured_run(database_url: str) -> No
     assert keys["pool_checkout_p99_ms"] >= keys["pool_checkout_p50_ms"]
 
 
+@pytest.mark.model
 async def test_sustained_run_processes_every_message_it_adds(database_url: str) -> None:
     args = argparse.Namespace(
         duration=2.0,

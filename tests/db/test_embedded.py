@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 
 from memfuse.config import Settings
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db.embedded import EmbeddedPostgres, database_url_for
-from memfuse.db.urls import asyncpg_connect_args
 
 
 async def scalar(url: str, sql: str) -> object:

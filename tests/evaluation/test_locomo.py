@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 
 from memfuse.cli import EVAL_SCHEMA, main
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.errors import ValidationError
 from memfuse.evaluation.locomo import covered_within, load_locomo, load_questions
 from memfuse.ingest import NAMESPACE
-from memfuse.retrieval.service import SearchResult
+from memfuse.types import SearchResult
 
 SAMPLE: list[dict[str, Any]] = [
     {
@@ -116,6 +116,7 @@ def test_the_budget_stops_at_the_first_result_that_would_overflow() -> None:
     assert covered_within(results, 7, words) == {a, b, c}
 
 
+@pytest.mark.model
 def test_eval_locomo_writes_recall_for_memfuse_and_the_reference_lines(
     database_url: str,
     data: Path,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors import FactCandidate, FactExtractor
+from memfuse.types import ChunkData
 
 
 class ScriptedExtractor:

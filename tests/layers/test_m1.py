@@ -6,9 +6,9 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.m1 import EpisodePolicy, pack_episodes
-from memfuse.layers.tokens import count_tokens
+from memfuse.tokens import count_tokens
+from memfuse.types import ChunkData
 
 USER, AGENT, SESSION = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 START = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)

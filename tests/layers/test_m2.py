@@ -11,12 +11,12 @@ from dependency_injector import providers
 from scripted_extractor import ScriptedExtractor
 
 from memfuse.container import Container
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors import FactCandidate
 from memfuse.layers.m2 import ExtractedFacts, plan_facts
 from memfuse.memory import MemFuse, Memory
 from memfuse.repositories.facts import LiveFact
 from memfuse.repositories.progress import Progress
+from memfuse.types import ChunkData
 
 MAY_1 = datetime(2023, 5, 1, tzinfo=UTC)
 JUNE_1 = datetime(2023, 6, 1, tzinfo=UTC)

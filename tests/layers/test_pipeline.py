@@ -9,21 +9,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import parts
 import pytest
 from dependency_injector import providers
 from scripted_extractor import ScriptedExtractor
 from sqlalchemy import text
 
-from memfuse.container import Container
+from memfuse.container import Container, resolve
 from memfuse.errors import DatabaseUnavailableError, PipelineError
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors import FactCandidate
 from memfuse.layers.extractors.offline import OfflineFactExtractor
 from memfuse.layers.m1 import EpisodeProcessor
 from memfuse.memory import MemFuse, Memory
-from memfuse.repositories.episodes import EpisodeRow
 from memfuse.repositories.facts import FactRepository
 from memfuse.repositories.progress import Progress
+from memfuse.types import ChunkData, EpisodeRow
 
 DAY_1 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 
@@ -65,7 +65,7 @@ async def layer_contents(memory: Memory) -> tuple[list[Any], list[Any]]:
 
 
 async def count(mf: MemFuse, sql: str) -> int:
-    async with mf.session_factory() as db:
+    async with parts.db(mf) as db:
         return int((await db.execute(text(sql))).scalar_one())
 
 
@@ -209,9 +209,9 @@ async def test_the_background_runner_restarts_after_an_unexpected_error(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with MemFuse(database_url, pipeline_auto=False) as idle:
-        assert idle.pipeline.task_states() == []
+        assert (await parts.pipeline(idle)).task_states() == []
     async with MemFuse(database_url) as mf:
-        pipeline = mf.pipeline
+        pipeline = await resolve(mf.container.pipeline)
         process_pending = pipeline.process_pending
         calls = 0
 
@@ -289,8 +289,8 @@ async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url:
                 {"role": "user", "content": "I work at the bakery on Main Street."},
             ]
         )
-        pausing = PausingEpisodes(mf.pipeline.processors["m1"])
-        mf.pipeline.processors["m1"] = pausing
+        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"])
+        (await parts.pipeline(mf)).processors["m1"] = pausing
         flushing = asyncio.create_task(mf.flush())
         await asyncio.wait_for(pausing.paused.wait(), timeout=10)
         editing = asyncio.create_task(
@@ -330,8 +330,8 @@ async def test_a_layer_step_during_a_deletion_does_not_lose_episodes(
         first, second, third = await memory.add(
             [{"role": "user", "content": f"Message number {n}."} for n in range(3)]
         )
-        pausing = PausingEpisodes(mf.pipeline.processors["m1"])
-        mf.pipeline.processors["m1"] = pausing
+        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"])
+        (await parts.pipeline(mf)).processors["m1"] = pausing
         flushing = asyncio.create_task(mf.flush())
         await asyncio.wait_for(pausing.paused.wait(), timeout=10)
         removing = asyncio.create_task(memory.delete_message(second))

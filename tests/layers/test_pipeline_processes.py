@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import parts
 import pytest
 from sqlalchemy import text
 
@@ -60,7 +61,7 @@ async def run_process(url: str, user: str, seed: int, start: float) -> None:
 
 
 async def rows(mf: MemFuse, sql: str, **params: Any) -> list[Any]:
-    async with mf.session_factory() as db:
+    async with parts.db(mf) as db:
         return list(await db.execute(text(sql), params))
 
 

@@ -19,6 +19,7 @@ from memfuse.memory import MemFuse, Memory
 from memfuse.monitor import PerformanceMonitor
 from memfuse.repositories import AgentRepository, SessionRepository, UserRepository
 from memfuse.repositories.tenancy import DeletedConcurrentlyError
+from memfuse.services.changes import AfterCommit
 from memfuse.services.tenancy import RESOLVE_ATTEMPTS, TenancyService
 
 
@@ -176,7 +177,9 @@ async def test_resolve_gives_up_cleanly_when_every_attempt_loses_its_session(
 
     monkeypatch.setattr(SessionRepository, "get_or_create", deleted_meanwhile)
     factory = async_sessionmaker(migrated_engine, expire_on_commit=False)
-    tenancy = TenancyService(factory, PerformanceMonitor())
+    tenancy = TenancyService(
+        factory, PerformanceMonitor(), after_commit=AfterCommit(invalidate=lambda _user: None)
+    )
     with pytest.raises(ConflictError, match="retrying is safe") as raised:
         await tenancy.resolve("frank", "assistant", "chat")
     assert not isinstance(raised.value, DeletedConcurrentlyError)

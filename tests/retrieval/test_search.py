@@ -11,7 +11,7 @@ import pytest
 
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
-from memfuse.retrieval.service import SearchResult
+from memfuse.types import SearchResult
 
 DAY = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -56,6 +56,7 @@ def texts(results: list[SearchResult]) -> list[str]:
     return [result.content for result in results]
 
 
+@pytest.mark.model
 async def test_every_layer_method_and_unit_returns_only_the_callers_rows(mf: MemFuse) -> None:
     ana, ben = await memories(mf)
     ana_messages = {m.id for m in await ana.list_messages(all_sessions=True)}
@@ -77,6 +78,7 @@ async def test_every_layer_method_and_unit_returns_only_the_callers_rows(mf: Mem
     assert texts(await ben.query("Lisbon flight", top_k=1)) == [BEN_TURNS[0]["content"]]
 
 
+@pytest.mark.model
 async def test_results_carry_layer_lineage_time_and_scope(mf: MemFuse) -> None:
     ana, _ = await memories(mf)
     [best] = await ana.query("When is the Lisbon flight?", top_k=1)
@@ -97,6 +99,7 @@ async def test_results_carry_layer_lineage_time_and_scope(mf: MemFuse) -> None:
     assert episode.id not in {item.id for item in items}, "its turn ranks above it"
 
 
+@pytest.mark.model
 async def test_a_row_is_found_by_full_text_at_once_and_by_vector_once_embedded(
     database_url: str,
 ) -> None:
@@ -116,12 +119,13 @@ async def test_a_row_is_found_by_full_text_at_once_and_by_vector_once_embedded(
         assert found_by_vector.content == "The quarterly garden fair moved to Thursday."
 
 
+@pytest.mark.model
 async def test_a_write_invalidates_the_cached_result(mf: MemFuse) -> None:
     ana, ben = await memories(mf)
     first = await ana.query("kayak trip", top_k=3, layers=["m0"])
-    hits = mf.retrieval.stats.result_cache_hits
+    hits = mf.search_stats().result_cache_hits
     assert await ana.query("kayak trip", top_k=3, layers=["m0"]) == first
-    assert mf.retrieval.stats.result_cache_hits == hits + 1
+    assert mf.search_stats().result_cache_hits == hits + 1
     await ben.add([turn("Ben", "Ben's kayak trip is on Sunday.")])
     assert await ana.query("kayak trip", top_k=3, layers=["m0"]) == first, "not ana's write"
     await ana.add([turn("Ana", "The kayak trip starts at the harbour.")])
@@ -129,6 +133,7 @@ async def test_a_write_invalidates_the_cached_result(mf: MemFuse) -> None:
     assert "The kayak trip starts at the harbour." in texts(after)
 
 
+@pytest.mark.model
 async def test_session_agent_and_time_filters_are_exact(mf: MemFuse) -> None:
     trip = await mf.init("ana", session="trip")
     work = await mf.init("ana", agent="coach", session="work")
@@ -154,6 +159,7 @@ async def test_session_agent_and_time_filters_are_exact(mf: MemFuse) -> None:
     assert await trip.query("Lisbon", agent="no such agent") == []
 
 
+@pytest.mark.model
 async def test_max_tokens_fills_a_budget_instead_of_top_k(mf: MemFuse) -> None:
     ana, _ = await memories(mf)
     budget = 25
@@ -164,6 +170,7 @@ async def test_max_tokens_fills_a_budget_instead_of_top_k(mf: MemFuse) -> None:
     assert await ana.query("flight", max_tokens=1) == []
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "query",
     [
@@ -187,6 +194,7 @@ async def test_odd_queries_return_cleanly(mf: MemFuse, query: str) -> None:
     assert await ana.list_messages() != [], "the table is still there"
 
 
+@pytest.mark.model
 async def test_queries_without_words_find_nothing(mf: MemFuse) -> None:
     ana, _ = await memories(mf)
     for query in ("", "  ", "?!.,;", "---"):

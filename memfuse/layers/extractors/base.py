@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from memfuse.layers.chunk import ChunkData
+from memfuse.types import ChunkData
 
 FACT_TYPES = ("statement", "event", "preference", "plan", "attribute")
 """Kinds of fact: something said, something that happened, a like or dislike, an intention,

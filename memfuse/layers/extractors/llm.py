@@ -24,8 +24,8 @@ import httpx
 
 from memfuse.api_client import JsonApiClient, RetryableError, is_int, short_repr
 from memfuse.errors import ConfigurationError, ExtractionError
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors.base import FACT_TYPES, FactCandidate
+from memfuse.types import ChunkData
 
 __all__ = [
     "SYSTEM_PROMPT",

@@ -19,9 +19,9 @@ import re
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.dates import DateResolution, resolve_dates
 from memfuse.layers.extractors.base import FactCandidate
+from memfuse.types import ChunkData
 
 __all__ = ["OfflineFactExtractor", "facts_from_message", "split_sentences"]
 

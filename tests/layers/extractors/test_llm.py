@@ -23,9 +23,9 @@ import pytest
 from chat_server import ChatServer, Recorded, Reply, completion
 
 from memfuse.errors import ClosedError, ConfigurationError, ExtractionError
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors.base import FactExtractor
 from memfuse.layers.extractors.llm import SYSTEM_PROMPT, LLMFactExtractor
+from memfuse.types import ChunkData
 
 API_KEY = "sk-test-secret-0123456789"
 MODEL = "test-model"

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from memfuse.layers.chunk import ChunkData
 from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.layers.extractors.offline import (
     OfflineFactExtractor,
     facts_from_message,
     split_sentences,
 )
+from memfuse.types import ChunkData
 
 SESSION_1 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 USER, AGENT, SESSION = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

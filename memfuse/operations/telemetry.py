@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cache
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 try:
@@ -36,8 +38,12 @@ def span(name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span |
     if not ENABLED:
         yield None
         return
-    from memfuse import __version__  # memfuse/__init__.py imports this module
-
-    tracer = trace.get_tracer("memfuse", __version__)
+    tracer = trace.get_tracer("memfuse", _version())
     with tracer.start_as_current_span(name, attributes=attributes) as current:
         yield current
+
+
+@cache
+def _version() -> str:
+    """The installed distribution's version, read once (from its metadata, not ``memfuse``)."""
+    return version("memfuse")

@@ -8,16 +8,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
+import parts
 import pytest
 from real_model import memfuse_with_model
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memfuse.container import resolve
 from memfuse.db import migrate
 from memfuse.db.engines import create_engine
 from memfuse.embedding.embedders import LocalEmbedder
-from memfuse.health import check_health
 from memfuse.memory import MemFuse
+from memfuse.operations.health import check_health
 
 NAMES = ["database", "pgvector", "schema", "dimension", "queue", "dead letters", "pipeline"]
 
@@ -55,9 +57,9 @@ async def test_doctor_counts_the_workers_listening_in_any_process(
     before = await check_health(engine, schema="memfuse", embedder=None)
     assert "0 worker(s) listening" in {c.name: c.detail for c in before.checks}["queue"]
     async with memfuse_with_model(database_url, model) as mf:
-        assert mf.worker is not None
+        assert (await resolve(mf.container.embedding_worker)) is not None
         for _ in range(200):
-            if mf.worker.stats.listener_connects:
+            if (await parts.worker(mf)).stats.listener_connects:
                 break
             await asyncio.sleep(0.05)
         report = await check_health(engine, schema="memfuse", embedder=None)

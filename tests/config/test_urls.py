@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+import parts
 import pytest
 from asyncpg.connect_utils import SessionAttribute, SSLMode
 from real_model import memfuse_with_model
@@ -16,8 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
 from memfuse.config import Settings
-from memfuse.db.engines import create_engine
-from memfuse.db.urls import (
+from memfuse.config.urls import (
     ACCEPTED_QUERY_PARAMETERS,
     SSL_MODES,
     TARGET_SESSION_ATTRS,
@@ -26,6 +26,8 @@ from memfuse.db.urls import (
     mask_url,
     normalize_url,
 )
+from memfuse.container import resolve
+from memfuse.db.engines import create_engine
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.errors import ConfigurationError
 from memfuse.memory import MemFuse
@@ -367,12 +369,12 @@ async def test_memfuse_starts_embeds_and_listens_with_sslmode(
     from ``asyncpg_connect_args`` plus its own timeout and application name) connects."""
     url = with_query(database_url, sslmode="disable", target_session_attrs="read-write")
     async with started(url, model) as mf:
-        assert mf.worker is not None
+        assert (await resolve(mf.container.embedding_worker)) is not None
         for _ in range(200):
-            if mf.worker.stats.listener_connects:
+            if (await parts.worker(mf)).stats.listener_connects:
                 break
             await asyncio.sleep(0.05)
-        assert mf.worker.stats.listener_connects == 1
+        assert (await parts.worker(mf)).stats.listener_connects == 1
         memory = await mf.init("ana")
         await memory.add([{"role": "user", "content": "I keep bees on the roof."}])
         await mf.flush()

@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from memfuse import telemetry
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
+from memfuse.operations import telemetry
 
 SECRET = "my passport number is X1234567"
 

@@ -10,14 +10,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import parts
 import pytest
 from sqlalchemy import text
 
 from memfuse.errors import ConflictError, ValidationError
-from memfuse.layers.m0 import MessageInput, new_message, validate_messages
 from memfuse.memory import MemFuse, Memory
 from memfuse.repositories.messages import MessageRepository
-from memfuse.validation import MAX_METADATA_DEPTH, MAX_STORED_TIME, MIN_STORED_TIME
+from memfuse.services.messages import new_message
+from memfuse.validation import (
+    MAX_METADATA_DEPTH,
+    MAX_STORED_TIME,
+    MIN_STORED_TIME,
+    MessageInput,
+    validate_messages,
+)
 
 
 @pytest.fixture(params=[True, False], ids=["buffered", "direct"])
@@ -277,7 +284,7 @@ async def test_one_call_of_40000_messages_with_client_ids_is_written_and_retried
     ids = await memory.add(batch)
     assert [str(i) for i in ids] == [m["id"] for m in batch]
     assert await memory.add(batch) == ids
-    async with mf.session_factory() as db:
+    async with parts.db(mf) as db:
         count, top = (
             await db.execute(
                 text("SELECT count(*), max(seq) FROM memfuse.messages WHERE session_id = :s"),
@@ -302,7 +309,7 @@ async def test_an_id_committed_by_another_call_meanwhile_is_a_conflict(direct: M
     first = await direct.init("alice", session="first")
     second = await direct.init("bob", session="second")
     message_id = uuid.uuid4()
-    async with direct.session_factory.begin() as db:
+    async with parts.transaction(direct) as db:
         repository = MessageRepository(db)
         counters = await repository.lock_sessions([(first.scope.user_id, first.scope.session_id)])
         await repository.insert(
@@ -332,7 +339,7 @@ async def wait_for_a_lock_wait(mf: MemFuse) -> None:
     """Return once some backend of this database waits for a lock (the racing insert)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        async with mf.session_factory() as db:
+        async with parts.db(mf) as db:
             waiting = (
                 await db.execute(
                     text(
@@ -369,7 +376,7 @@ async def test_concurrent_adds_of_the_same_ids_write_each_once(mf: MemFuse) -> N
         assert len(winners) == 1, pair
         assert [str(x) for x in winners[0]] == [ids[i]]
         assert all(isinstance(loser, ConflictError | ValidationError) for loser in losers), pair
-    async with mf.session_factory() as db:
+    async with parts.db(mf) as db:
         counted = (
             await db.execute(text("SELECT count(*), count(DISTINCT id) FROM memfuse.messages"))
         ).one()

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from memfuse.db.engines import EngineStats
 from memfuse.memory import MemFuse
 from memfuse.monitor import PerformanceMonitor
-from memfuse.monitor.export import metrics_json, prometheus_text
+from memfuse.operations.export import metrics_json, prometheus_text
 
 POOL = EngineStats(
     url="postgresql+asyncpg://app:***@db/app",

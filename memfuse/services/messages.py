@@ -1,58 +1,41 @@
 """M0, the raw layer: validated messages written atomically, numbered per session.
 
-Validation happens before anything reaches the database, so a bad message rejects its whole
-``add()`` call with an error naming the message and the field, and nothing is written. The
-rules for text, names, metadata and times are :mod:`memfuse.validation`'s, shared with the
-other entry points.
+Validation (:func:`memfuse.validation.validate_messages`) happens before anything reaches the
+database, so a bad message rejects its whole ``add()`` call and nothing is written. A valid call
+goes through the write buffer when it is on (group commit), else straight to
+:class:`MessageWriter`; either way the caller gets its ids only once they are committed, and
+then the service's :class:`~memfuse.services.changes.AfterCommit` hook runs.
+
+Edits and deletions take their locks in the writers' order (docs/layers.md#lock-order) and
+reset the session's derived layers in the same transaction, so the pipeline rebuilds M1 and M2
+of that session from M0.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memfuse.db.models import MESSAGE_ROLES
+from memfuse.buffer import WriteBuffer
 from memfuse.errors import ConflictError, NotFoundError, ValidationError
-from memfuse.layers.chunk import ChunkData
-from memfuse.layers.tokens import count_tokens
+from memfuse.repositories.episodes import EpisodeRepository
 from memfuse.repositories.facts import FactRepository
-from memfuse.repositories.messages import MessageRepository, MessageRow, NewMessage
+from memfuse.repositories.messages import MessageRepository, NewMessage
 from memfuse.repositories.progress import ProgressRepository
-from memfuse.repositories.tenancy import lock_user_and_session
-from memfuse.services.tenancy import MemoryScope
-from memfuse.validation import (
-    check_metadata,
-    check_text,
-    name_problem,
-    parse_message_id,
-    preview,
-    stored_timestamp,
-)
+from memfuse.repositories.tenancy import UserRepository, lock_user_and_session
+from memfuse.services.changes import AfterCommit
+from memfuse.tokens import count_tokens
+from memfuse.types import MemoryScope, MessageRow, Page
+from memfuse.validation import MessageInput, check_content, check_metadata, validate_messages
 
-MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
 MESSAGE_ID_CONSTRAINT = "pk_messages"
 """The primary key a concurrent write of the same client id violates."""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageInput:
-    """One message that passed validation; ``id`` is the caller's (``client_id``) or new."""
-
-    id: uuid.UUID
-    role: str
-    content: str
-    name: str | None = None
-    created_at: datetime | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    token_count: int = 0
-    client_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,124 +50,14 @@ class WriteRequest:
         return sum(message.token_count for message in self.messages)
 
 
-def validate_messages(
-    messages: Sequence[Mapping[str, Any]], *, max_chars: int
-) -> list[MessageInput]:
-    """Check every message of one call; raise :class:`ValidationError` on the first bad one."""
-    if isinstance(messages, Mapping | str | bytes) or not isinstance(messages, Sequence):
-        raise ValidationError(f"messages must be a list of dicts, got {type(messages).__name__}")
-    validated: list[MessageInput] = []
-    seen: set[uuid.UUID] = set()
-    for index, raw in enumerate(messages):
-        message = validate_message(raw, index=index, max_chars=max_chars)
-        if message.id in seen:
-            raise ValidationError(
-                "repeats an id given earlier in this call", index=index, field="id"
-            )
-        seen.add(message.id)
-        validated.append(message)
-    return validated
+MessageBuffer = WriteBuffer[WriteRequest, list[uuid.UUID]]
 
 
-def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput:
-    """One message dict as :class:`MessageInput`, or a :class:`ValidationError` naming it."""
-    if not isinstance(raw, Mapping):
-        raise ValidationError(f"must be a dict, got {type(raw).__name__}", index=index)
-    unknown = sorted(str(key) for key in raw if key not in MESSAGE_KEYS)
-    if unknown:
-        raise ValidationError(
-            f"unknown key (allowed: {', '.join(sorted(MESSAGE_KEYS))})",
-            index=index,
-            field=unknown[0],
-        )
+class MessageWriter:
+    """Commits the messages of one or many ``add()`` calls in one transaction."""
 
-    role = raw.get("role")
-    if role not in MESSAGE_ROLES:
-        raise ValidationError(
-            f"must be one of {', '.join(MESSAGE_ROLES)}, got {preview(role)}",
-            index=index,
-            field="role",
-        )
-    content = check_content(raw.get("content"), index=index, max_chars=max_chars)
-
-    for name_field in ("name", "speaker"):
-        problem = None if raw.get(name_field) is None else name_problem(raw[name_field])
-        if problem is not None:
-            raise ValidationError(problem, index=index, field=name_field)
-    if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
-        # compared once both are names or None: comparing arbitrary values may recurse
-        raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
-    name = raw.get("name" if "name" in raw else "speaker")
-
-    created_at = raw.get("created_at")
-    return MessageInput(
-        id=_message_id(raw.get("id"), index=index),
-        client_id=raw.get("id") is not None,
-        role=role,
-        content=content,
-        name=name,
-        created_at=(
-            None
-            if created_at is None
-            else stored_timestamp(created_at, index=index, field="created_at")
-        ),
-        metadata=check_metadata(raw.get("metadata"), index=index),
-        token_count=count_tokens(content),
-    )
-
-
-def check_content(value: object, *, index: int | None, max_chars: int) -> str:
-    """A message's text: a non-empty string of at most ``max_chars`` storable characters."""
-    if not isinstance(value, str):
-        raise ValidationError(
-            f"must be a string, got {type(value).__name__}", index=index, field="content"
-        )
-    if not value.strip():
-        raise ValidationError("must not be empty", index=index, field="content")
-    if len(value) > max_chars:
-        raise ValidationError(
-            f"is {len(value)} characters, more than the limit of {max_chars} "
-            "(setting max_message_chars)",
-            index=index,
-            field="content",
-        )
-    return check_text(value, index=index, field="content")
-
-
-def _message_id(value: object, *, index: int) -> uuid.UUID:
-    return uuid.uuid4() if value is None else parse_message_id(value, index=index)
-
-
-def message_chunk(row: MessageRow) -> ChunkData:
-    """A stored message as the chunk the M1 and M2 layers take."""
-    return ChunkData(
-        content=row.content,
-        user_id=row.user_id,
-        agent_id=row.agent_id,
-        session_id=row.session_id,
-        message_ids=(row.id,),
-        first_seq=row.seq,
-        last_seq=row.seq,
-        started_at=row.created_at,
-        ended_at=row.created_at,
-        token_count=row.token_count,
-        role=row.role,
-        speaker=row.name or row.role,
-        metadata=row.metadata,
-    )
-
-
-class MessageService:
-    """Writes and reads M0 rows; every call is bound to a user's scope."""
-
-    def __init__(
-        self, session_factory: async_sessionmaker[AsyncSession], *, max_chars: int
-    ) -> None:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
-        self.max_chars = max_chars
-
-    def validate(self, messages: Sequence[Mapping[str, Any]]) -> list[MessageInput]:
-        return validate_messages(messages, max_chars=self.max_chars)
 
     async def write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
         """Write all requests in one transaction; returns each request's ids in input order.
@@ -208,10 +81,11 @@ class MessageService:
 
     async def _write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
         async with self._session_factory.begin() as db:
+            sessions = sorted({(r.scope.user_id, r.scope.session_id) for r in requests})
+            # users before sessions: the writers' lock order
+            await UserRepository(db).lock(sorted({user_id for user_id, _ in sessions}))
             repository = MessageRepository(db)
-            counters = await repository.lock_sessions(
-                sorted({(r.scope.user_id, r.scope.session_id) for r in requests})
-            )
+            counters = await repository.lock_sessions(sessions)
             supplied = [m.id for r in requests for m in r.messages if m.client_id]
             existing = await repository.locate(supplied)
             rows: list[NewMessage] = []
@@ -237,26 +111,48 @@ class MessageService:
             await repository.set_counters(counters)
         return [[m.id for m in r.messages] for r in requests]
 
+
+class MessageService:
+    """Adds, reads, edits and deletes M0 rows; every call is bound to a user's scope."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        writer: MessageWriter,
+        *,
+        buffer: MessageBuffer | None,
+        after_commit: AfterCommit,
+        max_chars: int,
+    ) -> None:
+        self._session_factory = session_factory
+        self._writer = writer
+        self._buffer = buffer
+        self._after_commit = after_commit
+        self.max_chars = max_chars
+
+    def validate(self, messages: Sequence[Mapping[str, Any]]) -> list[MessageInput]:
+        return validate_messages(messages, max_chars=self.max_chars)
+
+    async def add(self, scope: MemoryScope, messages: Sequence[MessageInput]) -> list[uuid.UUID]:
+        """Commit validated messages (through the buffer when it is on); their ids."""
+        if not messages:
+            return []
+        request = WriteRequest(scope, messages)
+        if self._buffer is not None:
+            ids = await self._buffer.submit(request)
+        else:
+            ids = (await self._writer.write([request]))[0]
+        self._after_commit(scope.user_id)
+        return ids
+
     async def get(self, scope: MemoryScope, message_id: uuid.UUID) -> MessageRow | None:
         async with self._session_factory() as db:
             return await MessageRepository(db).get(scope.user_id, message_id)
 
-    async def list(
-        self,
-        scope: MemoryScope,
-        *,
-        limit: int,
-        offset: int,
-        newest_first: bool,
-        session_only: bool,
-    ) -> list[MessageRow]:
+    async def list(self, scope: MemoryScope, page: Page, *, all_sessions: bool) -> list[MessageRow]:
         async with self._session_factory() as db:
             return await MessageRepository(db).page(
-                scope.user_id,
-                scope.session_id if session_only else None,
-                limit=limit,
-                offset=offset,
-                newest_first=newest_first,
+                scope.user_id, None if all_sessions else scope.session_id, page
             )
 
     async def update(
@@ -282,7 +178,8 @@ class MessageService:
             if row is None:
                 raise NotFoundError(f"message {message_id} not found")
             if content is not None:
-                await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+                await rebuild_session(db, row.user_id, row.session_id)
+        self._after_commit(scope.user_id)
         return row
 
     async def delete(self, scope: MemoryScope, message_id: uuid.UUID) -> None:
@@ -292,7 +189,23 @@ class MessageService:
             row = await MessageRepository(db).delete(scope.user_id, message_id)
             if row is None:
                 raise NotFoundError(f"message {message_id} not found")
-            await ProgressRepository(db).rebuild_session(row.user_id, row.session_id)
+            await rebuild_session(db, row.user_id, row.session_id)
+        self._after_commit(scope.user_id)
+
+
+async def rebuild_session(db: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """Forget a session's episodes and facts so the pipeline derives them again from M0.
+
+    Runs in the transaction that edits or deletes a message, after the session's progress
+    rows and the user's facts are locked. The progress reset bumps each layer's
+    ``generation``, so a layer step that read before it discards its work; facts of other
+    sessions that this session's facts had closed are reopened.
+    """
+    await ProgressRepository(db).reset_session(user_id, session_id)
+    facts = FactRepository(db)
+    await facts.lock_user(user_id)
+    await facts.delete_for_session(user_id, session_id)
+    await EpisodeRepository(db).delete_for_session(user_id, session_id)
 
 
 def _is_message_id_conflict(error: sa_exc.IntegrityError) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, get_args, get_type_hints
 
 from sqlalchemy.engine import URL
 
-from memfuse.db.urls import mask_url, normalize_url
+from memfuse.config.urls import mask_url, normalize_url
 from memfuse.errors import ConfigurationError
 
 DEFAULT_SCHEMA = "memfuse"

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from memfuse.background import TaskState
 from memfuse.db import migrate
 from memfuse.db.errors import describe_unavailable, is_unavailable
 from memfuse.db.models import Episode, Fact, Message, Session, User, listener_name
@@ -26,42 +24,10 @@ from memfuse.embedding.embedders import Embedder
 from memfuse.errors import MemfuseError
 from memfuse.repositories.jobs import JobRepository, QueueCounts
 from memfuse.repositories.progress import ProgressRepository
+from memfuse.types import Check, HealthReport, TaskState
 
 DEFAULT_MAX_QUEUE_DEPTH = 10_000
 """More jobs waiting than this fails the queue check: the worker is not keeping up."""
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One check's outcome; ``value`` holds its figure (a revision, a depth) when it has one."""
-
-    name: str
-    ok: bool
-    detail: str
-    value: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """Every check, in order; healthy when all passed."""
-
-    checks: tuple[Check, ...]
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return all(check.ok for check in self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able, for a health endpoint."""
-        return {
-            "ok": self.ok,
-            "seconds": round(self.seconds, 4),
-            "checks": [asdict(check) for check in self.checks],
-        }
-
-    def lines(self) -> list[str]:
-        return [f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<12} {c.detail}" for c in self.checks]
 
 
 async def check_health(
