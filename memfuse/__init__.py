@@ -1,8 +1,16 @@
-"""memfuse: a long-term memory layer for LLM applications on PostgreSQL and pgvector."""
+"""memfuse: a long-term memory layer for LLM applications on PostgreSQL and pgvector.
+
+Everything a caller needs is importable from here: the facade (:class:`MemFuse`,
+:class:`Memory`), its settings and container, every type its public methods take or return
+(:mod:`memfuse.types`), the extension points (:class:`Embedder`, :class:`FactExtractor`) and
+every error. ``tests/test_public_api.py`` checks that public signatures name nothing else.
+"""
 
 from importlib.metadata import version
 
 from memfuse.config import PoolSettings, Settings, load_settings
+from memfuse.container import Container
+from memfuse.embedding.embedders import Embedder
 from memfuse.errors import (
     ClosedError,
     ConfigurationError,
@@ -18,28 +26,76 @@ from memfuse.errors import (
     SchemaError,
     ValidationError,
 )
+from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.memory import MemFuse, Memory
+from memfuse.monitor.performance import Alert, OperationStats, PerformanceMonitor, Regression
+from memfuse.types import (
+    BufferStats,
+    Check,
+    ChunkData,
+    EpisodeRow,
+    FactRow,
+    HealthReport,
+    Layer,
+    MemoryScope,
+    MessageRow,
+    Method,
+    Order,
+    RetrievalStats,
+    Role,
+    SearchResult,
+    TaskState,
+    TaskStatus,
+    Unit,
+    WorkerStats,
+)
 
 __version__ = version("memfuse")
 
 __all__ = [
+    "Alert",
+    "BufferStats",
+    "Check",
+    "ChunkData",
     "ClosedError",
     "ConfigurationError",
     "ConflictError",
+    "Container",
     "DatabaseUnavailableError",
     "DimensionMismatchError",
+    "Embedder",
     "EmbeddingError",
+    "EpisodeRow",
     "ExtractionError",
+    "FactCandidate",
+    "FactExtractor",
+    "FactRow",
+    "HealthReport",
+    "Layer",
     "MemFuse",
     "MemfuseError",
     "Memory",
+    "MemoryScope",
+    "MessageRow",
+    "Method",
     "ModelCallError",
     "NotFoundError",
+    "OperationStats",
+    "Order",
+    "PerformanceMonitor",
     "PipelineError",
     "PoolSettings",
+    "Regression",
+    "RetrievalStats",
+    "Role",
     "SchemaError",
+    "SearchResult",
     "Settings",
+    "TaskState",
+    "TaskStatus",
+    "Unit",
     "ValidationError",
+    "WorkerStats",
     "__version__",
     "load_settings",
 ]

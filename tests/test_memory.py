@@ -5,8 +5,10 @@ deleting, validation, idempotent retries and tenant isolation.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -391,6 +393,57 @@ async def test_a_closed_memfuse_refuses_work(database_url: str) -> None:
         await memory.add([user("too late")])
     with pytest.raises(ClosedError):
         await mf.init("alice", session="chat")
+
+
+CALLS_OF_A_MEMORY: dict[str, tuple[Any, ...]] = {
+    "add": ([user("too late")],),
+    "query": ("anything",),
+    "get_message": (uuid.uuid4(),),
+    "list_messages": (),
+    "update_message": (uuid.uuid4(),),
+    "delete_message": (uuid.uuid4(),),
+    "list_episodes": (),
+    "list_facts": (),
+    "delete_session": (),
+    "delete_user": (),
+}
+
+
+async def test_every_memory_method_is_refused_once_closed(database_url: str) -> None:
+    """Not only ``add`` and ``query``: no call reaches the database of a closed MemFuse."""
+    public = {
+        name
+        for name, value in vars(Memory).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(value)
+    }
+    assert public == set(CALLS_OF_A_MEMORY), "a new Memory method needs a case here"
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("alice", session="chat")
+        await memory.add([user("kept")])
+    for name, arguments in CALLS_OF_A_MEMORY.items():
+        with pytest.raises(ClosedError, match="closed"):
+            await getattr(memory, name)(*arguments)
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        again = await mf.init("alice", session="chat")
+        assert [row.content for row in await again.list_messages()] == ["kept"]
+
+
+async def test_started_parts_and_their_stats_need_a_started_memfuse(database_url: str) -> None:
+    mf = MemFuse(database_url, pipeline_auto=False, buffer_enabled=True)
+    for call in (mf.task_states, mf.buffer_stats, mf.worker_stats, mf.search_stats):
+        with pytest.raises(ClosedError, match="not started"):
+            call()
+    async with mf:
+        memory = await mf.init("alice", session="chat")
+        await memory.add([user("one"), user("two")])
+        stats = mf.buffer_stats()
+        assert stats is not None and stats.messages_written == 2
+        stats.messages_written = 0  # a copy: the buffer's own counters are untouched
+        assert mf.buffer_stats() == replace(stats, messages_written=2)
+        await memory.query("one")
+        assert mf.search_stats().searches == 1
+    with pytest.raises(ClosedError, match="closed"):
+        mf.buffer_stats()
 
 
 async def test_without_auto_migrate_an_empty_database_is_refused(database_url: str) -> None:

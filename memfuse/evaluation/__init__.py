@@ -1,0 +1,1 @@
+"""Retrieval quality on public benchmarks (LoCoMo), measured with the library itself."""
