@@ -35,6 +35,7 @@ from memfuse.retrieval.service import RetrievalService
 from memfuse.services.changes import AfterCommit
 from memfuse.services.listing import ListingService
 from memfuse.services.messages import MessageBuffer, MessageService, MessageWriter
+from memfuse.services.queue import EmbeddingQueueService
 from memfuse.services.tenancy import TenancyService
 from memfuse.types import SearchResult
 
@@ -353,6 +354,7 @@ class Container(containers.DeclarativeContainer):
         max_chars=settings.provided.max_message_chars,
     )
     listing_service = providers.Singleton(ListingService, session_factory=session_factory)
+    queue_service = providers.Singleton(EmbeddingQueueService, session_factory=session_factory)
     retrieval_service = providers.Singleton(
         make_retrieval_service,
         settings=settings,

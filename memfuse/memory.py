@@ -37,6 +37,7 @@ from memfuse.operations.telemetry import span
 from memfuse.retrieval.service import RetrievalService, SearchRequest
 from memfuse.services.listing import ListingService
 from memfuse.services.messages import MessageService
+from memfuse.services.queue import EmbeddingQueueService
 from memfuse.services.tenancy import TenancyService
 from memfuse.types import (
     BufferStats,
@@ -104,6 +105,7 @@ class _Started:
     tenancy: TenancyService
     messages: MessageService
     listing: ListingService
+    queue: EmbeddingQueueService
     retrieval: RetrievalService
     pipeline: LayerPipeline
     buffer: WriteBuffer[Any, Any] | None
@@ -176,6 +178,7 @@ class MemFuse:
                 tenancy=await resolve(self.container.tenancy_service),
                 messages=await resolve(self.container.message_service),
                 listing=await resolve(self.container.listing_service),
+                queue=await resolve(self.container.queue_service),
                 retrieval=await resolve(self.container.retrieval_service),
                 pipeline=await resolve(self.container.pipeline),
                 buffer=await resolve(self.container.write_buffer),
@@ -262,6 +265,12 @@ class MemFuse:
         if parts.worker is not None:
             states.extend(parts.worker.task_states())
         return states
+
+    @_database_call
+    async def requeue_dead_letters(self, table: str | None = None) -> int:
+        """Give rows whose embedding kept failing (of ``table``: "messages", "episodes" or
+        "facts"; or all) a fresh start in the queue; returns how many. Fix the cause first."""
+        return await self._parts.queue.requeue_dead_letters(table)
 
     def buffer_stats(self) -> BufferStats | None:
         """The write buffer's counters since start (``None`` when the buffer is off)."""
