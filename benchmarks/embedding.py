@@ -4,30 +4,9 @@ Run: ``.venv/bin/python -m benchmarks.embedding [--rounds 5] [--texts 2048] [--r
 [--duration 60] [--output FILE.json]`` (database: ``MEMFUSE_DATABASE_URL``, else a fresh
 embedded server in a temporary directory). Needs the ``local`` extra (the real model).
 
-Four measurements on one server in one run, each against a baseline from the same run:
-
-1. ``throughput``: ``--texts`` LoCoMo turns (a fixed generator without the file) are stored as
-   messages, so the database triggers queue them. Each round re-queues every row (vectors set
-   to NULL, one job per row) and times ``EmbeddingWorker.drain()`` until the queue is empty,
-   for each worker batch size and with one and two concurrent loops. The baseline is the raw
-   sentence-transformers model (its own instance) encoding the same texts in one
-   ``encode(texts, batch_size=64)`` call, the fastest a caller holding all texts at once could
-   go. A second baseline encodes them in the worker's chunks of ``--batch-size``: the gap
-   between the two is padding (the model sorts by length only within one call), the gap
-   between the chunked encode and the worker is the worker's own cost (queue SQL, reading
-   texts, writing vectors). Candidates take turns in rotating order; ratios are of medians.
-2. ``claim``: one ``JobRepository.claim(batch)`` in a transaction that is rolled back, against
-   raw asyncpg running the same lease (``UPDATE ... SKIP LOCKED ... RETURNING``) on the same queue.
-   Also from part 1: database time per batch (the drain's wall time minus the monitor's
-   ``embedding_batch`` time, per batch).
-3. ``vector_write``: writing one batch of vectors (``--batch-size`` rows of 384 floats) with
-   pgvector's binary asyncpg codec, as memfuse does, against sending the same vectors as text
-   (``'[...]'::vector``, the text built in Python as pgvector's SQLAlchemy type would); also
-   memfuse's ``JobRepository.write_vectors``. Each write is rolled back.
-4. ``freshness``: a default ``MemFuse`` (in-process worker, pipeline on, offline facts) takes
-   one message every ``1/--rate`` seconds for ``--duration`` seconds; the monitor's
-   ``embedding_lag`` (job enqueued at insert, to the vector's transaction committed) over every
-   row embedded, messages, episodes and facts. Baseline: the raw model encoding one text.
+Four measurements on one server in one run (``throughput``, ``claim``, ``vector_write``,
+``freshness``), each against a baseline from the same run so that machine noise hits both
+alike. What each one times, and against what: docs/benchmarks.md, "Embedding worker".
 """
 
 from __future__ import annotations
@@ -51,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine, single_messages
+from memfuse.config.urls import asyncpg_connect_args
+from memfuse.container import resolve
 from memfuse.db.engines import create_engine, schema_execution_options
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.memory import MemFuse
@@ -353,7 +333,8 @@ async def freshness(
         single.append((time.perf_counter() - started) * 1000)
     depth_samples: list[int] = []
     async with MemFuse(url, schema=FRESH_SCHEMA, monitor_history_size=100_000) as mf:
-        assert mf.worker is not None
+        worker = await resolve(mf.container.embedding_worker)
+        assert worker is not None
         mf.monitor.clear()
         memory = await mf.init("bench-freshness")
         interval = 1.0 / rate
@@ -362,7 +343,7 @@ async def freshness(
         for n in range(count):
             await memory.add([messages[n % len(messages)]])
             if n % max(1, int(rate)) == 0:
-                depth_samples.append(await mf.worker.queue_depth())
+                depth_samples.append(await worker.queue_depth())
             delay = started + (n + 1) * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

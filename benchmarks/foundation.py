@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks.harness import run_benchmark
 from memfuse.config import PoolSettings, Settings
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import Container, resolve, start, stop
 from memfuse.db.engines import EngineRegistry, create_engine
-from memfuse.db.urls import asyncpg_connect_args
 from memfuse.monitor import PerformanceMonitor, instrument_engine
 from memfuse.monitor.performance import percentile
 

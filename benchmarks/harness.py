@@ -23,8 +23,8 @@ from typing import Any
 import asyncpg
 
 from memfuse.config import Settings
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db.embedded import database_url_for
-from memfuse.db.urls import asyncpg_connect_args
 
 Run = Callable[[str, argparse.Namespace, str], Awaitable[dict[str, Any]]]
 

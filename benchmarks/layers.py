@@ -5,31 +5,12 @@ Run: ``.venv/bin/python -m benchmarks.layers [--rounds 5] [--ops 300] [--batch-s
 [--output FILE.json]``
 (database: ``MEMFUSE_DATABASE_URL``, else a fresh embedded server in a temporary directory).
 
-Four measurements on one server in one run, each against a baseline measured in the same run:
-
-1. ``add_latency``: sequential single-message ``Memory.add()`` with the write buffer on and off
-   (``pipeline_auto=False``), against raw asyncpg inserting one equivalent row into a plain
-   table on a pooled connection in an explicit transaction (``BEGIN; INSERT; COMMIT``). Also
-   shown: an autocommit single-statement insert, and memfuse's own write statements replayed
-   on raw asyncpg (:class:`ReplaySql`), which splits server time from client time. Rounds
-   interleave as in the foundation benchmark (whose ``compare`` this reuses).
-2. ``batch_insert``: one ``Memory.add()`` of ``--batch-size`` messages (buffer off: one
-   transaction) against raw asyncpg ``executemany`` of as many rows in one transaction; rows
-   per second from each side's median call.
-3. ``throughput``: ``--writers`` concurrent tasks, each with its own session, each doing
-   ``--writer-ops`` sequential single-message adds; buffer on, buffer off, and raw asyncpg
-   writers (plain insert, and memfuse's SQL) on a pool as large as memfuse's
-   (``pool_size + max_overflow``). The candidates take turns within each round, in rotating
-   order; the buffered run's batches come from the buffer's own stats.
-4. ``layers``: ``--messages`` chat messages (LoCoMo's dev conversations when the file exists,
-   else a fixed generator) loaded with ``pipeline_auto=False``, then ``await mf.flush()`` timed
-   in sequential and in parallel mode, with fresh users for every mode and round. M1 and M2
-   time per message is the monitor's ``m1_operation`` / ``m2_operation`` total over the
-   messages, from the sequential runs (in parallel mode the units overlap).
-
-All memfuse instances run with ``embedder="none"``: the embedding worker is measured apart.
-Everything runs in schemas of its own (dropped at the start and at the end), so a real
-database given by ``MEMFUSE_DATABASE_URL`` keeps its ``memfuse`` schema untouched.
+Four measurements on one server in one run (``add_latency``, ``batch_insert``,
+``throughput``, ``layers``), each against a baseline measured in the same run; what each one
+times: docs/benchmarks.md, "Write path and layers". All memfuse instances run with
+``embedder="none"``: the embedding worker is measured apart. Everything runs in schemas of its
+own (dropped at the start and at the end), so a real database given by
+``MEMFUSE_DATABASE_URL`` keeps its ``memfuse`` schema untouched.
 """
 
 from __future__ import annotations
@@ -56,12 +37,12 @@ from asyncpg.pool import PoolConnectionProxy
 
 from benchmarks.foundation import Operation, compare, summary
 from benchmarks.harness import run_benchmark
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.ingest import load_conversations
-from memfuse.layers.tokens import count_tokens
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor.performance import Alert, PerformanceMonitor
-from memfuse.services.tenancy import MemoryScope
+from memfuse.tokens import count_tokens
+from memfuse.types import MemoryScope
 
 DEFAULT_LOCOMO = Path(__file__).resolve().parents[2] / "shared/data/locomo/locomo_dev.json"
 WRITE_SCHEMA = "bench_write"
@@ -437,12 +418,12 @@ async def run_writers(
 
 
 def buffer_counts(mf: MemFuse) -> dict[str, int]:
-    buffer = mf._buffer
-    assert buffer is not None
+    stats = mf.buffer_stats()
+    assert stats is not None
     return {
-        "batches": sum(buffer.stats.batches.values()),
-        "messages": buffer.stats.messages_written,
-        **{f"batches_{reason}": count for reason, count in buffer.stats.batches.items()},
+        "batches": sum(stats.batches.values()),
+        "messages": stats.messages_written,
+        **{f"batches_{reason}": count for reason, count in stats.batches.items()},
     }
 
 
@@ -529,6 +510,7 @@ async def throughput(
             "monitor_alerts": dict(sorted(alerted[key].items())),
         }
     flushes = buffered.monitor.stats("buffer_flush")
+    buffer_stats = buffered.buffer_stats()
     per_round = [entry["batches"] for entry in batches]
     result["memfuse_add_buffer_on"]["buffer"] = {
         "batches_per_round": per_round,
@@ -541,7 +523,7 @@ async def throughput(
             for name in batches[0]
             if name.startswith("batches_")
         },
-        "largest_batch_calls": buffered._buffer.stats.largest_batch if buffered._buffer else 0,
+        "largest_batch_calls": buffer_stats.largest_batch if buffer_stats else 0,
         "monitor_buffer_flush": None
         if flushes is None
         else {

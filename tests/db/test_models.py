@@ -1,15 +1,18 @@
-"""The ORM models and the migrations describe the same schema."""
+"""The ORM models and the migrations describe the same schema, and its SQL rules agree with
+their Python twins."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import parts
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memfuse.db.models import SCHEMA, VERSION_TABLE, Base
+from memfuse.db.models import SCHEMA, SPEAKER_SEPARATOR, VERSION_TABLE, Base, message_text
+from memfuse.memory import MemFuse
 
 
 def autogenerate_diff(connection: Connection) -> list[Any]:
@@ -31,3 +34,30 @@ async def test_models_equal_migrations(migrated_engine: AsyncEngine) -> None:
     async with migrated_engine.connect() as connection:
         diff = await connection.run_sync(autogenerate_diff)
     assert diff == []
+
+
+async def test_a_message_is_indexed_as_message_text_reads_it(database_url: str) -> None:
+    """The full-text column (SQL, in the models and migration 0004) and ``message_text`` (what
+    the worker embeds and an episode line shows) are one rule: they agree, with and without a
+    speaker, after every migration."""
+    async with MemFuse(database_url, pipeline_auto=False) as mf:
+        memory = await mf.init("alice", session="chat")
+        cases = [("Caroline", "I went to a support group"), (None, "Melanie paints sunsets")]
+        await memory.add(
+            [
+                {"role": "user", "content": content, **({"name": name} if name else {})}
+                for name, content in cases
+            ]
+        )
+        async with parts.db(mf) as db:
+            for name, content in cases:
+                same = await db.scalar(
+                    text(
+                        "SELECT content_tsv = to_tsvector('english', :expected)"
+                        " FROM memfuse.messages WHERE content = :content"
+                    ),
+                    {"expected": message_text(name, content), "content": content},
+                )
+                assert same is True, (name, content)
+    assert message_text("Caroline", "hi") == f"Caroline{SPEAKER_SEPARATOR}hi"
+    assert message_text(None, "hi") == message_text("", "hi") == "hi"
