@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
 from benchmarks.foundation import summary
 from memfuse.db.models import message_text
 from memfuse.evaluation.locomo import (
@@ -30,6 +28,7 @@ from memfuse.evaluation.locomo import (
     summarize,
 )
 from memfuse.ingest import load_conversations
+from memfuse.progress import track
 
 
 def progress(line: str) -> None:
@@ -133,7 +132,7 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
     counts = [system.counters()]
     latencies: list[float] = []
     started = time.perf_counter()
-    for turn in tqdm(work.turns, desc=f"{name} add", unit="turn", file=sys.stderr):
+    for turn in track(work.turns, desc=f"{name} add", unit="turn"):
         call = time.perf_counter()
         await system.add(turn)
         latencies.append((time.perf_counter() - call) * 1000.0)
@@ -161,7 +160,7 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
     counts.append(system.counters())
     found: list[Sequence[Retrieved]] = []
     times: list[float] = []
-    for question in tqdm(work.questions, desc=f"{name} search", unit="q", file=sys.stderr):
+    for question in track(work.questions, desc=f"{name} search", unit="q"):
         call = time.perf_counter()
         results = await system.search(question.user, question.question)
         times.append((time.perf_counter() - call) * 1000.0)
