@@ -142,8 +142,10 @@ async def pipeline_resource(
     extractor: FactExtractor | None,
     engine: AsyncEngine,
     cache: ResultCache[tuple[SearchResult, ...]],
+    after_commit: AfterCommit,
 ) -> AsyncIterator[LayerPipeline]:
-    """The M1/M2 pipeline; stopped before the engine it uses (hence ``engine``)."""
+    """The M1/M2 pipeline, woken by every committed change; stopped before the engine it uses
+    (hence ``engine``)."""
     del engine
     policy = EpisodePolicy(
         target_tokens=settings.episode_target_tokens,
@@ -163,9 +165,11 @@ async def pipeline_resource(
         poll_interval=settings.pipeline_poll_interval,
         on_stored=cache.invalidate,
     )
+    after_commit.wake_also(pipeline.notify)
     try:
         yield pipeline
     finally:
+        after_commit.stop_waking(pipeline.notify)
         await pipeline.close()
 
 
@@ -233,6 +237,7 @@ async def embedding_worker_resource(
     embedder: Embedder | None,
     monitor: PerformanceMonitor,
     cache: ResultCache[tuple[SearchResult, ...]],
+    after_commit: AfterCommit,
 ) -> AsyncIterator[EmbeddingWorker | None]:
     """The in-process embedding worker (``None`` without an embedder or when disabled).
 
@@ -254,20 +259,18 @@ async def embedding_worker_resource(
         lease_seconds=settings.worker_lease_seconds,
         on_written=cache.invalidate,
     )
+    after_commit.wake_also(worker.notify)
     try:
         yield worker
     finally:
+        after_commit.stop_waking(worker.notify)
         await worker.close()
 
 
-def make_after_commit(
-    cache: ResultCache[tuple[SearchResult, ...]],
-    pipeline: LayerPipeline,
-    worker: EmbeddingWorker | None,
-) -> AfterCommit:
-    """After a user's memory changed: drop their cached results, wake pipeline and worker."""
-    wake = [pipeline.notify] if worker is None else [pipeline.notify, worker.notify]
-    return AfterCommit(invalidate=cache.invalidate, wake=wake)
+def make_after_commit(cache: ResultCache[tuple[SearchResult, ...]]) -> AfterCommit:
+    """After a user's memory changed: drop their cached results; the pipeline and the worker
+    sign up to be woken when they start."""
+    return AfterCommit(invalidate=cache.invalidate)
 
 
 def make_result_cache(settings: Settings) -> ResultCache[tuple[SearchResult, ...]]:
@@ -321,6 +324,7 @@ class Container(containers.DeclarativeContainer):
     )
     fact_extractor = providers.Resource(fact_extractor_resource, settings=settings)
     result_cache = providers.Singleton(make_result_cache, settings=settings)
+    after_commit = providers.Singleton(make_after_commit, cache=result_cache)
     pipeline = providers.Resource(
         pipeline_resource,
         cache=result_cache,
@@ -329,6 +333,7 @@ class Container(containers.DeclarativeContainer):
         monitor=monitor,
         extractor=fact_extractor,
         engine=engine,
+        after_commit=after_commit,
     )
     embedder = providers.Resource(embedder_resource, settings=settings)
     embedding_worker = providers.Resource(
@@ -338,9 +343,7 @@ class Container(containers.DeclarativeContainer):
         embedder=embedder,
         monitor=monitor,
         cache=result_cache,
-    )
-    after_commit = providers.Singleton(
-        make_after_commit, cache=result_cache, pipeline=pipeline, worker=embedding_worker
+        after_commit=after_commit,
     )
     tenancy_service = providers.Singleton(
         TenancyService, session_factory=session_factory, monitor=monitor, after_commit=after_commit

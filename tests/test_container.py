@@ -193,3 +193,26 @@ async def test_without_a_fact_extractor_the_pipeline_runs_m1_only(database_url: 
         assert set((await container.pipeline()).processors) == {"m1"}
     finally:
         await container.shutdown_resources()
+
+
+async def test_a_service_needs_neither_the_pipeline_nor_the_worker_built(
+    database_url: str,
+) -> None:
+    """Resolving the tenancy or message service builds the engine and the after-commit hook,
+    not the pipeline, the embedder or the worker (the model would load): those sign up with
+    the hook when the container starts them."""
+    container = Container()
+    settings = Settings(database_url=database_url, embedder="local", pipeline_auto=False)
+    container.settings.override(providers.Object(settings))
+    monitor = PerformanceMonitor()
+    container.monitor.override(providers.Object(monitor))
+    container.engine_registry.override(providers.Object(EngineRegistry(monitor)))
+    await migrate.upgrade(await container.engine())
+    tenancy = await container.tenancy_service()
+    messages = await container.message_service()
+    scope = await tenancy.resolve("alice", session="chat")
+    inputs = messages.validate([{"role": "user", "content": "hello"}])
+    assert len(await messages.add(scope, inputs)) == 1
+    for resource in (container.pipeline, container.embedder, container.embedding_worker):
+        assert not resource.initialized, resource
+    await container.shutdown_resources()

@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 
 
 class AfterCommit:
-    """Drops a user's cached search results and wakes the background work."""
+    """Drops a user's cached search results and wakes the background work.
+
+    The pipeline and the worker sign up with :meth:`wake_also` when they start (and leave with
+    :meth:`stop_waking`), so a service needing the hook does not need them built.
+    """
 
     def __init__(
         self,
@@ -24,9 +28,16 @@ class AfterCommit:
         wake: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._invalidate = invalidate
-        self._wake = tuple(wake)
+        self._wake = list(wake)
+
+    def wake_also(self, wake: Callable[[], None]) -> None:
+        self._wake.append(wake)
+
+    def stop_waking(self, wake: Callable[[], None]) -> None:
+        if wake in self._wake:
+            self._wake.remove(wake)
 
     def __call__(self, user_id: uuid.UUID) -> None:
         self._invalidate(user_id)
-        for wake in self._wake:
+        for wake in tuple(self._wake):
             wake()
