@@ -126,6 +126,7 @@ def sustained_keys(results: Results) -> Results:
             "peak_connections",
             "peak_rss_mb",
             "vectors_per_message",
+            "texts_embedded_per_message",
         )
     }
 

@@ -63,6 +63,7 @@ class Sample:
     processed: int
     queue: int
     connections: int
+    rss_mb: float | None
 
 
 @dataclass(slots=True)
@@ -88,7 +89,12 @@ async def sample(connection: asyncpg.Connection, load: Load, started: float) -> 
     processed = await connection.fetchval(PROCESSED_SQL) - load.warm_up
     queue = await connection.fetchval(QUEUE_SQL)
     return Sample(
-        round(time.perf_counter() - started, 2), load.added, processed, queue, connections
+        round(time.perf_counter() - started, 2),
+        load.added,
+        processed,
+        queue,
+        connections,
+        resident_mb(),
     )
 
 
@@ -204,6 +210,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             final = await sample(sampler, load, started)
             samples.append(final)
             embedded = await sampler.fetchval(EMBEDDED_SQL)
+            worker_stats = mf.worker_stats()
+            texts_embedded = 0 if worker_stats is None else worker_stats.texts_embedded
             settings = mf.settings
             monitor = mf.monitor.export()
     finally:
@@ -238,6 +246,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             "sustained_ratio_vs_target_10": round(sustained / TARGET_MSGS_PER_S, 2),
             "vectors_written": embedded,
             "vectors_per_message": round(embedded / (load.added + load.warm_up), 2),
+            "texts_embedded": texts_embedded,
+            "texts_embedded_per_message": round(texts_embedded / (load.added + load.warm_up), 2),
             "writer_waits_on_backlog": load.waits,
             "add_call_latency": summary(load.latencies),
             "queue_depth_max": max(s.queue for s in samples),
@@ -258,6 +268,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                     "processed": s.processed,
                     "queue": s.queue,
                     "connections": s.connections,
+                    "rss_mb": s.rss_mb,
                 }
                 for s in samples
             ],
@@ -267,7 +278,39 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
         "sustained: "
         + json.dumps({k: v for k, v in results.items() if k not in ("samples", "monitor")})
     )
+    if args.plot is not None:
+        plot(samples, write_s, args.plot)
     return results
+
+
+def plot(samples: list[Sample], write_s: float, path: Path) -> None:
+    """Throughput (fully processed messages per second) and resident memory over the run,
+    as a PNG; needs matplotlib (the ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file only
+    from matplotlib import pyplot
+
+    times = [s.at_s for s in samples]
+    rates = [0.0] + [
+        (b.processed - a.processed) / (b.at_s - a.at_s) if b.at_s > a.at_s else 0.0
+        for a, b in itertools.pairwise(samples)
+    ]
+    window = 10  # samples: a moving average, so the line shows the trend, not the polling
+    smooth = [statistics.fmean(rates[max(0, i - window + 1) : i + 1]) for i in range(len(rates))]
+    figure, (top, bottom) = pyplot.subplots(2, 1, sharex=True, figsize=(7, 4.5))
+    top.plot(times, smooth, color="tab:blue")
+    top.set_ylabel("processed msgs/s")
+    top.axvline(write_s, color="grey", linestyle=":", label="writers stop")
+    top.legend(loc="upper right")
+    bottom.plot(times, [s.rss_mb or 0.0 for s in samples], color="tab:red")
+    bottom.set_ylabel("RSS (MB)")
+    bottom.set_xlabel("seconds")
+    bottom.axvline(write_s, color="grey", linestyle=":")
+    figure.suptitle("sustained run: 64 writers, local model, M1+M2+vectors")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
 
 
 def main() -> None:
@@ -280,6 +323,9 @@ def main() -> None:
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schema")
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--plot", type=Path, help="also draw throughput and RSS over time into this PNG"
+    )
     run_benchmark("benchmarks.sustained", run, parser.parse_args())
 
 

@@ -245,6 +245,8 @@ class WorkerStats:
 
     batches: int = 0
     jobs_done: int = 0
+    texts_embedded: int = 0
+    """Distinct texts sent to the model; fewer than vectors written when rows share a text."""
     vectors_written: int = 0
     rows_gone: int = 0
     rows_busy: int = 0

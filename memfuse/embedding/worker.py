@@ -298,16 +298,24 @@ class EmbeddingWorker:
         return results, errors
 
     async def _call(self, texts: list[RowText]) -> list[list[float]]:
-        """One embedder call, timed as ``embedding_batch`` (a failed call counts as an error)."""
+        """One embedder call, timed as ``embedding_batch`` (a failed call counts as an error).
+
+        Each distinct text is embedded once, however many rows read the same (the facts of
+        one message, repeated messages): the rows share its vector.
+        """
+        distinct = list(dict.fromkeys(text.text for text in texts))
         started = time.perf_counter()
         success = False
         try:
-            vectors = await self.embedder.embed_documents([text.text for text in texts])
+            vectors = await self.embedder.embed_documents(distinct)
+            by_text = dict(zip(distinct, vectors, strict=True))
             success = True
-            return vectors
         finally:
             elapsed = (time.perf_counter() - started) * 1000
             self._monitor.record("embedding_batch", elapsed, success=success)
+        self.stats.texts_embedded += len(distinct)
+        self._monitor.increment("embedding_texts_embedded", len(distinct))
+        return [by_text[text.text] for text in texts]
 
     def _checked(
         self, texts: list[RowText], vectors: list[list[float]]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import Select, Table, bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import (
@@ -26,6 +27,8 @@ from memfuse.db.models import (
     Message,
     message_text,
 )
+
+FACTS = cast(Table, Fact.__table__)
 
 MEMORY_TABLES: dict[str, Table] = {
     "messages": cast(Table, Message.__table__),
@@ -111,11 +114,20 @@ class JobRepository:
         return sorted(jobs, key=lambda job: job.id)
 
     async def texts(self, jobs: Sequence[Job]) -> dict[RowKey, RowText]:
-        """The current text of each job's row; deleted rows are absent."""
+        """The current text of each job's row; deleted rows are absent.
+
+        A message is embedded as it reads (:func:`~memfuse.db.models.message_text`); an
+        episode as its content; a fact as the text of *all* the facts drawn from the same
+        message (:meth:`fact_group_texts`), so the facts of one message share one vector.
+        """
         found: dict[RowKey, RowText] = {}
         for table_name, table in MEMORY_TABLES.items():
             ids = sorted({job.row_id for job in jobs if job.table_name == table_name})
             if not ids:
+                continue
+            if table_name == "facts":
+                for row_id, (content, text) in (await self.fact_group_texts(ids)).items():
+                    found[(table_name, row_id)] = RowText(table_name, row_id, content, text)
                 continue
             named = table_name == "messages"
             columns = [table.c.id, table.c.content, *([table.c.name] if named else [])]
@@ -124,6 +136,37 @@ class JobRepository:
                 text = message_text(row.name, row.content) if named else row.content
                 found[(table_name, row.id)] = RowText(table_name, row.id, row.content, text)
         return found
+
+    async def fact_group_texts(
+        self, fact_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[str, str]]:
+        """Each fact's content, and the text it is embedded as: the contents of every fact of
+        its session drawn from the same first source message, one per line, oldest first
+        (its own content alone when it has no source message or session).
+
+        Measured on LoCoMo (docs/benchmarks.md#which-vectors-earn-their-cost): one vector per
+        message's facts keeps recall (0.810 vs 0.809 at 1000 tokens) with 37% fewer texts to
+        embed than one vector per fact.
+        """
+        facts = FACTS.alias("fact")
+        siblings = FACTS.alias("sibling")
+        group_text = func.string_agg(
+            siblings.c.content,
+            aggregate_order_by(literal("\n"), siblings.c.created_at, siblings.c.id),
+        )
+        result = await self.session.execute(
+            select(facts.c.id, facts.c.content, group_text.label("group_text"))
+            .select_from(
+                facts.outerjoin(
+                    siblings,
+                    (siblings.c.session_id == facts.c.session_id)
+                    & (siblings.c.message_ids[1] == facts.c.message_ids[1]),
+                )
+            )
+            .where(facts.c.id.in_(fact_ids))
+            .group_by(facts.c.id, facts.c.content)
+        )
+        return {row.id: (row.content, row.group_text or row.content) for row in result}
 
     async def lock_rows(self, keys: Sequence[RowKey]) -> dict[RowKey, str]:
         """Lock the memory rows that no other transaction holds, in id order; their content.

@@ -43,6 +43,7 @@ async def test_sustained_run_processes_every_message_it_adds(database_url: str) 
         sample_interval=0.2,
         locomo=sustained.DEFAULT_LOCOMO,
         keep=False,
+        plot=None,
     )
 
     results = await sustained.run(database_url, args, "test database")
@@ -53,8 +54,22 @@ async def test_sustained_run_processes_every_message_it_adds(database_url: str) 
     assert results["sustained_msgs_per_s"] > 0
     assert results["peak_connections"] >= 1
     assert results["peak_rss_mb"] > 0
+    assert all(sample["rss_mb"] > 0 for sample in results["samples"]), "RSS over time"
     keys = suite.sustained_keys(results)
     assert keys["sustained_msgs_per_s"] == results["sustained_msgs_per_s"]
+
+
+def test_the_sustained_plot_draws_throughput_and_memory(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the bench extra")
+    samples = [
+        sustained.Sample(
+            at_s=t / 2, added=40 * t, processed=30 * t, queue=5, connections=9, rss_mb=600.0 + t
+        )
+        for t in range(40)
+    ]
+    path = tmp_path / "sustained.png"
+    sustained.plot(samples, write_s=15.0, path=path)
+    assert path.read_bytes().startswith(b"\x89PNG"), "a PNG image"
 
 
 async def test_a_failing_section_is_reported_and_its_keys_left_out(

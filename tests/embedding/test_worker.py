@@ -10,7 +10,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 
+import parts
 import pytest
+from real_model import memfuse_with_model
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -423,6 +425,7 @@ async def test_the_monitor_shows_queue_depth_dead_letters_and_batches(
     assert counters == {
         "embedding_jobs_dead_lettered": 1,
         "embedding_jobs_failed": 1,
+        "embedding_texts_embedded": 2,
         "embedding_vectors_written": 2,
     }
     lag = monitor.stats("embedding_lag")
@@ -586,3 +589,66 @@ async def test_memfuse_runs_the_worker_and_flush_waits_for_the_vectors(database_
         facts = await memory.list_facts()
     assert messages and episodes and facts
     assert all(row.embedded for row in (*messages, *episodes, *facts))
+
+
+async def test_a_text_repeated_in_one_batch_is_embedded_once(
+    mf: MemFuse, engine_for_worker: AsyncEngine, model: LocalEmbedder
+) -> None:
+    memory = await mf.init("ana")
+    await add(memory, "ok", "ok", "sounds good", "ok")
+    embedder = ScriptedEmbedder(model)
+    sent: list[str] = []
+    embedder.before = sent.extend
+    worker = make_worker(engine_for_worker, embedder)
+    await worker.drain()
+    assert sorted(sent) == ["ok", "sounds good"], "each distinct text reaches the model once"
+    assert worker.stats.texts_embedded == 2 and worker.stats.vectors_written == 4
+    vectors = await message_vectors(engine_for_worker)
+    ok = await model.embed_query("ok")
+    async with engine_for_worker.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT embedding FROM memfuse.messages WHERE content = 'ok'")
+        )
+        assert [close_to(row.embedding.to_list(), ok) for row in rows] == [True, True, True]
+    assert vectors["sounds good"] is not None
+
+
+async def test_the_facts_of_a_message_share_one_vector_of_all_of_them(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    """With the pipeline and the worker running: M2 draws several facts from one message,
+    and they are embedded as one text (docs/embedding.md, "What is embedded")."""
+    async with memfuse_with_model(database_url, model) as running:
+        memory = await running.init("caroline", session="chat")
+        await memory.add(
+            [
+                {
+                    "role": "user",
+                    "name": "Caroline",
+                    "content": "I went to a support group yesterday. "
+                    "My sister moved to Lisbon last year. I love painting sunsets.",
+                },
+                {"role": "user", "name": "Caroline", "content": "My dog is called Rex."},
+            ]
+        )
+        await running.flush()
+        stats = running.worker_stats()
+        assert stats is not None
+        async with parts.db(running) as db:
+            facts = (
+                await db.execute(
+                    text(
+                        "SELECT message_ids[1] AS source, content, embedding FROM memfuse.facts"
+                        " ORDER BY created_at, id"
+                    )
+                )
+            ).all()
+    by_message: dict[uuid.UUID, list[tuple[str, list[float]]]] = {}
+    for source, content, embedding in facts:
+        assert embedding is not None, "every fact has a vector"
+        by_message.setdefault(source, []).append((content, embedding.to_list()))
+    assert len(by_message) == 2 and max(len(group) for group in by_message.values()) >= 2
+    for group in by_message.values():
+        expected = await model.embed_query("\n".join(content for content, _ in group))
+        assert all(close_to(vector, expected) for _, vector in group)
+    assert stats.texts_embedded < stats.vectors_written, "fewer model texts than vectors"
