@@ -318,7 +318,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of writing")
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--backlog", type=int, default=512, help="unprocessed messages allowed")
-    parser.add_argument("--worker-concurrency", type=int, default=2, help="embedding loops")
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=1, help="embedding loops (the library's default)"
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5)
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark schema")

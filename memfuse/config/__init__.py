@@ -120,7 +120,7 @@ class Settings:
     embedding_model: str | None = None
     embedding_api_key: str | None = field(default=None, repr=False)
     embedding_batch_size: int = 64
-    worker_batch_size: int = 256
+    worker_batch_size: int = 1024
     worker_enabled: bool = True
     worker_concurrency: int = 1
     worker_poll_interval: float = 5.0
