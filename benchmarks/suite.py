@@ -153,9 +153,9 @@ SECTIONS: Final = (
     ),
     Section(
         "embedding",
-        "--rounds 2 --texts 1024 --batch-sizes 256 --parts throughput,freshness"
+        "--rounds 2 --texts 1024 --batch-sizes 1024 --parts throughput,freshness"
         " --rate 5 --duration 60",
-        "--rounds 5 --batch-sizes 64,256 --ops 200 --rate 5",
+        "--rounds 5 --batch-sizes 256,1024 --ops 200 --rate 5",
         embedding_keys,
     ),
     Section(

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import foundation, suite, sustained
 from memfuse.cli import main as memfuse_main
+from memfuse.config import Settings
 
 
 @pytest.mark.model  # the local extra: settings default to embedder="local"
@@ -98,3 +99,12 @@ def test_every_section_names_a_benchmark_module() -> None:
     modules = {path.stem for path in Path(suite.__file__).parent.glob("*.py")}
 
     assert {section.name for section in suite.SECTIONS} <= modules
+
+
+def test_the_embedding_section_measures_the_default_worker_batch_size() -> None:
+    """Its summary reads the default batch size's line, so both modes must measure it."""
+    [section] = [s for s in suite.SECTIONS if s.name == "embedding"]
+    default = str(Settings().worker_batch_size)
+    for arguments in (section.quick, section.full):
+        sizes = arguments.split("--batch-sizes ")[1].split()[0].split(",")
+        assert default in sizes, arguments
