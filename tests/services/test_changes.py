@@ -33,9 +33,19 @@ async def fresh_search(mf: MemFuse, memory: Memory, query: str) -> list[str]:
     return found
 
 
+async def served_from_cache(mf: MemFuse, memory: Memory, query: str) -> list[str]:
+    """The results of ``query``, which the cache must have answered."""
+    hits = mf.search_stats().result_cache_hits
+    found = [result.content for result in await memory.query(query, layers=["m0"])]
+    assert mf.search_stats().result_cache_hits == hits + 1, "not answered by the cache"
+    return found
+
+
 async def test_every_change_drops_the_users_cached_results(
     database_url: str, model: LocalEmbedder
 ) -> None:
+    """The background work invalidates caches too (the worker everyone's), so each check of a
+    cached answer first waits for it to finish (``flush``)."""
     async with memfuse_with_model(database_url, model) as mf:
         ana = await mf.init("ana", session="trip")
         ben = await mf.init("ben", session="trip")
@@ -45,21 +55,31 @@ async def test_every_change_drops_the_users_cached_results(
         assert await cached_search(mf, ana, "kayak") == ["The kayak trip starts at the harbour."]
         ben_before = await cached_search(mf, ben, "kayak")
 
+        # a metadata-only edit re-embeds nothing: only the hook can drop a cached result
+        await ana.update_message(kayak, metadata={"checked": True})
+        assert await fresh_search(mf, ana, "kayak") == ["The kayak trip starts at the harbour."]
+        assert await served_from_cache(mf, ben, "kayak") == ben_before, "another user's stays"
+
         await ana.update_message(kayak, content="The kayak trip starts at the lighthouse.")
         assert await fresh_search(mf, ana, "kayak") == ["The kayak trip starts at the lighthouse."]
-        assert await cached_search(mf, ben, "kayak") == ben_before, "another user's stays"
+        await mf.flush()
+        await cached_search(mf, ana, "kayak")
 
         await ana.delete_message(kayak)
         assert await fresh_search(mf, ana, "kayak") == []
+        await mf.flush()
+        await cached_search(mf, ana, "kayak")
 
         await ana.add([user("Another kayak plan.")])
         assert await fresh_search(mf, ana, "kayak") == ["Another kayak plan."]
+        await mf.flush()
         await cached_search(mf, ana, "kayak")
         await ana.delete_session()
         assert await fresh_search(mf, ana, "kayak") == []
 
         again = await mf.init("ana", session="later")
         await again.add([user("A kayak again.")])
+        await mf.flush()
         await cached_search(mf, again, "kayak")
         await again.delete_user()
         assert await fresh_search(mf, await mf.init("ana"), "kayak") == []
