@@ -152,7 +152,9 @@ async def pipeline_resource(
         max_tokens=settings.episode_max_tokens,
         idle_gap=timedelta(seconds=settings.episode_idle_gap),
     )
-    processors: list[LayerProcessor[Any, Any]] = [EpisodeProcessor(policy)]
+    processors: list[LayerProcessor[Any, Any]] = [
+        EpisodeProcessor(policy, embed_delay=timedelta(seconds=settings.episode_embed_delay))
+    ]
     if extractor is not None:
         processors.append(FactProcessor(extractor))
     pipeline = LayerPipeline(

@@ -216,7 +216,8 @@ class MemFuse:
     @_database_call
     async def flush(self) -> None:
         """Return once everything added so far is committed, processed into M1 and M2, and
-        (with the in-process worker) embedded.
+        (with the in-process worker) embedded, open episodes included: their held-back
+        embeddings (``episode_embed_delay``) are made due at once.
 
         Raises :class:`~memfuse.errors.PipelineError` if a session could not be processed;
         its messages stay in M0 and are retried. Rows whose embedding keeps failing wait in
@@ -227,6 +228,7 @@ class MemFuse:
             if parts.buffer is not None:
                 await parts.buffer.flush()
             await parts.pipeline.flush()
+            await parts.queue.expedite_deferred()
             if parts.worker is not None:
                 await parts.worker.drain()
 

@@ -108,6 +108,7 @@ class Settings:
     episode_target_tokens: int = 700
     episode_max_tokens: int = 800
     episode_idle_gap: float = 3600.0
+    episode_embed_delay: float = 30.0
     fact_extractor: str = "offline"
     llm_base_url: str | None = None
     llm_api_key: str | None = field(default=None, repr=False)
@@ -166,7 +167,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("buffer_max_delay", "episode_idle_gap", "llm_max_retries"):
+        for name in (
+            "buffer_max_delay",
+            "episode_idle_gap",
+            "episode_embed_delay",
+            "llm_max_retries",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(name, f"must be 0 or more, got {getattr(self, name)}")
         if self.pipeline_poll_interval <= 0:

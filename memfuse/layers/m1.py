@@ -6,6 +6,10 @@ previous message within the idle gap; otherwise it starts a new episode. Because
 episode is reopened when new messages arrive, the episodes come out the same whether a
 session is processed in one go or message by message.
 
+The session's last episode is *open*: the next message may extend it. Its embedding waits
+until it has not grown for ``embed_delay`` (or until a later episode closes it, or
+``flush()``), so an episode is embedded about once instead of once per message.
+
 Storing episodes also points the session's facts at them (``episode_id``) under the user's
 fact lock, as storing facts does with the episodes: whichever of the two commits second
 links them, so no fact stays unlinked when M1 and M2 run at once or in different processes.
@@ -23,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from memfuse.db.models import message_text
 from memfuse.repositories.episodes import EpisodeRepository
 from memfuse.repositories.facts import FactRepository
+from memfuse.repositories.jobs import JobRepository
 from memfuse.repositories.progress import Progress
 from memfuse.tokens import count_tokens
 from memfuse.types import ChunkData, EpisodeRow
@@ -148,8 +153,11 @@ class EpisodeProcessor:
     layer = "m1"
     operation = "m1_operation"
 
-    def __init__(self, policy: EpisodePolicy) -> None:
+    def __init__(self, policy: EpisodePolicy, *, embed_delay: timedelta = timedelta(0)) -> None:
+        """``embed_delay``: how long the open episode's embedding waits for more messages
+        (every growth restarts the wait; closing it ends the wait). Zero embeds each growth."""
         self.policy = policy
+        self.embed_delay = embed_delay
 
     async def load(self, db: AsyncSession, progress: Progress) -> EpisodeRow | None:
         if progress.processed_seq == 0:
@@ -169,7 +177,10 @@ class EpisodeProcessor:
 
     async def store(self, db: AsyncSession, progress: Progress, result: PackedEpisodes) -> None:
         """Write the episodes, then link the session's facts to them (lock order: the user's
-        fact lock before memory rows)."""
+        fact lock before memory rows, memory rows before their embedding jobs).
+
+        The open episode's embedding is held back by ``embed_delay``, so a growing episode is
+        embedded once it stops growing (or closes), not at every message."""
         facts = FactRepository(db)
         await facts.lock_user(progress.user_id)
         repository = EpisodeRepository(db)
@@ -179,3 +190,5 @@ class EpisodeProcessor:
             await repository.replace(result.reopened, result.reopened_last_seq, episodes.pop(0))
         await repository.insert(episodes)
         await facts.link_episodes(progress.user_id, progress.session_id)
+        if self.embed_delay > timedelta(0) and result.episodes:
+            await JobRepository(db).defer_open_episode(progress.session_id, self.embed_delay)

@@ -1,10 +1,12 @@
 """SQL for the embedding queue: lease jobs, read their rows, write vectors, retry, dead-letter.
 
-A worker *leases* jobs (``locked_by``, ``locked_until``) in a short transaction and commits;
-no row lock survives into the model call. Its writes afterwards touch only jobs it still
-owns (``locked_by``) and never wait for a lock: memory rows and jobs held by another
-transaction are skipped (``SKIP LOCKED``) and handled on a later claim. Lock order, as for
-every writer: memory rows first, then their jobs.
+A job is due at ``retry_after``: at once when queued, later after a failure (backoff) or while
+its text is still growing (a session's open episode: :meth:`JobRepository.defer_open_episode`).
+A worker *leases* due jobs (``locked_by``, ``locked_until``) in a short transaction and commits;
+no row lock survives into the model call. Its writes afterwards touch only jobs it still owns
+(``locked_by``) and never wait for a lock: memory rows and jobs held by another transaction are
+skipped (``SKIP LOCKED``) and handled on a later claim. Lock order, as for every writer: memory
+rows first, then their jobs.
 """
 
 from __future__ import annotations
@@ -341,6 +343,57 @@ class JobRepository:
                 [{"table_name": t, "row_id": r} for t, r in letters],
             )
         return len(letters)
+
+    async def defer_open_episode(self, session_id: uuid.UUID, delay: timedelta) -> None:
+        """Hold back the embedding of a session's open (last) episode until ``delay`` from
+        now, and make its closed episodes' held-back jobs due at once.
+
+        An open episode grows with every message: embedding each growth throws every vector
+        but the last away. Only a fresh job is held back (no failed attempt, no live lease):
+        a failing job keeps its backoff, and a job a worker is embedding right now is that
+        worker's (its vector is not written if the text changed meanwhile).
+        """
+        now = func.clock_timestamp()
+        episodes = select(Episode.id).where(Episode.session_id == session_id)
+        open_episode = episodes.order_by(Episode.first_seq.desc()).limit(1).scalar_subquery()
+        fresh = (
+            EmbeddingJob.table_name == "episodes",
+            EmbeddingJob.attempts == 0,
+            or_(EmbeddingJob.locked_until.is_(None), EmbeddingJob.locked_until < now),
+        )
+        await self.session.execute(
+            update(EmbeddingJob)
+            .where(
+                *fresh,
+                EmbeddingJob.retry_after > now,
+                EmbeddingJob.row_id.in_(episodes.where(Episode.id != open_episode)),
+            )
+            .values(retry_after=now)
+        )
+        await self.session.execute(
+            update(EmbeddingJob)
+            .where(*fresh, EmbeddingJob.row_id == open_episode)
+            .values(retry_after=now + delay)
+        )
+
+    async def expedite_deferred(self) -> int:
+        """Make every held-back job due now (``flush()``: everything searchable); returns how
+        many. Jobs backing off after a failure keep their wait. Jobs another transaction has
+        locked are skipped, not waited for: that transaction is changing or deleting them.
+        """
+        now = func.clock_timestamp()
+        held_back = (
+            select(EmbeddingJob.id)
+            .where(EmbeddingJob.attempts == 0, EmbeddingJob.retry_after > now)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self.session.execute(
+            update(EmbeddingJob)
+            .where(EmbeddingJob.id.in_(held_back))
+            .values(retry_after=now)
+            .returning(EmbeddingJob.id)
+        )
+        return len(result.all())
 
     async def counts(self) -> QueueCounts:
         """Jobs waiting (due or not) and dead letters, in one round trip."""

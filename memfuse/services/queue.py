@@ -23,6 +23,11 @@ class EmbeddingQueueService:
         async with self._session_factory() as db:
             return await JobRepository(db).counts()
 
+    async def expedite_deferred(self) -> int:
+        """Make held-back jobs (open episodes) due now; returns how many."""
+        async with self._session_factory.begin() as db:
+            return await JobRepository(db).expedite_deferred()
+
     async def requeue_dead_letters(self, table: str | None = None) -> int:
         """Give dead-lettered rows (of one table, or all) fresh attempts; returns how many."""
         if table is not None and table not in EMBEDDABLE_TABLES:
