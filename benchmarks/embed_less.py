@@ -127,6 +127,61 @@ async def one_vector_per_message_for_its_facts(
     return moved | {"vectors_embedded": len(groups)}
 
 
+async def fact_rows(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every fact with its source message's session and number, and its episode, in order."""
+    return list(
+        await connection.fetch(
+            f"""
+            SELECT f.id, f.content, m.session_id, m.seq, f.episode_id
+            FROM {SCHEMA}.facts f JOIN {SCHEMA}.messages m ON m.id = f.message_ids[1]
+            ORDER BY m.session_id, m.seq, f.created_at, f.id
+            """
+        )
+    )
+
+
+async def facts_share_vectors_by(
+    connection: asyncpg.Connection,
+    embedder: Embedder,
+    key: Callable[[asyncpg.Record], object],
+) -> dict[str, int]:
+    """Facts with the same ``key`` share one vector: of all their texts, one per line."""
+    moved = await set_aside(connection, [ALL_FACTS])
+    groups: dict[object, list[asyncpg.Record]] = {}
+    for fact in await fact_rows(connection):
+        groups.setdefault(key(fact), []).append(fact)
+    members = list(groups.values())
+    vectors = await embedder.embed_documents(
+        ["\n".join(fact["content"] for fact in group) for group in members]
+    )
+    await connection.executemany(
+        f"UPDATE {SCHEMA}.facts SET embedding = $2 WHERE id = ANY($1::uuid[])",
+        [
+            ([fact["id"] for fact in group], np.asarray(vector, np.float32))
+            for group, vector in zip(members, vectors, strict=True)
+        ],
+    )
+    return moved | {"vectors_embedded": len(members)}
+
+
+async def facts_share_one_vector_per_two_messages(
+    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
+) -> dict[str, int]:
+    """The facts of two consecutive messages of a session (1-2, 3-4, ...) share a vector."""
+    del groups
+    return await facts_share_vectors_by(
+        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] + 1) // 2)
+    )
+
+
+async def facts_share_one_vector_per_episode(
+    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
+) -> dict[str, int]:
+    """The facts of one episode share a vector (the model reads its first 256 word pieces)."""
+    del groups
+    return await facts_share_vectors_by(connection, embedder, lambda fact: fact["episode_id"])
+
+
 async def facts_vector_instead_of_message_vector(
     connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
 ) -> dict[str, int]:
@@ -203,6 +258,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                 f" embedding FROM {SCHEMA}.facts WITH NO DATA"
             )
             for name, selects in VARIANTS.items():
+                if args.only and name not in args.only:
+                    continue
                 set_aside_counts = await set_aside(connection, selects)
                 try:
                     recall = await ask(mf, data, count_tokens, name)
@@ -219,10 +276,14 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             groups = await facts_by_message(connection)
             folded = {
                 "facts_share_one_vector_per_message": one_vector_per_message_for_its_facts,
+                "facts_share_one_vector_per_two_messages": facts_share_one_vector_per_two_messages,
+                "facts_share_one_vector_per_episode": facts_share_one_vector_per_episode,
                 "message_vector_includes_its_facts": message_vector_with_its_facts,
                 "facts_vector_instead_of_message_vector": facts_vector_instead_of_message_vector,
             }
             for name, fold in folded.items():
+                if args.only and name not in args.only:
+                    continue
                 changed = await fold(connection, embedder, groups)
                 try:
                     recall = await ask(mf, data, count_tokens, name)
@@ -251,6 +312,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON file")
     parser.add_argument("--output", type=Path, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument(
+        "--only", nargs="+", metavar="VARIANT", help="run only these variants (default: all)"
+    )
     args = parser.parse_args()
     run_benchmark("benchmarks.embed_less", run, args)
 

@@ -34,6 +34,7 @@ SCHEMAS = {
     "langgraph": "bench_peers_langgraph",
 }
 SYSTEMS = tuple(SCHEMAS)
+SCHEMA_OF_MEMFUSE = SCHEMAS["memfuse"]
 MEM0_COLLECTION = "bench_peers_mem0_turns"
 """mem0's table. Distinct from anything in ``public``: mem0 looks its table up there only."""
 DIMENSION = 384
@@ -61,6 +62,17 @@ class MemfuseSystem:
         await self.sessions[(turn.user, turn.session)].add([turn.message])
 
     async def settle(self) -> None:
+        """Until every message has its vector (the worker embeds in the background)."""
+        connection = await asyncpg.connect(**asyncpg_connect_args(self.url))
+        query = f"SELECT count(*) FROM {SCHEMA_OF_MEMFUSE}.messages WHERE embedding IS NULL"
+        try:
+            while await connection.fetchval(query):
+                await asyncio.sleep(0.02)
+        finally:
+            await connection.close()
+
+    async def finish(self) -> None:
+        """Until M1 and M2 are done and every row is embedded (``flush()``)."""
         await self.mf.flush()
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:
@@ -121,6 +133,9 @@ class Mem0System:
     async def settle(self) -> None:
         return None
 
+    async def finish(self) -> None:
+        return None
+
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:
         found = await self.memory.search(
             question, top_k=RESULTS_PER_QUESTION, filters={"user_id": user}
@@ -158,6 +173,9 @@ class LangGraphSystem:
         )
 
     async def settle(self) -> None:
+        return None
+
+    async def finish(self) -> None:
         return None
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:

@@ -99,7 +99,12 @@ class System(Protocol):
     async def add(self, turn: Turn) -> None: ...
 
     async def settle(self) -> None:
-        """Wait until everything added is searchable (nothing to wait for if add() did it)."""
+        """Wait until every turn added is found by vector search, as the peers' turns are
+        when add() returns (nothing to wait for if add() did it)."""
+
+    async def finish(self) -> None:
+        """Wait until the work derived from the turns is done too (memfuse's M1 episodes and
+        M2 facts with their vectors); nothing for a system that derives nothing."""
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]: ...
 
@@ -142,6 +147,10 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
     await system.settle()
     settle_s = time.perf_counter() - settle_started
     counts.append(system.counters())
+    finish_started = time.perf_counter()
+    await system.finish()
+    finish_s = time.perf_counter() - finish_started
+    counts.append(system.counters())
     turns = len(work.turns)
     add = {
         "turns": turns,
@@ -152,6 +161,8 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
         "add_call_ms": {**summary(latencies), "mean_ms": round(statistics.mean(latencies), 4)},
         "settle_s": round(settle_s, 2),
         "searchable_msgs_per_s": round(turns / (load_s + settle_s), 1),
+        "finish_s": round(finish_s, 2),
+        "processed_msgs_per_s": round(turns / (load_s + settle_s + finish_s), 1),
     }
     progress(f"{name} add: {json.dumps(add)}")
 
@@ -190,7 +201,8 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
     calls = {
         "add": difference(counts[1], counts[0]),
         "settle": difference(counts[2], counts[1]),
-        "warmup": difference(counts[3], counts[2]),
-        "search": difference(counts[4], counts[3]),
+        "finish": difference(counts[3], counts[2]),
+        "warmup": difference(counts[4], counts[3]),
+        "search": difference(counts[5], counts[4]),
     }
     return {"add": add, "search": search, "recall": recall, "calls": calls}

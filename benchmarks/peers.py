@@ -171,6 +171,7 @@ def table(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "system": name,
                 "add_calls_per_s": result["add"]["add_calls_per_s"],
                 "searchable_msgs_per_s": result["add"]["searchable_msgs_per_s"],
+                "processed_msgs_per_s": result["add"]["processed_msgs_per_s"],
                 "search_p50_ms": result["search"]["p50_ms"],
                 "search_p95_ms": result["search"]["p95_ms"],
                 **{f"recall@{b}": result["recall"][f"recall@{b}"] for b in BUDGETS},
@@ -236,11 +237,12 @@ def notes(systems: dict[str, dict[str, Any]]) -> list[str]:
         "add_calls_per_s is turns / wall time of the add loop. The peers embed the turn inside"
         " each add call (one text per model call), so a turn is searchable when add returns"
         " and searchable_msgs_per_s is the same figure. memfuse's add() returns once the"
-        " message is committed; its in-process worker embeds in the background and its"
-        " pipeline builds M1 episodes and M2 facts, on the same event loop and the same 2"
-        " cores as the add loop. Its searchable_msgs_per_s counts until mf.flush() returns"
-        " (M1/M2 done, embedding queue drained); a turn is found by full text as soon as it is"
-        " committed.",
+        " message is committed (found by full text from then on); its in-process worker embeds"
+        " in the background and its pipeline builds M1 episodes and M2 facts, on the same"
+        " event loop and the same 2 cores as the add loop. Its searchable_msgs_per_s counts"
+        " until every turn has its vector (the peers' criterion: found by vector search), and"
+        " processed_msgs_per_s until mf.flush() returns (M1/M2 done, every episode and fact"
+        " embedded too); for the peers the two are the same figure.",
         "Search latency is end to end, query embedding included, p50/p95 over every scored"
         " question after the warm-up. Neither peer caches query embeddings (the model runs on"
         " every search); memfuse keeps an LRU of query embeddings, which only the same text"
@@ -255,11 +257,13 @@ def notes(systems: dict[str, dict[str, Any]]) -> list[str]:
             for phase, calls in memfuse["calls"].items()
         }
         found.append(
-            f"memfuse embedded {checks.get('worker_vectors_written', 0)} texts for"
+            f"memfuse wrote {checks.get('worker_vectors_written', 0)} vectors for"
             f" {checks['messages']} turns (the peers: one per turn): the messages, its"
-            f" {checks['episodes']} episodes (re-embedded as they grow) and {checks['facts']}"
-            f" facts from the offline extractor; {written['add']} of them during the add loop"
-            f" and {written['settle']} during mf.flush(). The default search uses all three"
+            f" {checks['episodes']} episodes (each embedded once it stops growing) and"
+            f" {checks['facts']} facts from the offline extractor (the facts of a message share"
+            f" one text); {written['add']} of them during the add loop"
+            f", {written['settle']} until every turn had its vector and {written['finish']}"
+            " during mf.flush(). The default search uses all three"
             " layers; this is what its add and flush time pay for."
         )
     mem0 = systems.get("mem0", {})

@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +50,9 @@ MEMORY_TABLES: dict[str, Table] = {
     "facts": cast(Table, Fact.__table__),
 }
 
+
+MESSAGE_HEAD_START = timedelta(seconds=10)
+"""How much sooner a queued message is embedded than an episode or fact queued with it."""
 
 RowKey = tuple[str, uuid.UUID]
 """A memory row: its table's name and its id."""
@@ -83,19 +98,29 @@ class JobRepository:
         self.session = session
 
     async def claim(self, limit: int, *, owner: str, lease: timedelta) -> list[Job]:
-        """Lease up to ``limit`` due jobs that no live lease holds, oldest first.
+        """Lease up to ``limit`` due jobs that no live lease holds, oldest first, a message's
+        job counted :data:`MESSAGE_HEAD_START` older than it is.
 
-        Commit right after: the lease, not a row lock, keeps other workers away. Jobs of a
-        worker that died come back once ``lease`` has passed.
+        A message is what a caller searches for next; episodes and facts are derived from it
+        and wait at most that much longer, so neither starves. Commit right after: the lease,
+        not a row lock, keeps other workers away. Jobs of a worker that died come back once
+        ``lease`` has passed.
         """
         now = func.clock_timestamp()
+        turn = case(
+            (
+                EmbeddingJob.table_name == "messages",
+                EmbeddingJob.retry_after - MESSAGE_HEAD_START,
+            ),
+            else_=EmbeddingJob.retry_after,
+        )
         due = (
             select(EmbeddingJob.id)
             .where(
                 EmbeddingJob.retry_after <= now,
                 or_(EmbeddingJob.locked_until.is_(None), EmbeddingJob.locked_until < now),
             )
-            .order_by(EmbeddingJob.retry_after, EmbeddingJob.id)
+            .order_by(turn, EmbeddingJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("due")
