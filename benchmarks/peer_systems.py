@@ -66,7 +66,7 @@ class MemfuseSystem:
         connection = await asyncpg.connect(**asyncpg_connect_args(self.url))
         query = f"SELECT count(*) FROM {SCHEMA_OF_MEMFUSE}.messages WHERE embedding IS NULL"
         try:
-            while await connection.fetchval(query):
+            while await connection.fetchval(query):  # noqa: ASYNC110 - the worker's progress
                 await asyncio.sleep(0.02)
         finally:
             await connection.close()
