@@ -174,6 +174,26 @@ async def facts_share_one_vector_per_two_messages(
     )
 
 
+async def facts_share_one_vector_per_three_messages(
+    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
+) -> dict[str, int]:
+    """The facts of three consecutive messages of a session (1-3, 4-6, ...) share a vector."""
+    del groups
+    return await facts_share_vectors_by(
+        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] - 1) // 3)
+    )
+
+
+async def facts_share_one_vector_per_four_messages(
+    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
+) -> dict[str, int]:
+    """The facts of four consecutive messages of a session (1-4, 5-8, ...) share a vector."""
+    del groups
+    return await facts_share_vectors_by(
+        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] - 1) // 4)
+    )
+
+
 async def facts_share_one_vector_per_episode(
     connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
 ) -> dict[str, int]:
@@ -277,6 +297,12 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             folded = {
                 "facts_share_one_vector_per_message": one_vector_per_message_for_its_facts,
                 "facts_share_one_vector_per_two_messages": facts_share_one_vector_per_two_messages,
+                "facts_share_one_vector_per_three_messages": (
+                    facts_share_one_vector_per_three_messages
+                ),
+                "facts_share_one_vector_per_four_messages": (
+                    facts_share_one_vector_per_four_messages
+                ),
                 "facts_share_one_vector_per_episode": facts_share_one_vector_per_episode,
                 "message_vector_includes_its_facts": message_vector_with_its_facts,
                 "facts_vector_instead_of_message_vector": facts_vector_instead_of_message_vector,

@@ -152,11 +152,10 @@ async def pipeline_resource(
         max_tokens=settings.episode_max_tokens,
         idle_gap=timedelta(seconds=settings.episode_idle_gap),
     )
-    processors: list[LayerProcessor[Any, Any]] = [
-        EpisodeProcessor(policy, embed_delay=timedelta(seconds=settings.episode_embed_delay))
-    ]
+    embed_delay = timedelta(seconds=settings.embed_delay)
+    processors: list[LayerProcessor[Any, Any]] = [EpisodeProcessor(policy, embed_delay=embed_delay)]
     if extractor is not None:
-        processors.append(FactProcessor(extractor))
+        processors.append(FactProcessor(extractor, embed_delay=embed_delay))
     pipeline = LayerPipeline(
         session_factory,
         processors,

@@ -216,8 +216,8 @@ class MemFuse:
     @_database_call
     async def flush(self) -> None:
         """Return once everything added so far is committed, processed into M1 and M2, and
-        (with the in-process worker) embedded, open episodes included: their held-back
-        embeddings (``episode_embed_delay``) are made due at once.
+        (with the in-process worker) embedded, open episodes and fact groups included: their
+        held-back embeddings (``embed_delay``) are made due at once.
 
         Raises :class:`~memfuse.errors.PipelineError` if a session could not be processed;
         its messages stay in M0 and are retried. Rows whose embedding keeps failing wait in

@@ -108,7 +108,7 @@ class Settings:
     episode_target_tokens: int = 700
     episode_max_tokens: int = 800
     episode_idle_gap: float = 3600.0
-    episode_embed_delay: float = 30.0
+    embed_delay: float = 30.0
     fact_extractor: str = "offline"
     llm_base_url: str | None = None
     llm_api_key: str | None = field(default=None, repr=False)
@@ -170,7 +170,7 @@ class Settings:
         for name in (
             "buffer_max_delay",
             "episode_idle_gap",
-            "episode_embed_delay",
+            "embed_delay",
             "llm_max_retries",
         ):
             if getattr(self, name) < 0:

@@ -77,6 +77,18 @@ def message_text(speaker: str | None, content: str) -> str:
     return f"{speaker}{SPEAKER_SEPARATOR}{content}" if speaker else content
 
 
+FACT_GROUP_MESSAGES = 2
+"""Facts drawn from this many consecutive messages of a session (1-2, 3-4, ...) are embedded
+as one text and share its vector: the one rule for a fact's text (the embedding worker reads
+it, the M2 layer holds back the group still open). Measured on LoCoMo in docs/benchmarks.md,
+"Which vectors earn their cost"."""
+
+
+def fact_group(seq: int) -> int:
+    """The group of facts whose first source message is number ``seq`` of its session."""
+    return (seq - 1) // FACT_GROUP_MESSAGES
+
+
 _MESSAGE_TSVECTOR = (
     f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
     f"coalesce(name || '{SPEAKER_SEPARATOR}', '') || content)"

@@ -191,4 +191,4 @@ class EpisodeProcessor:
         await repository.insert(episodes)
         await facts.link_episodes(progress.user_id, progress.session_id)
         if self.embed_delay > timedelta(0) and result.episodes:
-            await JobRepository(db).defer_open_episode(progress.session_id, self.embed_delay)
+            await JobRepository(db).hold_back_open_episode(progress.session_id, self.embed_delay)

@@ -7,6 +7,10 @@ with ``valid_to`` closed and ``superseded_by`` set; a fact older than the live o
 is stored already closed. A fact's time (``valid_from``) is its source messages' time, not
 the time it was processed, so the outcome does not depend on processing order. New facts are
 linked to the episodes already stored; M1 links the facts stored before its episodes.
+
+The facts of :data:`~memfuse.db.models.FACT_GROUP_MESSAGES` consecutive messages are embedded
+as one text; while the session's last group can still gain facts, their embedding waits
+(``embed_delay``), so the group is embedded once.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.repositories.facts import Closure, FactRepository, LiveFact, NewFact
+from memfuse.repositories.jobs import JobRepository
 from memfuse.repositories.progress import Progress
 from memfuse.types import ChunkData
 
@@ -101,8 +107,11 @@ class FactProcessor:
     layer = "m2"
     operation = "m2_operation"
 
-    def __init__(self, extractor: FactExtractor) -> None:
+    def __init__(self, extractor: FactExtractor, *, embed_delay: timedelta = timedelta(0)) -> None:
+        """``embed_delay``: how long the facts of a session's open fact group wait for the
+        rest of the group before they are embedded (each step restarts the wait)."""
         self.extractor = extractor
+        self.embed_delay = embed_delay
 
     async def load(self, db: AsyncSession, progress: Progress) -> None:
         return None
@@ -112,8 +121,18 @@ class FactProcessor:
         return ExtractedFacts(tuple(candidates), tuple(messages))
 
     async def store(self, db: AsyncSession, progress: Progress, result: ExtractedFacts) -> None:
-        if not result.candidates:
-            return
+        """Store the new facts under the user's fact lock, then hold back the embedding of the
+        session's open fact group (lock order: fact lock, memory rows, their jobs)."""
+        if result.candidates:
+            await self._store_facts(db, progress, result)
+        if self.embed_delay > timedelta(0) and result.messages:
+            await JobRepository(db).hold_back_open_fact_group(
+                progress.session_id, result.messages[-1].last_seq, self.embed_delay
+            )
+
+    async def _store_facts(
+        self, db: AsyncSession, progress: Progress, result: ExtractedFacts
+    ) -> None:
         repository = FactRepository(db)
         await repository.lock_user(progress.user_id)
         contents = sorted({normalize_content(c.content) for c in result.candidates})

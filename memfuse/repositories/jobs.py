@@ -1,9 +1,9 @@
 """SQL for the embedding queue: lease jobs, read their rows, write vectors, retry, dead-letter.
 
 A job is due at ``retry_after``: at once when queued, later after a failure (backoff) or while
-its text is still growing (a session's open episode: :meth:`JobRepository.defer_open_episode`).
-A worker *leases* due jobs (``locked_by``, ``locked_until``) in a short transaction and commits;
-no row lock survives into the model call. Its writes afterwards touch only jobs it still owns
+its text is still growing (a session's open episode, the facts of its open fact group). A worker
+*leases* due jobs (``locked_by``, ``locked_until``) in a short transaction and commits; no row
+lock survives into the model call. Its writes afterwards touch only jobs it still owns
 (``locked_by``) and never wait for a lock: memory rows and jobs held by another transaction are
 skipped (``SKIP LOCKED``) and handled on a later claim. Lock order, as for every writer: memory
 rows first, then their jobs.
@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import (
+    ColumnElement,
     Select,
     Table,
     bindparam,
@@ -34,15 +35,18 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import (
+    FACT_GROUP_MESSAGES,
     EmbeddingDeadLetter,
     EmbeddingJob,
     Episode,
     Fact,
     Message,
+    fact_group,
     message_text,
 )
 
 FACTS = cast(Table, Fact.__table__)
+MESSAGES = cast(Table, Message.__table__)
 
 MEMORY_TABLES: dict[str, Table] = {
     "messages": cast(Table, Message.__table__),
@@ -89,6 +93,11 @@ class QueueCounts:
 
     depth: int
     dead_letters: int
+
+
+def _fact_group(seq: ColumnElement[int]) -> ColumnElement[int]:
+    """:func:`~memfuse.db.models.fact_group` in SQL (integer division)."""
+    return (seq - 1) // FACT_GROUP_MESSAGES
 
 
 class JobRepository:
@@ -168,26 +177,30 @@ class JobRepository:
         self, fact_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[str, str]]:
         """Each fact's content, and the text it is embedded as: the contents of every fact of
-        its session drawn from the same first source message, one per line, oldest first
-        (its own content alone when it has no source message or session).
+        its session whose first source message is in the same group of
+        :data:`~memfuse.db.models.FACT_GROUP_MESSAGES` consecutive messages, one per line, in
+        message order (its own content alone without a source message).
 
-        Measured on LoCoMo (docs/benchmarks.md#which-vectors-earn-their-cost): one vector per
-        message's facts keeps recall (0.810 vs 0.809 at 1000 tokens) with 37% fewer texts to
-        embed than one vector per fact.
+        Measured on LoCoMo (docs/benchmarks.md#which-vectors-earn-their-cost): one vector for
+        the facts of two messages keeps recall with a quarter of the texts of one per fact.
         """
         facts = FACTS.alias("fact")
+        source = MESSAGES.alias("source")
         siblings = FACTS.alias("sibling")
+        sibling_source = MESSAGES.alias("sibling_source")
         group_text = func.string_agg(
             siblings.c.content,
-            aggregate_order_by(literal("\n"), siblings.c.created_at, siblings.c.id),
+            aggregate_order_by(
+                literal("\n"), sibling_source.c.seq, siblings.c.created_at, siblings.c.id
+            ),
         )
         result = await self.session.execute(
             select(facts.c.id, facts.c.content, group_text.label("group_text"))
             .select_from(
-                facts.outerjoin(
-                    siblings,
+                facts.outerjoin(source, source.c.id == facts.c.message_ids[1]).outerjoin(
+                    siblings.join(sibling_source, sibling_source.c.id == siblings.c.message_ids[1]),
                     (siblings.c.session_id == facts.c.session_id)
-                    & (siblings.c.message_ids[1] == facts.c.message_ids[1]),
+                    & (_fact_group(sibling_source.c.seq) == _fact_group(source.c.seq)),
                 )
             )
             .where(facts.c.id.in_(fact_ids))
@@ -369,35 +382,78 @@ class JobRepository:
             )
         return len(letters)
 
-    async def defer_open_episode(self, session_id: uuid.UUID, delay: timedelta) -> None:
+    async def hold_back_open_episode(self, session_id: uuid.UUID, delay: timedelta) -> None:
         """Hold back the embedding of a session's open (last) episode until ``delay`` from
         now, and make its closed episodes' held-back jobs due at once.
 
         An open episode grows with every message: embedding each growth throws every vector
-        but the last away. Only a fresh job is held back (no failed attempt, no live lease):
-        a failing job keeps its backoff, and a job a worker is embedding right now is that
-        worker's (its vector is not written if the text changed meanwhile).
+        but the last away.
         """
-        now = func.clock_timestamp()
         episodes = select(Episode.id).where(Episode.session_id == session_id)
         open_episode = episodes.order_by(Episode.first_seq.desc()).limit(1).scalar_subquery()
+        await self._hold_back(
+            "episodes",
+            closed=episodes.where(Episode.id != open_episode),
+            still_open=select(open_episode),
+            delay=delay,
+        )
+
+    async def hold_back_open_fact_group(
+        self, session_id: uuid.UUID, last_seq: int, delay: timedelta
+    ) -> None:
+        """Hold back the embedding of the facts of a session's open fact group (the one that
+        message ``last_seq``, the last processed, belongs to while the group is not full) and
+        make the held-back facts of its earlier groups due at once.
+
+        The facts of a group are embedded as one text (:meth:`fact_group_texts`): embedding
+        the facts of the group's first message before the next message's facts exist would
+        embed a text that changes right after.
+        """
+        source = MESSAGES.alias("source")
+        facts = (
+            select(Fact.id)
+            .join(source, source.c.id == Fact.message_ids[1])
+            .where(Fact.session_id == session_id)
+        )
+        group = fact_group(last_seq)
+        if fact_group(last_seq + 1) != group:  # the group of last_seq is full
+            group += 1
+        await self._hold_back(
+            "facts",
+            closed=facts.where(_fact_group(source.c.seq) < group),
+            still_open=facts.where(_fact_group(source.c.seq) >= group),
+            delay=delay,
+        )
+
+    async def _hold_back(
+        self,
+        table_name: str,
+        *,
+        closed: Select[uuid.UUID],
+        still_open: Select[uuid.UUID],
+        delay: timedelta,
+    ) -> None:
+        """Make the held-back jobs of ``closed`` rows due now; hold ``still_open`` rows' jobs
+        back until ``delay`` from now.
+
+        Only a fresh job is held back (no failed attempt, no live lease): a failing job keeps
+        its backoff, and a job a worker is embedding right now is that worker's (its vector
+        is not written if the text changed meanwhile).
+        """
+        now = func.clock_timestamp()
         fresh = (
-            EmbeddingJob.table_name == "episodes",
+            EmbeddingJob.table_name == table_name,
             EmbeddingJob.attempts == 0,
             or_(EmbeddingJob.locked_until.is_(None), EmbeddingJob.locked_until < now),
         )
         await self.session.execute(
             update(EmbeddingJob)
-            .where(
-                *fresh,
-                EmbeddingJob.retry_after > now,
-                EmbeddingJob.row_id.in_(episodes.where(Episode.id != open_episode)),
-            )
+            .where(*fresh, EmbeddingJob.retry_after > now, EmbeddingJob.row_id.in_(closed))
             .values(retry_after=now)
         )
         await self.session.execute(
             update(EmbeddingJob)
-            .where(*fresh, EmbeddingJob.row_id == open_episode)
+            .where(*fresh, EmbeddingJob.row_id.in_(still_open))
             .values(retry_after=now + delay)
         )
 

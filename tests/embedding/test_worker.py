@@ -613,11 +613,12 @@ async def test_a_text_repeated_in_one_batch_is_embedded_once(
     assert vectors["sounds good"] is not None
 
 
-async def test_the_facts_of_a_message_share_one_vector_of_all_of_them(
+async def test_the_facts_of_two_messages_share_one_vector_of_all_of_them(
     database_url: str, model: LocalEmbedder
 ) -> None:
-    """With the pipeline and the worker running: M2 draws several facts from one message,
-    and they are embedded as one text (docs/embedding.md, "What is embedded")."""
+    """With the pipeline and the worker running: M2 draws several facts from each message,
+    and the facts of messages 1-2, 3-4, ... of a session are embedded as one text
+    (docs/layers.md, "Fact groups")."""
     async with memfuse_with_model(database_url, model) as running:
         memory = await running.init("caroline", session="chat")
         await memory.add(
@@ -629,6 +630,7 @@ async def test_the_facts_of_a_message_share_one_vector_of_all_of_them(
                     "My sister moved to Lisbon last year. I love painting sunsets.",
                 },
                 {"role": "user", "name": "Caroline", "content": "My dog is called Rex."},
+                {"role": "user", "name": "Caroline", "content": "I work as a nurse in Porto."},
             ]
         )
         await running.flush()
@@ -638,17 +640,18 @@ async def test_the_facts_of_a_message_share_one_vector_of_all_of_them(
             facts = (
                 await db.execute(
                     text(
-                        "SELECT message_ids[1] AS source, content, embedding FROM memfuse.facts"
-                        " ORDER BY created_at, id"
+                        "SELECT (m.seq - 1) / 2 AS fact_group, f.content, f.embedding"
+                        " FROM memfuse.facts f JOIN memfuse.messages m"
+                        " ON m.id = f.message_ids[1] ORDER BY m.seq, f.created_at, f.id"
                     )
                 )
             ).all()
-    by_message: dict[uuid.UUID, list[tuple[str, list[float]]]] = {}
-    for source, content, embedding in facts:
+    by_group: dict[int, list[tuple[str, list[float]]]] = {}
+    for fact_group, content, embedding in facts:
         assert embedding is not None, "every fact has a vector"
-        by_message.setdefault(source, []).append((content, embedding.to_list()))
-    assert len(by_message) == 2 and max(len(group) for group in by_message.values()) >= 2
-    for group in by_message.values():
+        by_group.setdefault(fact_group, []).append((content, embedding.to_list()))
+    assert sorted(by_group) == [0, 1] and len(by_group[0]) >= 3
+    for group in by_group.values():
         expected = await model.embed_query("\n".join(content for content, _ in group))
         assert all(close_to(vector, expected) for _, vector in group)
     assert stats.texts_embedded < stats.vectors_written, "fewer model texts than vectors"

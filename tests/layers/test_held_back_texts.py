@@ -65,9 +65,7 @@ def vectors_written(mf: MemFuse) -> int:
 async def test_an_episode_is_embedded_once_after_it_closes(
     database_url: str, model: LocalEmbedder
 ) -> None:
-    async with memfuse_with_model(
-        database_url, model, episode_embed_delay=600, **SMALL_EPISODES
-    ) as mf:
+    async with memfuse_with_model(database_url, model, embed_delay=600, **SMALL_EPISODES) as mf:
         memory = await mf.init("alice", session="trip")
         await add_one_by_one(mf, memory, 12)
 
@@ -86,10 +84,8 @@ async def test_an_episode_is_embedded_once_after_it_closes(
 async def test_without_a_delay_every_growth_is_embedded(
     database_url: str, model: LocalEmbedder
 ) -> None:
-    """The behaviour the delay removes (``episode_embed_delay=0``)."""
-    async with memfuse_with_model(
-        database_url, model, episode_embed_delay=0, **SMALL_EPISODES
-    ) as mf:
+    """The behaviour the delay removes (``embed_delay=0``)."""
+    async with memfuse_with_model(database_url, model, embed_delay=0, **SMALL_EPISODES) as mf:
         memory = await mf.init("alice", session="trip")
         await add_one_by_one(mf, memory, 12)
         await mf.flush()
@@ -102,7 +98,7 @@ async def test_an_idle_open_episode_is_embedded_after_the_delay(
     database_url: str, model: LocalEmbedder
 ) -> None:
     async with memfuse_with_model(
-        database_url, model, episode_embed_delay=0.5, worker_poll_interval=0.2, **SMALL_EPISODES
+        database_url, model, embed_delay=0.5, worker_poll_interval=0.2, **SMALL_EPISODES
     ) as mf:
         memory = await mf.init("alice", session="trip")
         await memory.add([turn(0), turn(1)])
@@ -120,7 +116,7 @@ async def test_concurrent_writers_with_the_pipeline_and_worker_embed_each_episod
     """Writers, the background pipeline and the worker all at once: when everything has
     settled, every row has its vector and no episode was embedded twice."""
     async with memfuse_with_model(
-        database_url, model, episode_embed_delay=600, worker_poll_interval=0.2, **SMALL_EPISODES
+        database_url, model, embed_delay=600, worker_poll_interval=0.2, **SMALL_EPISODES
     ) as mf:
         sessions = [await mf.init("alice", session=f"s{index}") for index in range(4)]
 
@@ -141,3 +137,105 @@ async def test_concurrent_writers_with_the_pipeline_and_worker_embed_each_episod
             )
             jobs = await db.scalar(text("SELECT count(*) FROM memfuse.embedding_jobs"))
         assert (unembedded, jobs) == (0, 0)
+
+
+STATEMENTS = [
+    "I adopted a puppy named Biscuit last week.",
+    "My sister moved to Lisbon in March.",
+    "I started a pottery class at the community center.",
+    "My favourite book is Dune.",
+    "I work as a nurse at the city hospital.",
+]
+
+
+async def fact_vectors(mf: MemFuse) -> dict[int, list[str | None]]:
+    """The vectors of the facts drawn from each message number, as text (None: no vector)."""
+    async with parts.db(mf) as db:
+        rows = await db.execute(
+            text(
+                "SELECT m.seq, f.embedding::text FROM memfuse.facts f"
+                " JOIN memfuse.messages m ON m.id = f.message_ids[1] ORDER BY m.seq, f.id"
+            )
+        )
+        found: dict[int, list[str | None]] = {}
+        for seq, vector in rows:
+            found.setdefault(int(seq), []).append(vector)
+        return found
+
+
+async def test_the_facts_of_two_messages_are_embedded_once_as_one_text(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    async with memfuse_with_model(
+        database_url, model, embed_delay=600, fact_extractor="offline"
+    ) as mf:
+        memory = await mf.init("alice", session="news")
+        pipeline = await parts.pipeline(mf)
+        worker = await parts.worker(mf)
+        for statement in STATEMENTS:
+            await memory.add([{"role": "user", "name": "Alice", "content": statement}])
+            await pipeline.flush()
+            await worker.drain()
+
+        found = await fact_vectors(mf)
+        assert sorted(found) == [1, 2, 3, 4, 5], found
+        # groups 1-2 and 3-4 are closed and embedded; 5 waits for message 6
+        assert all(vector is not None for seq in (1, 2, 3, 4) for vector in found[seq])
+        assert found[5] == [None] * len(found[5])
+        # one vector per group, shared by every fact of the group
+        first_group = {vector for seq in (1, 2) for vector in found[seq]}
+        second_group = {vector for seq in (3, 4) for vector in found[seq]}
+        assert len(first_group) == len(second_group) == 1
+        assert first_group != second_group
+
+        await mf.flush()
+        assert all(
+            vector is not None
+            for vectors in (await fact_vectors(mf)).values()
+            for vector in vectors
+        )
+
+
+async def test_concurrent_writers_embed_each_fact_once(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    """Writers, the background pipeline and the worker at once, with facts: every fact gets
+    one vector write, and the facts of a group share one vector, so no group was embedded
+    before it was complete."""
+    settings = SMALL_EPISODES | {"fact_extractor": "offline"}
+    async with memfuse_with_model(
+        database_url, model, embed_delay=600, worker_poll_interval=0.2, **settings
+    ) as mf:
+        sessions = [await mf.init("alice", session=f"s{index}") for index in range(3)]
+
+        async def write(memory: Memory) -> None:
+            for number in range(9):
+                statement = STATEMENTS[number % len(STATEMENTS)]
+                content = f"{statement} That was on day {number}."
+                await memory.add([{"role": "user", "name": "Alice", "content": content}])
+                await asyncio.sleep(0.3)  # slow enough for a step per message
+
+        await asyncio.gather(*(write(memory) for memory in sessions))
+        await mf.flush()
+        async with parts.db(mf) as db:
+            counts = (
+                await db.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM memfuse.episodes),"
+                        " (SELECT count(*) FROM memfuse.facts),"
+                        " (SELECT count(*) FROM memfuse.facts WHERE embedding IS NULL)"
+                    )
+                )
+            ).one()
+            groups_with_two_vectors = await db.scalar(
+                text(
+                    "SELECT count(*) FROM (SELECT 1 FROM memfuse.facts f"
+                    " JOIN memfuse.messages m ON m.id = f.message_ids[1]"
+                    " GROUP BY f.session_id, (m.seq - 1) / 2"
+                    " HAVING count(DISTINCT f.embedding::text) > 1) AS split"
+                )
+            )
+        episode_count, fact_count, unembedded = counts
+        assert fact_count > 0 and unembedded == 0
+        assert groups_with_two_vectors == 0
+        assert vectors_written(mf) == 3 * 9 + episode_count + fact_count
