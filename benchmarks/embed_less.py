@@ -19,7 +19,7 @@ so the first variant of a run today is already that design.)
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +61,12 @@ VARIANTS: Final[dict[str, list[tuple[str, str]]]] = {
     "no_fact_or_episode_vectors": [ALL_FACTS, ALL_EPISODES],
 }
 """Each variant: (table, query selecting ids of that table) whose vectors are set aside."""
+
+
+Fold = Callable[
+    [asyncpg.Connection, Embedder, list[asyncpg.Record]], Coroutine[Any, Any, dict[str, int]]
+]
+"""A variant that embeds new texts: gives rows new vectors, says how many it changed."""
 
 
 async def set_aside(
@@ -164,34 +170,18 @@ async def facts_share_vectors_by(
     return moved | {"vectors_embedded": len(members)}
 
 
-async def facts_share_one_vector_per_two_messages(
-    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
-) -> dict[str, int]:
-    """The facts of two consecutive messages of a session (1-2, 3-4, ...) share a vector."""
-    del groups
-    return await facts_share_vectors_by(
-        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] + 1) // 2)
-    )
+def facts_share_one_vector_per_messages(count: int) -> Fold:
+    """The facts of ``count`` consecutive messages of a session share a vector (1-n, ...)."""
 
+    async def fold(
+        connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
+    ) -> dict[str, int]:
+        del groups
+        return await facts_share_vectors_by(
+            connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] - 1) // count)
+        )
 
-async def facts_share_one_vector_per_three_messages(
-    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
-) -> dict[str, int]:
-    """The facts of three consecutive messages of a session (1-3, 4-6, ...) share a vector."""
-    del groups
-    return await facts_share_vectors_by(
-        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] - 1) // 3)
-    )
-
-
-async def facts_share_one_vector_per_four_messages(
-    connection: asyncpg.Connection, embedder: Embedder, groups: list[asyncpg.Record]
-) -> dict[str, int]:
-    """The facts of four consecutive messages of a session (1-4, 5-8, ...) share a vector."""
-    del groups
-    return await facts_share_vectors_by(
-        connection, embedder, lambda fact: (fact["session_id"], (fact["seq"] - 1) // 4)
-    )
+    return fold
 
 
 async def facts_share_one_vector_per_episode(
@@ -294,15 +284,14 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             embedder = (await resolve(mf.container.retrieval_service)).embedder
             assert embedder is not None
             groups = await facts_by_message(connection)
-            folded = {
+            folded: dict[str, Fold] = {
                 "facts_share_one_vector_per_message": one_vector_per_message_for_its_facts,
-                "facts_share_one_vector_per_two_messages": facts_share_one_vector_per_two_messages,
-                "facts_share_one_vector_per_three_messages": (
-                    facts_share_one_vector_per_three_messages
-                ),
-                "facts_share_one_vector_per_four_messages": (
-                    facts_share_one_vector_per_four_messages
-                ),
+                **{
+                    f"facts_share_one_vector_per_{count}_messages": (
+                        facts_share_one_vector_per_messages(count)
+                    )
+                    for count in args.windows
+                },
                 "facts_share_one_vector_per_episode": facts_share_one_vector_per_episode,
                 "message_vector_includes_its_facts": message_vector_with_its_facts,
                 "facts_vector_instead_of_message_vector": facts_vector_instead_of_message_vector,
@@ -338,6 +327,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON file")
     parser.add_argument("--output", type=Path, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        nargs="+",
+        default=[2, 3, 4],
+        metavar="N",
+        help="fact groups of N consecutive messages to measure (default: 2 3 4)",
+    )
     parser.add_argument(
         "--only", nargs="+", metavar="VARIANT", help="run only these variants (default: all)"
     )

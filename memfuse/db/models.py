@@ -77,8 +77,8 @@ def message_text(speaker: str | None, content: str) -> str:
     return f"{speaker}{SPEAKER_SEPARATOR}{content}" if speaker else content
 
 
-FACT_GROUP_MESSAGES = 2
-"""Facts drawn from this many consecutive messages of a session (1-2, 3-4, ...) are embedded
+FACT_GROUP_MESSAGES = 4
+"""Facts drawn from this many consecutive messages of a session (1-4, 5-8, ...) are embedded
 as one text and share its vector: the one rule for a fact's text (the embedding worker reads
 it, the M2 layer holds back the group still open). Measured on LoCoMo in docs/benchmarks.md,
 "Which vectors earn their cost"."""

@@ -182,7 +182,7 @@ class JobRepository:
         message order (its own content alone without a source message).
 
         Measured on LoCoMo (docs/benchmarks.md#which-vectors-earn-their-cost): one vector for
-        the facts of two messages keeps recall with a quarter of the texts of one per fact.
+        the facts of four messages keeps recall with an eighth of the texts of one per fact.
         """
         facts = FACTS.alias("fact")
         source = MESSAGES.alias("source")

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from memfuse.container import resolve
 from memfuse.db import migrate
 from memfuse.db.engines import create_engine
+from memfuse.db.models import FACT_GROUP_MESSAGES
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import DimensionMismatchError, EmbeddingError
@@ -613,12 +614,14 @@ async def test_a_text_repeated_in_one_batch_is_embedded_once(
     assert vectors["sounds good"] is not None
 
 
-async def test_the_facts_of_two_messages_share_one_vector_of_all_of_them(
+async def test_the_facts_of_a_group_of_messages_share_one_vector_of_all_of_them(
     database_url: str, model: LocalEmbedder
 ) -> None:
     """With the pipeline and the worker running: M2 draws several facts from each message,
-    and the facts of messages 1-2, 3-4, ... of a session are embedded as one text
-    (docs/layers.md, "Fact groups")."""
+    and the facts of each FACT_GROUP_MESSAGES consecutive messages of a session are embedded
+    as one text (docs/layers.md, "Fact groups")."""
+    pets = ["Rex", "Luna", "Mochi", "Pepper", "Ziggy", "Nova", "Juno", "Olive"]
+    followers = [f"I adopted a puppy named {pet}." for pet in pets[:FACT_GROUP_MESSAGES]]
     async with memfuse_with_model(database_url, model) as running:
         memory = await running.init("caroline", session="chat")
         await memory.add(
@@ -629,8 +632,7 @@ async def test_the_facts_of_two_messages_share_one_vector_of_all_of_them(
                     "content": "I went to a support group yesterday. "
                     "My sister moved to Lisbon last year. I love painting sunsets.",
                 },
-                {"role": "user", "name": "Caroline", "content": "My dog is called Rex."},
-                {"role": "user", "name": "Caroline", "content": "I work as a nurse in Porto."},
+                *({"role": "user", "name": "Caroline", "content": line} for line in followers),
             ]
         )
         await running.flush()
@@ -640,7 +642,8 @@ async def test_the_facts_of_two_messages_share_one_vector_of_all_of_them(
             facts = (
                 await db.execute(
                     text(
-                        "SELECT (m.seq - 1) / 2 AS fact_group, f.content, f.embedding"
+                        f"SELECT (m.seq - 1) / {FACT_GROUP_MESSAGES} AS fact_group,"
+                        " f.content, f.embedding"
                         " FROM memfuse.facts f JOIN memfuse.messages m"
                         " ON m.id = f.message_ids[1] ORDER BY m.seq, f.created_at, f.id"
                     )

@@ -13,6 +13,7 @@ import parts
 from real_model import memfuse_with_model
 from sqlalchemy import text
 
+from memfuse.db.models import FACT_GROUP_MESSAGES
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.memory import MemFuse, Memory
 
@@ -139,13 +140,9 @@ async def test_concurrent_writers_with_the_pipeline_and_worker_embed_each_episod
         assert (unembedded, jobs) == (0, 0)
 
 
-STATEMENTS = [
-    "I adopted a puppy named Biscuit last week.",
-    "My sister moved to Lisbon in March.",
-    "I started a pottery class at the community center.",
-    "My favourite book is Dune.",
-    "I work as a nurse at the city hospital.",
-]
+PETS = ["Biscuit", "Pepper", "Mochi", "Rex", "Luna", "Olive", "Ziggy", "Nova", "Toffee", "Juno"]
+STATEMENTS = [f"I adopted a puppy named {pet} last week." for pet in PETS]
+"""Each message gives the offline extractor one fact."""
 
 
 async def fact_vectors(mf: MemFuse) -> dict[int, list[str | None]]:
@@ -163,30 +160,31 @@ async def fact_vectors(mf: MemFuse) -> dict[int, list[str | None]]:
         return found
 
 
-async def test_the_facts_of_two_messages_are_embedded_once_as_one_text(
+async def test_the_facts_of_a_group_of_messages_are_embedded_once_as_one_text(
     database_url: str, model: LocalEmbedder
 ) -> None:
+    group = FACT_GROUP_MESSAGES
     async with memfuse_with_model(
         database_url, model, embed_delay=600, fact_extractor="offline"
     ) as mf:
         memory = await mf.init("alice", session="news")
         pipeline = await parts.pipeline(mf)
         worker = await parts.worker(mf)
-        for statement in STATEMENTS:
+        for statement in STATEMENTS[: 2 * group + 1]:
             await memory.add([{"role": "user", "name": "Alice", "content": statement}])
             await pipeline.flush()
             await worker.drain()
 
         found = await fact_vectors(mf)
-        assert sorted(found) == [1, 2, 3, 4, 5], found
-        # groups 1-2 and 3-4 are closed and embedded; 5 waits for message 6
-        assert all(vector is not None for seq in (1, 2, 3, 4) for vector in found[seq])
-        assert found[5] == [None] * len(found[5])
+        assert sorted(found) == list(range(1, 2 * group + 2)), found
+        first_group = [vector for seq in range(1, group + 1) for vector in found[seq]]
+        second_group = [vector for seq in range(group + 1, 2 * group + 1) for vector in found[seq]]
+        # the first two groups are closed and embedded; the last message's group waits
+        assert None not in first_group + second_group
+        assert found[2 * group + 1] == [None] * len(found[2 * group + 1])
         # one vector per group, shared by every fact of the group
-        first_group = {vector for seq in (1, 2) for vector in found[seq]}
-        second_group = {vector for seq in (3, 4) for vector in found[seq]}
-        assert len(first_group) == len(second_group) == 1
-        assert first_group != second_group
+        assert len(set(first_group)) == len(set(second_group)) == 1
+        assert first_group[0] != second_group[0]
 
         await mf.flush()
         assert all(
@@ -231,7 +229,7 @@ async def test_concurrent_writers_embed_each_fact_once(
                 text(
                     "SELECT count(*) FROM (SELECT 1 FROM memfuse.facts f"
                     " JOIN memfuse.messages m ON m.id = f.message_ids[1]"
-                    " GROUP BY f.session_id, (m.seq - 1) / 2"
+                    f" GROUP BY f.session_id, (m.seq - 1) / {FACT_GROUP_MESSAGES}"
                     " HAVING count(DISTINCT f.embedding::text) > 1) AS split"
                 )
             )
