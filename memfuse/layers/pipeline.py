@@ -125,7 +125,9 @@ class LayerPipeline:
         self._parallel = parallel
 
     async def process_pending(self, *, retry_failed: bool = True) -> PassReport:
-        """Process every pending session until none is left; one pass at a time.
+        """Process every pending session, up to the messages it had when the pass first saw
+        it; one pass at a time. Messages written meanwhile are the next pass's: a pass that
+        chased them would never end while writers keep up with it.
 
         ``retry_failed`` also retries sessions still backing off after a failure. Failures
         do not stop other sessions; they are in the report and logged.
@@ -198,13 +200,18 @@ class LayerPipeline:
             await self._record_failure(progress, error)
 
     async def process_session(self, processor: LayerProcessor[Any, Any], progress: Progress) -> int:
-        """Bring one layer of one session up to date; returns the messages processed.
+        """Bring one layer of one session up to ``progress.message_count`` (or beyond, within
+        the last batch); returns the messages processed.
+
+        The bound keeps a step finite: a session written to as fast as it is processed would
+        otherwise hold its unit (and ``flush()``) forever and starve the other sessions.
 
         The read holds the progress row shared, so no store or rebuild commits between its
         statements; the write holds it exclusively and stores only if neither
         ``processed_seq`` nor ``generation`` moved since the read.
         """
         processed = 0
+        target = progress.message_count
         while True:
             async with self._session_factory.begin() as db:
                 # Creating the progress row checks its foreign keys; lock in the usual order
@@ -214,7 +221,7 @@ class LayerPipeline:
                 current = await ProgressRepository(db).read(
                     progress.user_id, progress.session_id, processor.layer, lock="share"
                 )
-                if current is None or not current.pending:
+                if current is None or not current.pending or current.processed_seq >= target:
                     return processed
                 rows = await MessageRepository(db).read_after(
                     current.session_id,

@@ -371,3 +371,36 @@ async def test_deleting_a_user_while_their_sessions_are_processed(database_url: 
         assert await count(mf, "SELECT count(*) FROM memfuse.messages") == 30
         assert len(await staying[0].list_episodes(all_sessions=True)) >= 1
         assert await memories[0].list_messages(all_sessions=True) == []
+
+
+class KeepingPaceExtractor(ScriptedExtractor):
+    """Adds a message to the session it processes on every call: a writer that always keeps
+    up with the pipeline, so the session is never caught up."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.memory: Memory | None = None
+
+    async def extract(self, messages: Sequence[ChunkData]) -> list[FactCandidate]:
+        assert self.memory is not None
+        await self.memory.add([{"role": "user", "content": f"And one more, {self.calls}."}])
+        return await super().extract(messages)
+
+
+async def test_a_flush_ends_while_writes_keep_pace_with_the_pipeline(database_url: str) -> None:
+    """flush() processes what was written before it, not what arrives meanwhile: chasing the
+    newest message never ended under steady writes (a reader's flush() hung well past a
+    server restart in tests/test_server_restart.py, other sessions starved of the pass)."""
+    extractor = KeepingPaceExtractor()
+    container = Container()
+    container.fact_extractor.override(providers.Object(extractor))
+    async with MemFuse(database_url, container=container, pipeline_auto=False) as mf:
+        memory = await mf.init("ana")
+        extractor.memory = memory
+        await memory.add([{"role": "user", "content": "I love hiking."}])
+        m2_done = "SELECT processed_seq FROM memfuse.layer_progress WHERE layer = 'm2'"
+        for calls in (1, 2):
+            await asyncio.wait_for(mf.flush(), 10)
+            assert extractor.calls == calls
+            assert await count(mf, m2_done) == calls
+        assert await count(mf, "SELECT message_count FROM memfuse.sessions") == 3
