@@ -72,51 +72,43 @@ RawPool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 @dataclass(frozen=True, slots=True)
 class ReplaySql:
-    """memfuse's write transaction for one message, as plain SQL on its own tables.
+    """memfuse's write for one message, as plain SQL on its own tables.
 
-    The statements ``MessageService.write`` sends for one single-message call: lock the
-    session's counter, look the id up, insert the row, store the counter. Replayed on raw
-    asyncpg they separate the server's share (schema, indexes, triggers) from the client's.
+    The one statement ``MessageWriter.write`` sends for a single-message call (the
+    ``write_messages`` function of migration 0006, in autocommit). Replayed on raw asyncpg it
+    separates the server's share (locks, schema, indexes, triggers) from the client's
+    (SQLAlchemy, validation, the buffer, the pool's ping).
     """
 
-    lock: str
-    locate: str
-    insert: str
-    counter: str
+    call: str
 
     @classmethod
     def for_schema(cls, schema: str) -> ReplaySql:
         return cls(
-            lock=f'SELECT message_count FROM "{schema}".sessions'
-            " WHERE user_id = $1 AND id = $2 FOR UPDATE",
-            locate=f'SELECT id, session_id FROM "{schema}".messages WHERE id = ANY($1::uuid[])',
-            insert=f'INSERT INTO "{schema}".messages (id, user_id, agent_id, session_id, seq,'
-            " role, name, content, token_count, metadata, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, now())",
-            counter=f'UPDATE "{schema}".sessions SET message_count = $1 WHERE id = $2',
+            call=f'SELECT "{schema}".write_messages('
+            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         )
 
     async def write(
         self, connection: PoolConnectionProxy[asyncpg.Record], scope: MemoryScope, message: Message
     ) -> None:
-        message_id = uuid.uuid4()
-        async with connection.transaction():
-            count = await connection.fetchval(self.lock, scope.user_id, scope.session_id)
-            await connection.fetch(self.locate, [message_id])
-            await connection.execute(
-                self.insert,
-                message_id,
-                scope.user_id,
-                scope.agent_id,
-                scope.session_id,
-                count + 1,
-                message["role"],
-                message.get("name"),
-                message["content"],
-                count_tokens(message["content"]),
-                json.dumps(message.get("metadata", {})),
-            )
-            await connection.execute(self.counter, count + 1, scope.session_id)
+        metadata = message.get("metadata")
+        await connection.fetchval(
+            self.call,
+            [scope.user_id],
+            [scope.agent_id],
+            [scope.session_id],
+            [1],
+            [1],
+            [uuid.uuid4()],
+            None,
+            [message["role"]],
+            [message.get("name")],
+            [message["content"]],
+            [count_tokens(message["content"])],
+            [json.dumps(metadata) if metadata else None],
+            [None],
+        )
 
 
 def log(line: str) -> None:
@@ -328,7 +320,7 @@ async def add_latency(
     result["baseline_note"] = (
         "raw asyncpg, pooled connection, explicit transaction: BEGIN; INSERT one row; COMMIT "
         "(asyncpg_insert_autocommit: the INSERT alone, committed by the server; "
-        "asyncpg_memfuse_sql: memfuse's own four statements on its own tables, see ReplaySql)"
+        "asyncpg_memfuse_sql: memfuse's own statement on its own tables, see ReplaySql)"
     )
     return result
 

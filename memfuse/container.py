@@ -315,7 +315,9 @@ class Container(containers.DeclarativeContainer):
     )
     session_factory = providers.Singleton(session_factory, engine=engine)
 
-    message_writer = providers.Singleton(MessageWriter, session_factory=session_factory)
+    message_writer = providers.Singleton(
+        MessageWriter, session_factory=session_factory, monitor=monitor
+    )
     write_buffer = providers.Resource(
         write_buffer_resource,
         settings=settings,

@@ -26,9 +26,8 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from memfuse.errors import ValidationError
 from memfuse.tokens import count_tokens
@@ -152,16 +151,29 @@ def check_metadata(
     The walk is iterative and bounded by :data:`MAX_METADATA_DEPTH` before ``json.dumps``
     (which recurses) sees the value; a value that contains itself fails the depth check.
     """
-    if value is None:
-        return {}
+    loaded: dict[str, Any] = json.loads(metadata_json(value, index=index, field=field))
+    return loaded
+
+
+EMPTY_METADATA_JSON = "{}"
+_JSON = json.JSONEncoder(allow_nan=False)
+"""``json.dumps(value, allow_nan=False)`` without building an encoder per call."""
+
+
+def metadata_json(value: object, *, index: int | None = None, field: str = "metadata") -> str:
+    """``value`` as the JSON text that will be stored (what :func:`check_metadata` checks);
+    the write path sends this text, so a message's metadata is serialised once."""
+    if value is None or (type(value) is dict and not value):
+        return EMPTY_METADATA_JSON
     if not isinstance(value, Mapping):
         raise ValidationError(
             f"must be a dict, got {type(value).__name__}", index=index, field=field
         )
-    document = dict(value)
-    _check_json_tree(document, index=index, field=field)
+    document = value if type(value) is dict else dict(value)  # json encodes only dicts
+    if not _flat_and_clean(document):
+        _check_json_tree(document, index=index, field=field)
     try:
-        text = json.dumps(document, allow_nan=False)
+        return _JSON.encode(document)
     except (TypeError, ValueError) as error:
         raise ValidationError(
             f"must be JSON-serializable (objects, arrays, strings, finite numbers, booleans, "
@@ -169,8 +181,26 @@ def check_metadata(
             index=index,
             field=field,
         ) from None
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
+
+
+def _flat_and_clean(document: dict[Any, Any]) -> bool:
+    """Whether ``document`` holds only text keys and scalar values, none with a
+    :func:`text_problem`: then :func:`_check_json_tree` has nothing to find, and the common flat
+    metadata skips it (anything else, subclasses included, takes the full walk)."""
+    search = _FORBIDDEN_CHARACTER.search
+    for key, item in document.items():
+        if type(key) is not str or search(key) is not None:
+            return False
+        kind = type(item)
+        if kind is str:
+            if search(item) is not None:
+                return False
+        elif kind not in _SCALARS:
+            return False
+    return True
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def _check_json_tree(document: dict[Any, Any], *, index: int | None, field: str) -> None:
@@ -308,18 +338,28 @@ def check_page(limit: object, offset: object, order: object) -> Page:
 MESSAGE_KEYS = frozenset({"id", "role", "content", "name", "speaker", "created_at", "metadata"})
 
 
-@dataclass(frozen=True, slots=True)
-class MessageInput:
-    """One message that passed validation; ``id`` is the caller's (``client_id``) or new."""
+class MessageInput(NamedTuple):
+    """One message that passed validation; ``id`` is the caller's (``client_id``) or new.
+
+    Immutable, and a named tuple rather than a frozen dataclass: a large ``add()`` builds one
+    per message, and a frozen dataclass costs several times more to build. ``metadata_json``
+    is the metadata as stored (JSON text).
+    """
 
     id: uuid.UUID
     role: str
     content: str
     name: str | None = None
     created_at: datetime | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata_json: str = EMPTY_METADATA_JSON
     token_count: int = 0
     client_id: bool = False
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata as it will read back from the database."""
+        loaded: dict[str, Any] = json.loads(self.metadata_json)
+        return loaded
 
 
 def validate_messages(
@@ -332,11 +372,12 @@ def validate_messages(
     seen: set[uuid.UUID] = set()
     for index, raw in enumerate(messages):
         message = validate_message(raw, index=index, max_chars=max_chars)
-        if message.id in seen:
-            raise ValidationError(
-                "repeats an id given earlier in this call", index=index, field="id"
-            )
-        seen.add(message.id)
+        if message.client_id:  # a new id is random: only callers' ids can repeat
+            if message.id in seen:
+                raise ValidationError(
+                    "repeats an id given earlier in this call", index=index, field="id"
+                )
+            seen.add(message.id)
         validated.append(message)
     return validated
 
@@ -345,8 +386,8 @@ def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput
     """One message dict as :class:`MessageInput`, or a :class:`ValidationError` naming it."""
     if not isinstance(raw, Mapping):
         raise ValidationError(f"must be a dict, got {type(raw).__name__}", index=index)
-    unknown = sorted(str(key) for key in raw if key not in MESSAGE_KEYS)
-    if unknown:
+    if not raw.keys() <= MESSAGE_KEYS:
+        unknown = sorted(str(key) for key in raw if key not in MESSAGE_KEYS)
         raise ValidationError(
             f"unknown key (allowed: {', '.join(sorted(MESSAGE_KEYS))})",
             index=index,
@@ -362,29 +403,30 @@ def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput
         )
     content = check_content(raw.get("content"), index=index, max_chars=max_chars)
 
-    for name_field in ("name", "speaker"):
-        problem = None if raw.get(name_field) is None else name_problem(raw[name_field])
-        if problem is not None:
-            raise ValidationError(problem, index=index, field=name_field)
-    if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
-        # compared once both are names or None: comparing arbitrary values may recurse
-        raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
-    name = raw.get("name" if "name" in raw else "speaker")
+    name = None
+    if "name" in raw or "speaker" in raw:
+        for name_field in ("name", "speaker"):
+            problem = None if raw.get(name_field) is None else name_problem(raw[name_field])
+            if problem is not None:
+                raise ValidationError(problem, index=index, field=name_field)
+        if "name" in raw and "speaker" in raw and raw["name"] != raw["speaker"]:
+            # compared once both are names or None: comparing arbitrary values may recurse
+            raise ValidationError("name and speaker differ; give one", index=index, field="speaker")
+        name = raw.get("name" if "name" in raw else "speaker")
 
     created_at = raw.get("created_at")
+    given_id = raw.get("id")
     return MessageInput(
-        id=_message_id(raw.get("id"), index=index),
-        client_id=raw.get("id") is not None,
-        role=role,
-        content=content,
-        name=name,
-        created_at=(
-            None
-            if created_at is None
-            else stored_timestamp(created_at, index=index, field="created_at")
-        ),
-        metadata=check_metadata(raw.get("metadata"), index=index),
-        token_count=count_tokens(content),
+        uuid.uuid4() if given_id is None else parse_message_id(given_id, index=index),
+        role,
+        content,
+        name,
+        None
+        if created_at is None
+        else stored_timestamp(created_at, index=index, field="created_at"),
+        metadata_json(raw.get("metadata"), index=index),
+        count_tokens(content),
+        given_id is not None,
     )
 
 
@@ -394,7 +436,7 @@ def check_content(value: object, *, index: int | None, max_chars: int) -> str:
         raise ValidationError(
             f"must be a string, got {type(value).__name__}", index=index, field="content"
         )
-    if not value.strip():
+    if not value or value.isspace():  # what ``not value.strip()`` says, without the copy
         raise ValidationError("must not be empty", index=index, field="content")
     if len(value) > max_chars:
         raise ValidationError(
@@ -404,7 +446,3 @@ def check_content(value: object, *, index: int | None, max_chars: int) -> str:
             field="content",
         )
     return check_text(value, index=index, field="content")
-
-
-def _message_id(value: object, *, index: int) -> uuid.UUID:
-    return uuid.uuid4() if value is None else parse_message_id(value, index=index)

@@ -1,54 +1,135 @@
-"""SQL for M0 rows. Every read takes the owning ``user_id``; repositories never commit."""
+"""SQL for M0 rows. Every read takes the owning ``user_id``; repositories never commit.
+
+Writing is one call of the ``write_messages`` SQL function (migration 0006), whatever the
+number of messages: its arguments are arrays (:class:`MessageColumns`), so a call has thirteen
+parameters however large it is, and the function takes the writers' locks, checks ids, numbers
+and inserts the rows and stores the counters in one statement, hence one round trip. That one
+statement runs on the pooled asyncpg connection itself (:func:`write_messages`).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    Row,
-    Table,
-    any_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import DateTime
+import asyncpg
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from memfuse.db.models import Message, Session
+from memfuse.db.models import SCHEMA, Message
 from memfuse.repositories.paging import paginate
 from memfuse.types import MessageRow, Page
 
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A row to insert; ``created_at`` of ``None`` means the transaction's time."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    session_id: uuid.UUID
-    seq: int
-    role: str
-    name: str | None
-    content: str
-    token_count: int
-    metadata: dict[str, Any]
-    created_at: datetime | None
+ID_ELSEWHERE_STATE = "MF001"
+"""SQLSTATE of ``write_messages`` when a client id is stored in another session."""
+SESSION_GONE_STATE = "MF002"
+"""SQLSTATE of ``write_messages`` when a session no longer exists for its user."""
 
 
-_NEW_FIELDS = tuple(field.name for field in fields(NewMessage))
-"""Parameter names of a row to insert; ``asdict`` would deep-copy every metadata dict."""
+@dataclass(slots=True)
+class MessageColumns:
+    """The messages of one write as ``write_messages`` takes them: one list per column.
+
+    ``users``, ``agents`` and ``sessions`` hold one entry per request (a caller's scope); every
+    other list holds one entry per message, in order. ``request`` is the message's request
+    (1-based), ``rank`` its place among the write's messages of its session (1-based),
+    ``client`` whether the caller chose its id (``None``: no caller did, nothing to look up),
+    ``metadata`` JSON text (``None`` for an empty object) and ``created_at`` ``None`` for the
+    transaction's time.
+    """
+
+    users: list[uuid.UUID]
+    agents: list[uuid.UUID]
+    sessions: list[uuid.UUID]
+    request: list[int]
+    rank: list[int]
+    ids: list[uuid.UUID]
+    client: list[bool] | None
+    roles: list[str]
+    names: list[str | None]
+    contents: list[str]
+    tokens: list[int]
+    metadata: list[str | None]
+    created_at: list[datetime | None]
+
+    def parameters(self) -> tuple[Any, ...]:
+        return (
+            self.users,
+            self.agents,
+            self.sessions,
+            self.request,
+            self.rank,
+            self.ids,
+            self.client,
+            self.roles,
+            self.names,
+            self.contents,
+            self.tokens,
+            self.metadata,
+            self.created_at,
+        )
+
+
+class IdStoredElsewhereError(Exception):
+    """A client id of the write is stored in another session (or earlier in the write, for
+    another session); ``position`` is the message's 0-based place in the write."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(f"the id of message {position} of the write is stored elsewhere")
+        self.position = position
+
+
+class SessionGoneError(Exception):
+    """A session of the write no longer exists for its user; ``request`` is 0-based."""
+
+    def __init__(self, request: int) -> None:
+        super().__init__(f"the session of request {request} of the write no longer exists")
+        self.request = request
+
+
+def configured_schema(engine: AsyncEngine) -> str:
+    """The schema the models' ``memfuse`` maps to on ``engine`` (``schema_translate_map``).
+
+    SQL text and function names are not translated by SQLAlchemy, so statements that call
+    memfuse's SQL functions name the schema themselves.
+    """
+    options = engine.get_execution_options()
+    translate: Mapping[str | None, str | None] = options.get("schema_translate_map") or {}
+    return translate.get(SCHEMA) or SCHEMA
+
+
+def write_call(schema: str) -> str:
+    """The SQL that runs one write through ``write_messages`` in ``schema``."""
+    quoted = schema.replace('"', '""')
+    placeholders = ", ".join(f"${number}" for number in range(1, 14))
+    return f'SELECT "{quoted}".write_messages({placeholders})'
+
+
+async def write_messages(driver: Any, call: str, columns: MessageColumns) -> int:
+    """Run one write on ``driver``, an asyncpg connection; the number of rows inserted.
+
+    The hot statement of the write path goes to asyncpg directly: through SQLAlchemy's
+    execution layer it cost about as much client time again as everything else of a
+    one-message ``add()`` (the caller times it for the monitor instead of the engine's hooks).
+    asyncpg prepares it once per connection and keeps it in the connection's statement cache.
+    Outside a transaction the call is its own transaction: all rows or none. Raises
+    :class:`IdStoredElsewhereError` or :class:`SessionGoneError` (nothing written); a unique
+    violation of ``pk_messages`` means a concurrent write of the same id won.
+    """
+    try:
+        written = await driver.fetchval(call, *columns.parameters())
+    except asyncpg.PostgresError as error:
+        detail = error.detail if isinstance(error.detail, str) else None
+        if error.sqlstate == ID_ELSEWHERE_STATE and detail is not None:
+            raise IdStoredElsewhereError(int(detail) - 1) from error
+        if error.sqlstate == SESSION_GONE_STATE and detail is not None:
+            raise SessionGoneError(int(detail) - 1) from error
+        raise
+    return int(written)
+
 
 _COLUMNS = (
     Message.id,
@@ -66,34 +147,6 @@ _COLUMNS = (
     Message.embedding.is_not(None).label("embedded"),
 )
 
-_TABLE = cast(Table, Message.__table__)
-_SESSIONS = cast(Table, Session.__table__)
-_INSERT = insert(_TABLE).values(
-    {
-        "id": bindparam("id"),
-        "user_id": bindparam("user_id"),
-        "agent_id": bindparam("agent_id"),
-        "session_id": bindparam("session_id"),
-        "seq": bindparam("seq"),
-        "role": bindparam("role"),
-        "name": bindparam("name"),
-        "content": bindparam("content"),
-        "token_count": bindparam("token_count"),
-        "metadata": bindparam("metadata", type_=JSONB),
-        "created_at": func.coalesce(
-            bindparam("created_at", type_=DateTime(timezone=True)), func.now()
-        ),
-    }
-)
-"""Insert statement for executemany; a missing ``created_at`` becomes the transaction time."""
-
-
-def _uuid_array(ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
-    """``ids`` as one ``uuid[]`` parameter: an ``IN`` list takes one parameter per id, and a
-    statement takes at most 32 767, which one large ``add()`` would exceed."""
-    array_type: ARRAY[uuid.UUID] = ARRAY(UUID(as_uuid=True))
-    return bindparam(None, list(ids), type_=array_type)
-
 
 def _row(row: Row[Any]) -> MessageRow:
     return MessageRow(**row._mapping)
@@ -104,63 +157,6 @@ class MessageRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def lock_sessions(
-        self, sessions: Sequence[tuple[uuid.UUID, uuid.UUID]]
-    ) -> dict[uuid.UUID, int]:
-        """Lock the counters of ``(user_id, session_id)`` pairs in id order; their counts.
-
-        The caller locks their users first (``UserRepository.lock``: the writers' order).
-        Locking in one order keeps concurrent multi-session writers free of deadlocks; the
-        locks last until commit, so sequence numbers follow commit order without gaps.
-        Sessions that do not exist (or are another user's) are absent from the result. The
-        pairs travel as two arrays (two parameters, whatever their number); ``OF sessions``
-        keeps the lock off the ``unnest`` they are read from.
-        """
-        if not sessions:
-            return {}
-        pairs = (
-            func.unnest(
-                _uuid_array([u for u, _ in sessions]), _uuid_array([s for _, s in sessions])
-            )
-            .table_valued("user_id", "session_id")
-            .render_derived()
-        )
-        result = await self.session.execute(
-            select(Session.id, Session.message_count)
-            .where(
-                tuple_(Session.user_id, Session.id).in_(select(pairs.c.user_id, pairs.c.session_id))
-            )
-            .order_by(Session.id)
-            .with_for_update(of=Session, key_share=True)
-        )
-        return {row.id: int(row.message_count) for row in result}
-
-    async def set_counters(self, counters: Mapping[uuid.UUID, int]) -> None:
-        if not counters:
-            return
-        await self.session.execute(
-            update(_SESSIONS)
-            .where(_SESSIONS.c.id == bindparam("session_id"))
-            .values(message_count=bindparam("count")),
-            [{"session_id": key, "count": value} for key, value in counters.items()],
-        )
-
-    async def locate(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-        """The session of each id that already exists (in any scope: ids are global)."""
-        if not ids:
-            return {}
-        result = await self.session.execute(
-            select(Message.id, Message.session_id).where(Message.id == any_(_uuid_array(ids)))
-        )
-        return {row.id: row.session_id for row in result}
-
-    async def insert(self, rows: Sequence[NewMessage]) -> None:
-        """One ``executemany``: each row is its own parameter set, so any count works."""
-        if rows:
-            await self.session.execute(
-                _INSERT, [{name: getattr(row, name) for name in _NEW_FIELDS} for row in rows]
-            )
 
     async def get(self, user_id: uuid.UUID, message_id: uuid.UUID) -> MessageRow | None:
         result = await self.session.execute(

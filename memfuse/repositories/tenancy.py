@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -114,7 +114,11 @@ class AgentRepository:
 
 
 class SessionRepository:
-    """Rows of ``sessions``, always within one user; owns the per-session message counter."""
+    """Rows of ``sessions``, always within one user.
+
+    The per-session message counter (``message_count``) is advanced only by the M0 writer,
+    inside the ``write_messages`` SQL function (migration 0006).
+    """
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -175,25 +179,6 @@ class SessionRepository:
             .returning(Session.id)
         )
         return result.scalar_one_or_none() is not None
-
-    async def allocate_sequence(self, user_id: uuid.UUID, session_id: uuid.UUID, count: int) -> int:
-        """Reserve ``count`` message numbers; returns the first. Numbers never repeat.
-
-        The counter row is locked until the caller's transaction ends, so concurrent writers
-        to one session number their messages in commit order with no gaps.
-        """
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        result = await self.session.execute(
-            update(Session)
-            .where(Session.id == session_id, Session.user_id == user_id)
-            .values(message_count=Session.message_count + count)
-            .returning(Session.message_count)
-        )
-        last = result.scalar_one_or_none()
-        if last is None:
-            raise LookupError(f"session {session_id} does not exist for this user")
-        return int(last) - count + 1
 
 
 async def lock_user_and_session(

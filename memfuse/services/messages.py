@@ -6,6 +6,11 @@ goes through the write buffer when it is on (group commit), else straight to
 :class:`MessageWriter`; either way the caller gets its ids only once they are committed, and
 then the service's :class:`~memfuse.services.changes.AfterCommit` hook runs.
 
+A write (one call, or one batch of the buffer, of any size) is one statement of the
+``write_messages`` SQL function, so it is one transaction: all of it is stored or none. Inside,
+the function keeps the writers' lock order, numbers each session gap-free in commit order and
+skips ids already stored in the same session (docs/layers.md#m0-messages).
+
 Edits and deletions take their locks in the writers' order (docs/layers.md#lock-order) and
 reset the session's derived layers in the same transaction, so the pipeline rebuilds M1 and M2
 of that session from M0.
@@ -13,26 +18,44 @@ of that session from M0.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from memfuse.buffer import WriteBuffer
+from memfuse.db.errors import is_unavailable
 from memfuse.errors import ConflictError, NotFoundError, ValidationError
+from memfuse.monitor.engine_hooks import QUERY_OPERATION
+from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.episodes import EpisodeRepository
 from memfuse.repositories.facts import FactRepository
-from memfuse.repositories.messages import MessageRepository, NewMessage
+from memfuse.repositories.messages import (
+    IdStoredElsewhereError,
+    MessageColumns,
+    MessageRepository,
+    SessionGoneError,
+    configured_schema,
+    write_call,
+    write_messages,
+)
 from memfuse.repositories.progress import ProgressRepository
-from memfuse.repositories.tenancy import UserRepository, lock_user_and_session
+from memfuse.repositories.tenancy import lock_user_and_session
 from memfuse.services.changes import AfterCommit
 from memfuse.tokens import count_tokens
 from memfuse.types import MemoryScope, MessageRow, Page
-from memfuse.validation import MessageInput, check_content, check_metadata, validate_messages
+from memfuse.validation import (
+    EMPTY_METADATA_JSON,
+    MessageInput,
+    check_content,
+    check_metadata,
+    validate_messages,
+)
 
 MESSAGE_ID_CONSTRAINT = "pk_messages"
 """The primary key a concurrent write of the same client id violates."""
@@ -54,10 +77,28 @@ MessageBuffer = WriteBuffer[WriteRequest, list[uuid.UUID]]
 
 
 class MessageWriter:
-    """Commits the messages of one or many ``add()`` calls in one transaction."""
+    """Commits the messages of one or many ``add()`` calls in one statement (one transaction).
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
-        self._session_factory = session_factory
+    The statement calls the ``write_messages`` SQL function (migration 0006) outside any
+    transaction, so it is its own: the whole write is one round trip after the pool's
+    checkout, and the server takes the writers' locks, looks client ids up, numbers and
+    inserts the rows and stores the counters, all or nothing. The connection comes from the
+    engine's pool (its checkout, ping and accounting as for every statement); the statement
+    itself goes to asyncpg directly (:func:`~memfuse.repositories.messages.write_messages`
+    says why) and is timed here as ``db_query``, as the engine's hooks time every other one.
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        monitor: PerformanceMonitor | None = None,
+    ) -> None:
+        bind = session_factory.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            raise TypeError("MessageWriter needs a session factory bound to an AsyncEngine")
+        self._engine = bind
+        self._call = write_call(configured_schema(bind))
+        self._monitor = monitor
 
     async def write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
         """Write all requests in one transaction; returns each request's ids in input order.
@@ -68,48 +109,104 @@ class MessageWriter:
         Another call committing one of the ids first, after this one looked them up, is a
         :class:`ConflictError`: nothing of this call is written and retrying it is safe.
         """
+        columns = message_columns(requests)
         try:
-            return await self._write(requests)
-        except sa_exc.IntegrityError as error:
-            if not _is_message_id_conflict(error):
+            await self._run(columns)
+        except IdStoredElsewhereError as error:
+            request, index = _locate(requests, error.position)
+            raise ValidationError(
+                f"id {request.messages[index].id} belongs to another message",
+                index=index,
+                field="id",
+            ) from None
+        except SessionGoneError as error:
+            session = requests[error.request].scope.session
+            raise NotFoundError(f"session {session!r} no longer exists") from None
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != MESSAGE_ID_CONSTRAINT:
                 raise
             raise ConflictError(
                 "a message id of this call was written concurrently by another call (the same "
                 "client id sent twice at once); nothing of this call was written and retrying "
                 "it is safe: a retry skips the ids already stored in this session"
             ) from error
+        return [[message.id for message in request.messages] for request in requests]
 
-    async def _write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
-        async with self._session_factory.begin() as db:
-            sessions = sorted({(r.scope.user_id, r.scope.session_id) for r in requests})
-            # users before sessions: the writers' lock order
-            await UserRepository(db).lock(sorted({user_id for user_id, _ in sessions}))
-            repository = MessageRepository(db)
-            counters = await repository.lock_sessions(sessions)
-            supplied = [m.id for r in requests for m in r.messages if m.client_id]
-            existing = await repository.locate(supplied)
-            rows: list[NewMessage] = []
-            written: dict[uuid.UUID, uuid.UUID] = {}
-            for request in requests:
-                scope = request.scope
-                if scope.session_id not in counters:
-                    raise NotFoundError(f"session {scope.session!r} no longer exists")
-                for index, message in enumerate(request.messages):
-                    owner = existing.get(message.id) or written.get(message.id)
-                    if owner is not None:
-                        if owner != scope.session_id:
-                            raise ValidationError(
-                                f"id {message.id} belongs to another message",
-                                index=index,
-                                field="id",
-                            )
-                        continue
-                    counters[scope.session_id] += 1
-                    written[message.id] = scope.session_id
-                    rows.append(new_message(scope, message, counters[scope.session_id]))
-            await repository.insert(rows)
-            await repository.set_counters(counters)
-        return [[m.id for m in r.messages] for r in requests]
+    async def _run(self, columns: MessageColumns) -> int:
+        """The statement on a pooled connection, timed; a connection that broke (or a call
+        cancelled midway, which leaves asyncpg's protocol mid-message) is invalidated, so the
+        pool replaces it instead of handing it out again."""
+        connection = await self._engine.raw_connection()
+        try:
+            started = time.perf_counter()
+            success = False
+            try:
+                written = await write_messages(connection.driver_connection, self._call, columns)
+                success = True
+                return written
+            finally:
+                if self._monitor is not None:
+                    elapsed_ms = (time.perf_counter() - started) * 1000.0
+                    self._monitor.record(QUERY_OPERATION, elapsed_ms, success=success)
+        except BaseException as error:
+            if not isinstance(error, Exception) or is_unavailable(error):
+                await greenlet_spawn(connection.invalidate, error)
+            raise
+        finally:
+            await greenlet_spawn(connection.close)
+
+
+def message_columns(requests: Sequence[WriteRequest]) -> MessageColumns:
+    """The requests' messages as ``write_messages`` takes them, one list per column.
+
+    Each message's rank counts the write's earlier messages of the same session, so rows are
+    numbered in request order, then message order; the function renumbers only when it skips
+    retried ids.
+    """
+    users: list[uuid.UUID] = []
+    agents: list[uuid.UUID] = []
+    sessions: list[uuid.UUID] = []
+    numbers: list[int] = []
+    ranks: list[int] = []
+    messages = [message for request in requests for message in request.messages]
+    written: dict[uuid.UUID, int] = {}
+    for number, request in enumerate(requests, start=1):
+        scope, count = request.scope, len(request.messages)
+        users.append(scope.user_id)
+        agents.append(scope.agent_id)
+        sessions.append(scope.session_id)
+        first = written.get(scope.session_id, 0) + 1
+        written[scope.session_id] = first + count - 1
+        numbers += [number] * count
+        ranks += range(first, first + count)
+    client = [message.client_id for message in messages]
+    return MessageColumns(
+        users=users,
+        agents=agents,
+        sessions=sessions,
+        request=numbers,
+        rank=ranks,
+        ids=[message.id for message in messages],
+        client=client if any(client) else None,  # None: no id to look up
+        roles=[message.role for message in messages],
+        names=[message.name for message in messages],
+        contents=[message.content for message in messages],
+        tokens=[message.token_count for message in messages],
+        metadata=[
+            None if message.metadata_json == EMPTY_METADATA_JSON else message.metadata_json
+            for message in messages
+        ],
+        created_at=[message.created_at for message in messages],
+    )
+
+
+def _locate(requests: Sequence[WriteRequest], position: int) -> tuple[WriteRequest, int]:
+    """The request and index within it of the write's ``position``-th message."""
+    for request in requests:
+        if position < len(request.messages):
+            return request, position
+        position -= len(request.messages)
+    raise IndexError(position)
 
 
 class MessageService:
@@ -208,16 +305,6 @@ async def rebuild_session(db: AsyncSession, user_id: uuid.UUID, session_id: uuid
     await EpisodeRepository(db).delete_for_session(user_id, session_id)
 
 
-def _is_message_id_conflict(error: sa_exc.IntegrityError) -> bool:
-    """Whether ``error`` is a unique violation of the messages' primary key."""
-    inner: BaseException | None = error.orig
-    while inner is not None:
-        if isinstance(inner, asyncpg.UniqueViolationError):
-            return inner.constraint_name == MESSAGE_ID_CONSTRAINT
-        inner = inner.__cause__
-    return False
-
-
 async def _lock_message_session(
     db: AsyncSession, scope: MemoryScope, message_id: uuid.UUID
 ) -> None:
@@ -232,19 +319,3 @@ async def _lock_message_session(
         raise NotFoundError(f"message {message_id} not found")
     await ProgressRepository(db).lock(user_id=found.user_id, session_id=found.session_id)
     await FactRepository(db).lock_user(found.user_id)
-
-
-def new_message(scope: MemoryScope, message: MessageInput, seq: int) -> NewMessage:
-    return NewMessage(
-        id=message.id,
-        user_id=scope.user_id,
-        agent_id=scope.agent_id,
-        session_id=scope.session_id,
-        seq=seq,
-        role=message.role,
-        name=message.name,
-        content=message.content,
-        token_count=message.token_count,
-        metadata=dict(message.metadata),
-        created_at=message.created_at,
-    )

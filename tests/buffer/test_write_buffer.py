@@ -111,6 +111,21 @@ async def test_a_lone_call_is_written_at_once_and_gets_its_result(
     await buffer.close()
 
 
+async def test_a_lone_call_waits_for_no_timer(
+    writer: FakeWriter, monitor: PerformanceMonitor
+) -> None:
+    """With ``max_delay`` 0 nothing sleeps: a lone call is answered after a few hops of the
+    event loop (to the flusher and back), with no timer in between, every time."""
+    buffer = make_buffer(writer, monitor, max_delay=0)
+    for number in range(5):
+        call = asyncio.create_task(buffer.submit(Request(f"call-{number}")))
+        await settle()
+        assert call.done(), f"call {number} still waits"
+        assert call.result() == f"call-{number} written"
+    assert reasons(buffer) == {"age": 5}
+    await buffer.close()
+
+
 async def test_calls_arriving_during_a_write_share_the_next_batch(
     writer: FakeWriter, monitor: PerformanceMonitor
 ) -> None:

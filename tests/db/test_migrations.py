@@ -10,13 +10,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db import migrate
 from memfuse.db.migrate import MigrationOptions
 from memfuse.db.models import embedding_channel
 from memfuse.errors import DimensionMismatchError, SchemaError
+from memfuse.memory import MemFuse
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
@@ -320,3 +321,114 @@ def test_cli_downgrade_needs_no_dimension(database_url: str) -> None:
         [*memfuse, "downgrade", "base"], check=True, capture_output=True, text=True
     )
     assert "current revision: (none)" in down.stdout
+
+
+# --- set-based writes (0006): one job per row, one NOTIFY per statement ----------------------
+
+
+async def function_calls(connection: AsyncConnection, name: str) -> int:
+    """Calls of memfuse's PL/pgSQL function ``name`` in this transaction so far."""
+    return int(
+        (
+            await connection.execute(
+                text("SELECT coalesce(pg_stat_get_xact_function_calls(CAST(:f AS regproc)), 0)"),
+                {"f": f"memfuse.{name}"},
+            )
+        ).scalar_one()
+    )
+
+
+async def test_a_multi_row_insert_queues_one_job_per_row_and_notifies_once(
+    migrated_engine: AsyncEngine,
+) -> None:
+    """The insert trigger runs once per statement (not per row) and queues every row's job in
+    one INSERT, whose statement trigger sends the one NOTIFY; rows inserted with a vector and
+    statements inserting nothing queue nothing and wake nobody."""
+    first = await insert_message(migrated_engine)
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text("SET LOCAL track_functions = 'pl'"))
+        scope = (
+            await connection.execute(
+                text("SELECT user_id, agent_id, session_id FROM memfuse.messages WHERE id = :id"),
+                {"id": first},
+            )
+        ).one()
+        inserted = await connection.execute(
+            text(
+                "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
+                " SELECT :u, :a, :s, n, 'user', 'line ' || n FROM generate_series(2, 101) AS n"
+                " RETURNING id"
+            ),
+            {"u": scope.user_id, "a": scope.agent_id, "s": scope.session_id},
+        )
+        ids = [str(row.id) for row in inserted]
+        assert await function_calls(connection, "enqueue_embedding_rows") == 1
+        assert await function_calls(connection, "notify_embedding_jobs") == 1
+        await connection.execute(
+            text(
+                "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
+                " SELECT :u, :a, :s, 200, 'user', 'never' WHERE false"
+            ),
+            {"u": scope.user_id, "a": scope.agent_id, "s": scope.session_id},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO memfuse.messages"
+                " (user_id, agent_id, session_id, seq, role, content, embedding)"
+                " VALUES (:u, :a, :s, 300, 'user', 'embedded already', :v)"
+            ),
+            {"u": scope.user_id, "a": scope.agent_id, "s": scope.session_id, "v": [0.1] * 384},
+        )
+        assert await function_calls(connection, "enqueue_embedding_rows") == 3
+        assert await function_calls(connection, "notify_embedding_jobs") == 1, "nothing queued"
+    for row_id in [first, *ids]:
+        assert await jobs_for(migrated_engine, row_id) == 1
+    async with migrated_engine.connect() as connection:
+        total = (
+            await connection.execute(text("SELECT count(*) FROM memfuse.embedding_jobs"))
+        ).scalar_one()
+    assert total == 101
+
+
+async def test_the_write_function_lives_in_the_configured_schema(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """``write_messages`` and the trigger functions name the configured schema's tables, so a
+    memfuse in another schema writes there and nowhere else."""
+    await migrate.upgrade(engine, options=MigrationOptions(schema="agent_memory"))
+    async with MemFuse(database_url, schema="agent_memory", pipeline_auto=False) as mf:
+        memory = await mf.init("alice")
+        await memory.add([{"role": "user", "content": "hello"}] * 3)
+    async with engine.connect() as connection:
+        counts = (
+            await connection.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM agent_memory.messages),"
+                    " (SELECT count(*) FROM agent_memory.embedding_jobs),"
+                    " (SELECT message_count FROM agent_memory.sessions),"
+                    " (SELECT count(*) FROM pg_proc WHERE proname = 'write_messages')"
+                )
+            )
+        ).one()
+    assert tuple(counts) == (3, 3, 3, 1)
+    assert await tables_in(engine, "memfuse") == set()
+
+
+async def test_an_add_of_many_messages_wakes_a_listener_once(
+    migrated_engine: AsyncEngine, database_url: str
+) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(**asyncpg_connect_args(database_url))
+    try:
+        await listener.add_listener(
+            embedding_channel("memfuse"),
+            lambda _conn, _pid, channel, _payload: received.put_nowait(channel),
+        )
+        async with MemFuse(database_url, pipeline_auto=False) as mf:
+            memory = await mf.init("alice")
+            await memory.add([{"role": "user", "content": f"line {i}"} for i in range(100)])
+            assert await asyncio.wait_for(received.get(), timeout=5) == "memfuse_embedding_jobs"
+            await asyncio.sleep(0.2)
+            assert received.empty(), "one notification for the whole call"
+    finally:
+        await listener.close()

@@ -9,18 +9,22 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import await_only
 
 from memfuse.container import resolve
+from memfuse.db.models import Message, Session
 from memfuse.errors import ConflictError, MemfuseError, NotFoundError
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor import PerformanceMonitor
 from memfuse.repositories import AgentRepository, SessionRepository, UserRepository
 from memfuse.repositories.tenancy import DeletedConcurrentlyError
 from memfuse.services.changes import AfterCommit
+from memfuse.services.messages import MessageWriter, WriteRequest
 from memfuse.services.tenancy import RESOLVE_ATTEMPTS, TenancyService
+from memfuse.types import MemoryScope
+from memfuse.validation import MessageInput
 
 
 async def test_concurrent_get_or_create_returns_one_user(migrated_engine: AsyncEngine) -> None:
@@ -34,37 +38,55 @@ async def test_concurrent_get_or_create_returns_one_user(migrated_engine: AsyncE
     assert len(set(ids)) == 1
 
 
+async def scoped(
+    factory: async_sessionmaker[AsyncSession], user: str, session: str = "chat"
+) -> MemoryScope:
+    async with factory.begin() as db:
+        owner = await UserRepository(db).get_or_create(user)
+        agent = await AgentRepository(db).get_or_create(owner.id, "default")
+        chat = await SessionRepository(db).get_or_create(owner.id, agent.id, session)
+    return MemoryScope(owner.id, agent.id, chat.id, user, "default", session)
+
+
+def request(scope: MemoryScope, count: int) -> WriteRequest:
+    return WriteRequest(scope, [MessageInput(uuid.uuid4(), "user", f"m{i}") for i in range(count)])
+
+
 async def test_sequence_numbers_never_repeat_across_concurrent_calls(
     migrated_engine: AsyncEngine,
 ) -> None:
+    """The session's counter (``sessions.message_count``) numbers every write's rows after
+    the last committed one, in commit order, with no gap and no repeat."""
     factory = async_sessionmaker(migrated_engine, expire_on_commit=False)
-    async with factory.begin() as session:
-        user = await UserRepository(session).get_or_create("erin")
-        agent = await AgentRepository(session).get_or_create(user.id, "default")
-        chat = await SessionRepository(session).get_or_create(user.id, agent.id, "chat")
-
-    async def allocate(count: int) -> list[int]:
-        async with factory.begin() as session:
-            first = await SessionRepository(session).allocate_sequence(user.id, chat.id, count)
-            return list(range(first, first + count))
-
-    batches = await asyncio.gather(*(allocate(n) for n in [1, 3, 2, 5, 1, 4] * 5))
-    numbers = sorted(n for batch in batches for n in batch)
-    assert numbers == list(range(1, len(numbers) + 1))
+    chat = await scoped(factory, "erin")
+    writer = MessageWriter(factory)
+    sizes = [1, 3, 2, 5, 1, 4] * 5
+    await asyncio.gather(*(writer.write([request(chat, n)]) for n in sizes))
+    async with factory() as db:
+        numbers = (
+            await db.scalars(
+                select(Message.seq).where(Message.session_id == chat.session_id).order_by("seq")
+            )
+        ).all()
+        counter = await db.scalar(
+            select(Session.message_count).where(Session.id == chat.session_id)
+        )
+    assert list(numbers) == list(range(1, sum(sizes) + 1))
+    assert counter == sum(sizes)
 
 
 async def test_counter_is_scoped_to_the_owning_user(migrated_engine: AsyncEngine) -> None:
     factory = async_sessionmaker(migrated_engine, expire_on_commit=False)
-    async with factory.begin() as session:
-        owner = await UserRepository(session).get_or_create("owner")
-        agent = await AgentRepository(session).get_or_create(owner.id, "default")
-        chat = await SessionRepository(session).get_or_create(owner.id, agent.id, "chat")
-        intruder = await UserRepository(session).get_or_create("intruder")
-    async with factory.begin() as session:
-        with pytest.raises(LookupError):
-            await SessionRepository(session).allocate_sequence(intruder.id, chat.id, 1)
-        assert await SessionRepository(session).get(intruder.id, chat.id) is None
-        assert await AgentRepository(session).get_by_name(intruder.id, "default") is None
+    chat = await scoped(factory, "owner")
+    intruder = await scoped(factory, "intruder", "own")
+    stolen = MemoryScope(
+        intruder.user_id, intruder.agent_id, chat.session_id, "intruder", "default", "chat"
+    )
+    with pytest.raises(NotFoundError, match="no longer exists"):
+        await MessageWriter(factory).write([request(stolen, 1)])
+    async with factory() as session:
+        assert await SessionRepository(session).get(intruder.user_id, chat.session_id) is None
+        assert await session.scalar(select(func.count()).select_from(Message)) == 0
 
 
 # --- init racing delete_user / delete_session --------------------------------------------------

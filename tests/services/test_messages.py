@@ -16,8 +16,8 @@ from sqlalchemy import text
 
 from memfuse.errors import ConflictError, ValidationError
 from memfuse.memory import MemFuse, Memory
-from memfuse.repositories.messages import MessageRepository
-from memfuse.services.messages import new_message
+from memfuse.repositories.messages import write_call, write_messages
+from memfuse.services.messages import WriteRequest, message_columns
 from memfuse.validation import (
     MAX_METADATA_DEPTH,
     MAX_STORED_TIME,
@@ -310,14 +310,11 @@ async def test_an_id_committed_by_another_call_meanwhile_is_a_conflict(direct: M
     second = await direct.init("bob", session="second")
     message_id = uuid.uuid4()
     async with parts.transaction(direct) as db:
-        repository = MessageRepository(db)
-        counters = await repository.lock_sessions([(first.scope.user_id, first.scope.session_id)])
-        await repository.insert(
-            [new_message(first.scope, MessageInput(message_id, "user", "mine"), 1)]
-        )
-        await repository.set_counters(
-            {first.scope.session_id: counters[first.scope.session_id] + 1}
-        )
+        mine = WriteRequest(first.scope, [MessageInput(message_id, "user", "mine", client_id=True)])
+        await db.execute(text("SELECT 1"))  # begins the transaction the insert stays open in
+        raw = await (await db.connection()).get_raw_connection()
+        columns = message_columns([mine])
+        assert await write_messages(raw.driver_connection, write_call("memfuse"), columns)
         racing = asyncio.create_task(
             second.add(
                 [
