@@ -1,12 +1,14 @@
-"""Embedding worker benchmark: throughput against the raw model, freshness, queue overhead.
+"""Embedding worker benchmark: throughput against the raw model, freshness, queue overhead,
+memory.
 
 Run: ``.venv/bin/python -m benchmarks.embedding [--rounds 5] [--texts 2048] [--rate 10]
 [--duration 60] [--output FILE.json]`` (database: ``MEMFUSE_DATABASE_URL``, else a fresh
 embedded server in a temporary directory). Needs the ``local`` extra (the real model).
 
-Four measurements on one server in one run (``throughput``, ``claim``, ``vector_write``,
-``freshness``), each against a baseline from the same run so that machine noise hits both
-alike. What each one times, and against what: docs/benchmarks.md, "Embedding worker".
+Five measurements on one server in one run (``throughput``, ``claim``, ``vector_write``,
+``freshness``, ``memory``), each against a baseline from the same run so that machine noise
+hits both alike. What each one times, and against what: docs/benchmarks.md, "Embedding
+worker", and docs/embedding.md, "Memory".
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import multiprocessing
+import os
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -30,18 +35,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
 from benchmarks.layers import DEFAULT_LOCOMO, load_corpus, log, machine, single_messages
+from memfuse.config import Settings
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import resolve
 from memfuse.db.engines import create_engine, schema_execution_options
-from memfuse.embedding.embedders import LocalEmbedder
+from memfuse.db.models import message_text
+from memfuse.embedding.embedders import LocalEmbedder, plan_passes
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.memory import MemFuse
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.jobs import JobRepository, RowText
 
-PARTS = ("throughput", "claim", "vector_write", "freshness")
+PARTS = ("throughput", "claim", "vector_write", "freshness", "memory")
 QUEUE_SCHEMA = "bench_embedding"
 FRESH_SCHEMA = "bench_freshness"
+MEMORY_SCHEMA = "bench_embedding_memory"
+EPISODE_LINES = 12
+"""The memory run's long texts join this many turns (about an M1 episode; cut at 256 pieces)."""
 
 CLAIM_SQL = """
 WITH due AS (
@@ -68,10 +78,12 @@ class RawModel:
 
         self.model = SentenceTransformer(str(get_model_path()), device="cpu")
 
-    async def encode(self, texts: Sequence[str], batch_size: int) -> None:
-        await asyncio.to_thread(
-            self.model.encode,
-            list(texts),
+    async def encode(self, texts: Sequence[str], batch_size: int) -> Any:
+        return await asyncio.to_thread(self._encode, list(texts), batch_size)
+
+    def _encode(self, texts: list[str], batch_size: int) -> Any:
+        return self.model.encode(
+            texts,
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -81,6 +93,24 @@ class RawModel:
     async def encode_in_chunks(self, texts: Sequence[str], chunk: int, batch_size: int) -> None:
         for start in range(0, len(texts), chunk):
             await self.encode(texts[start : start + chunk], batch_size)
+
+    async def encode_in_passes(self, texts: Sequence[str], max_texts: int, max_tokens: int) -> Any:
+        """The model called as :class:`LocalEmbedder` calls it (forward passes of texts of one
+        length in word pieces, under a budget), all texts at once: the worker's best case."""
+        return await asyncio.to_thread(self._encode_in_passes, list(texts), max_texts, max_tokens)
+
+    def _encode_in_passes(self, texts: list[str], max_texts: int, max_tokens: int) -> Any:
+        pieces = self.model.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.model.max_seq_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        vectors = np.empty((len(texts), 384), dtype=np.float32)
+        for indexes in plan_passes([len(p) for p in pieces], max_texts, max_tokens):
+            vectors[indexes] = self._encode([texts[i] for i in indexes], len(indexes))
+        return vectors
 
 
 async def timed(operation: Callable[[], Awaitable[object]]) -> float:
@@ -93,33 +123,53 @@ async def timed(operation: Callable[[], Awaitable[object]]) -> float:
 # --- 1 and 2: throughput and claim ------------------------------------------------------------
 
 
-async def store_texts(url: str, texts: Sequence[dict[str, Any]]) -> None:
+async def store_texts(
+    url: str, texts: Sequence[dict[str, Any]], schema: str = QUEUE_SCHEMA
+) -> None:
     """Write the messages once through memfuse; the triggers queue their jobs."""
     async with MemFuse(
-        url, schema=QUEUE_SCHEMA, embedder="none", pipeline_auto=False, fact_extractor="none"
+        url, schema=schema, embedder="none", pipeline_auto=False, fact_extractor="none"
     ) as mf:
         memory = await mf.init("bench-embedding")
         for start in range(0, len(texts), 200):
             await memory.add(list(texts[start : start + 200]))
 
 
-async def requeue_all(connection: asyncpg.Connection) -> None:
+async def requeue_all(connection: asyncpg.Connection, schema: str = QUEUE_SCHEMA) -> None:
     """Every message back to 'not embedded', one due job each (as a fresh import would be)."""
     async with connection.transaction():
-        await connection.execute(f"UPDATE {QUEUE_SCHEMA}.messages SET embedding = NULL")
-        await connection.execute(f"DELETE FROM {QUEUE_SCHEMA}.embedding_jobs")
+        await connection.execute(f"UPDATE {schema}.messages SET embedding = NULL")
+        await connection.execute(f"DELETE FROM {schema}.embedding_jobs")
         await connection.execute(
-            f"INSERT INTO {QUEUE_SCHEMA}.embedding_jobs (table_name, row_id) "
-            f"SELECT 'messages', id FROM {QUEUE_SCHEMA}.messages ORDER BY seq"
+            f"INSERT INTO {schema}.embedding_jobs (table_name, row_id) "
+            f"SELECT 'messages', id FROM {schema}.messages ORDER BY seq"
         )
 
 
+async def queued_texts(connection: asyncpg.Connection, schema: str = QUEUE_SCHEMA) -> list[str]:
+    """The texts the worker embeds for the stored messages (``speaker: content``)."""
+    rows = await connection.fetch(f"SELECT name, content FROM {schema}.messages ORDER BY seq")
+    return [message_text(row["name"], row["content"]) for row in rows]
+
+
 async def worker_drain(
-    engine: AsyncEngine, embedder: LocalEmbedder, batch_size: int, loops: int
+    engine: AsyncEngine,
+    embedder: LocalEmbedder,
+    batch_size: int,
+    loops: int,
+    schema: str = QUEUE_SCHEMA,
+    chunk_size: int | None = None,
 ) -> tuple[PerformanceMonitor, EmbeddingWorker]:
+    """Drain the queue with a worker built as the container builds it (same chunk size)."""
     monitor = PerformanceMonitor(history_size=100_000)
     worker = EmbeddingWorker(
-        engine, embedder, monitor, schema=QUEUE_SCHEMA, batch_size=batch_size, listen=False
+        engine,
+        embedder,
+        monitor,
+        schema=schema,
+        batch_size=batch_size,
+        listen=False,
+        chunk_size=chunk_size or Settings().worker_chunk_size,
     )
     await asyncio.gather(*(worker.drain() for _ in range(loops)))
     return monitor, worker
@@ -136,24 +186,26 @@ async def throughput(
 ) -> dict[str, Any]:
     connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
-        texts = [
-            row["content"]
-            for row in await connection.fetch(
-                f"SELECT content FROM {QUEUE_SCHEMA}.messages ORDER BY seq"
-            )
-        ]
+        texts = await queued_texts(connection)
         chunk = batch_sizes[0]
+        settings = Settings()
+        max_texts, max_tokens = settings.embedding_batch_size, settings.embedding_batch_tokens
         candidates: dict[str, Callable[[], Awaitable[float]]] = {
             "raw_encode": lambda: timed(lambda: raw.encode(texts, 64)),
             f"raw_encode_chunks_of_{chunk}": lambda: timed(
                 lambda: raw.encode_in_chunks(texts, chunk, 64)
             ),
+            "raw_encode_in_passes": lambda: timed(
+                lambda: raw.encode_in_passes(texts, max_texts, max_tokens)
+            ),
         }
         overhead: dict[str, list[float]] = {}
+        stages: dict[str, dict[str, list[float]]] = {}
         for size in batch_sizes:
             for loops in (1, 2):
                 key = f"worker_batch_{size}_loops_{loops}"
                 overhead[key] = []
+                stages[key] = {"embedding_claim": [], "embedding_write": []}
 
                 async def run_worker(size: int = size, loops: int = loops, key: str = key) -> float:
                     await requeue_all(connection)  # not part of the measurement
@@ -164,8 +216,14 @@ async def throughput(
                     batch = monitor.stats("embedding_batch")
                     assert batch is not None
                     if loops == 1:
+                        # Time the model was not running (the database part the pipeline
+                        # could not hide), per claimed batch.
                         embed_ms = batch.avg_ms * batch.count
                         overhead[key].append((wall * 1000 - embed_ms) / worker.stats.batches)
+                    for stage, values in stages[key].items():
+                        figures = monitor.stats(stage)
+                        if figures is not None:
+                            values.append(figures.p50_ms)
                     return wall
 
                 candidates[key] = run_worker
@@ -188,6 +246,15 @@ async def throughput(
             }
             if overhead.get(key):
                 result[key]["db_ms_per_batch_median"] = round(statistics.median(overhead[key]), 2)
+            for stage, values in stages.get(key, {}).items():
+                if values:
+                    result[key][f"{stage}_p50_ms_median"] = round(statistics.median(values), 2)
+        passes = seconds["raw_encode_in_passes"]
+        for key in seconds:
+            if key.startswith("worker_"):
+                result[key]["ratio_vs_raw_encode_in_passes_median"] = round(
+                    statistics.median(p / v for v, p in zip(seconds[key], passes, strict=True)), 3
+                )
         log(f"throughput: {json.dumps(result)}")
         return result
     finally:
@@ -370,11 +437,202 @@ async def freshness(
     return result
 
 
+# --- 5: memory -------------------------------------------------------------------------------
+
+
+MEMORY_SETTINGS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "unbounded_passes_no_release": {
+        # What the worker did before issue 14: up to 64 texts a pass whatever their length
+        # (64 x 256 word pieces), freed memory kept, one embedder call per claim.
+        "batch_tokens": 64 * 256,
+        "release_memory": False,
+        "chunk_size": 1024,
+    },
+    "token_budget_no_release": {"release_memory": False},
+}
+"""The settings the memory part compares; each runs in a fresh process."""
+
+
+def episode_like(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long messages made of :data:`EPISODE_LINES` turns each: the length of an M1 episode."""
+    lines = [message_text(m.get("name"), m["content"]) for m in messages]
+    return [
+        {"role": "user", "content": "\n".join(lines[start : start + EPISODE_LINES])}
+        for start in range(0, len(lines) - EPISODE_LINES + 1, EPISODE_LINES)
+    ]
+
+
+class RssSampler:
+    """Samples this process's resident memory (``VmRSS``) every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = resident_mb()
+            if rss is not None:
+                self.samples.append((round(time.perf_counter() - self._started, 2), rss))
+            self._stop.wait(self.interval)
+
+    def peak_mb(self) -> float:
+        return max((rss for _, rss in self.samples), default=0.0)
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (Linux ``/proc``), or None elsewhere."""
+    return status_mb("VmRSS")
+
+
+def status_mb(field: str) -> float | None:
+    """A size from ``/proc/self/status`` (``VmRSS``, ``VmHWM``: its peak) in MB, or None."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
+    return None
+
+
+def memory_child(url: str, options: dict[str, Any], results: Any) -> None:
+    """In a fresh process: load the model, drain the memory run's queue, report memory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        results.put(asyncio.run(_memory_run(url, options)))
+    except BaseException as error:  # the parent reports it
+        results.put({"error": f"{type(error).__name__}: {error}"})
+
+
+async def _memory_run(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    settings = Settings()
+    embedder = LocalEmbedder(
+        batch_size=settings.embedding_batch_size,
+        batch_tokens=options.get("batch_tokens", settings.embedding_batch_tokens),
+        release_memory=options.get("release_memory", True),
+    )
+    engine = create_engine(url).execution_options(**schema_execution_options(MEMORY_SCHEMA))
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        await embedder.load()
+        await embedder.embed_documents(["warm up"])
+        warm_mb = resident_mb()
+        await requeue_all(connection, MEMORY_SCHEMA)
+        texts = await queued_texts(connection, MEMORY_SCHEMA)
+        with RssSampler() as sampler:
+            started = time.perf_counter()
+            _, worker = await worker_drain(
+                engine,
+                embedder,
+                settings.worker_batch_size,
+                1,
+                schema=MEMORY_SCHEMA,
+                chunk_size=options.get("chunk_size", settings.worker_chunk_size),
+            )
+            wall = time.perf_counter() - started
+        end_mb = resident_mb()
+        # VmHWM, not ru_maxrss: a spawned child inherits its parent's ru_maxrss over exec.
+        peak_mb = status_mb("VmHWM")
+        assert worker.stats.vectors_written == len(texts), worker.stats
+        # The model called directly on the same texts, after the peak was read.
+        model = embedder._model
+        assert model is not None
+        started = time.perf_counter()
+        await asyncio.to_thread(
+            model.encode,
+            texts,
+            batch_size=settings.embedding_batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        raw_s = time.perf_counter() - started
+        step = max(1, len(sampler.samples) // 200)
+        return {
+            "texts": len(texts),
+            "rss_after_model_loaded_mb": warm_mb,
+            "peak_rss_mb": peak_mb,
+            "peak_sampled_rss_mb": sampler.peak_mb(),
+            "rss_after_drain_mb": end_mb,
+            "worker_texts_per_s": round(len(texts) / wall, 1),
+            "raw_encode_texts_per_s": round(len(texts) / raw_s, 1),
+            "ratio_vs_raw_encode": round(raw_s / wall, 3),
+            "rss_samples": sampler.samples[::step],
+        }
+    finally:
+        await connection.close()
+        await engine.dispose()
+        await embedder.aclose()
+
+
+async def memory(url: str, rounds: int) -> dict[str, Any]:
+    """Peak RSS of a process whose worker drains a deep queue of turns and episode-long
+    texts, for each of :data:`MEMORY_SETTINGS`, each in a fresh process, in turns."""
+    context = multiprocessing.get_context("spawn")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEMORY_SETTINGS}
+    for round_number in range(rounds):
+        for name, options in MEMORY_SETTINGS.items():
+            results = context.Queue()
+            child = context.Process(target=memory_child, args=(url, options, results))
+            child.start()
+            outcome = await asyncio.to_thread(results.get)
+            await asyncio.to_thread(child.join)
+            if "error" in outcome:
+                raise RuntimeError(f"memory run {name!r} failed: {outcome['error']}")
+            runs[name].append(outcome)
+            log(f"memory round {round_number + 1}/{rounds} {name}: peak {outcome['peak_rss_mb']}")
+    result: dict[str, Any] = {"baseline": "the same process's model, encode(texts, 64)"}
+    for name, outcomes in runs.items():
+        result[name] = {
+            "settings": MEMORY_SETTINGS[name] or "library defaults",
+            "texts": outcomes[0]["texts"],
+            "rss_after_model_loaded_mb": statistics.median(
+                o["rss_after_model_loaded_mb"] for o in outcomes
+            ),
+            "peak_rss_mb_median": statistics.median(o["peak_rss_mb"] for o in outcomes),
+            "peak_rss_mb_max": max(o["peak_rss_mb"] for o in outcomes),
+            "rss_after_drain_mb_median": statistics.median(
+                o["rss_after_drain_mb"] for o in outcomes
+            ),
+            "worker_texts_per_s_median": statistics.median(
+                o["worker_texts_per_s"] for o in outcomes
+            ),
+            "ratio_vs_raw_encode_median": statistics.median(
+                o["ratio_vs_raw_encode"] for o in outcomes
+            ),
+            "rss_samples_last_round": outcomes[-1]["rss_samples"],
+        }
+    log(
+        "memory: "
+        + json.dumps(
+            {
+                name: {k: v for k, v in entry.items() if k != "rss_samples_last_round"}
+                for name, entry in result.items()
+                if isinstance(entry, dict)
+            }
+        )
+    )
+    return result
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
 async def reset_schemas(url: str) -> None:
-    for schema in (QUEUE_SCHEMA, FRESH_SCHEMA):
+    for schema in (QUEUE_SCHEMA, FRESH_SCHEMA, MEMORY_SCHEMA):
         await drop_schema(url, schema)
 
 
@@ -385,11 +643,16 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     results: dict[str, Any] = {"machine": await machine(url, source), "text": text_source}
     await reset_schemas(url)
     raw = RawModel()
-    embedder = LocalEmbedder(batch_size=64)
+    settings = Settings()
+    embedder = LocalEmbedder(
+        batch_size=settings.embedding_batch_size, batch_tokens=settings.embedding_batch_tokens
+    )
     await embedder.load()
     engine = create_engine(url).execution_options(**schema_execution_options(QUEUE_SCHEMA))
     try:
         await store_texts(url, texts)
+        if "memory" in args.parts:
+            await store_texts(url, [*texts, *episode_like(texts)], MEMORY_SCHEMA)
         if "throughput" in args.parts:
             results["throughput"] = await throughput(
                 url, engine, raw, embedder, rounds=args.rounds, batch_sizes=args.batch_sizes
@@ -402,6 +665,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             results["freshness"] = await freshness(
                 url, raw, messages, rate=args.rate, duration=args.duration
             )
+        if "memory" in args.parts:
+            results["memory"] = await memory(url, args.memory_rounds)
     finally:
         await engine.dispose()
         await embedder.aclose()
@@ -422,6 +687,9 @@ def main() -> None:
     )
     parser.add_argument("--ops", type=int, default=300, help="samples of claim and write")
     parser.add_argument("--rate", type=float, default=10.0, help="messages/s for freshness")
+    parser.add_argument(
+        "--memory-rounds", type=int, default=2, help="processes per setting in the memory part"
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
     parser.add_argument(
         "--parts",

@@ -207,7 +207,9 @@ def make_embedder(settings: Settings) -> Embedder | None:
     if settings.embedder == "none":
         return None
     if settings.embedder == "local":
-        return LocalEmbedder(batch_size=settings.embedding_batch_size)
+        return LocalEmbedder(
+            batch_size=settings.embedding_batch_size, batch_tokens=settings.embedding_batch_tokens
+        )
     assert settings.embedding_base_url is not None and settings.embedding_model is not None
     return OpenAIEmbedder(
         settings.embedding_base_url,
@@ -258,6 +260,7 @@ async def embedding_worker_resource(
         poll_interval=settings.worker_poll_interval,
         max_attempts=settings.worker_max_attempts,
         lease_seconds=settings.worker_lease_seconds,
+        chunk_size=settings.worker_chunk_size,
         on_written=cache.invalidate,
     )
     after_commit.wake_also(worker.notify)

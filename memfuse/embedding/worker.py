@@ -2,13 +2,17 @@
 
 A batch takes three steps: (1) a short transaction *leases* due jobs (``locked_by``,
 ``locked_until``) and reads their rows' text, then commits; (2) the model embeds the texts
-with no transaction open; (3) a second short transaction locks the memory rows, then their
-jobs (the writers' lock order, docs/layers.md#lock-order), both with ``SKIP LOCKED``, writes
-each vector whose row still has the embedded text, and deletes the jobs it still owns. The
-worker therefore never waits for a lock a writer holds and can never deadlock with an edit or
-a deletion; a row a writer holds is given back to the queue and embedded on a later claim. A
-worker that dies leaves leases that expire after ``lease_seconds``; one that stops gives its
-leases back.
+with no transaction open, in chunks of ``chunk_size`` distinct texts, shortest first; (3) after
+each chunk, a short transaction locks the chunk's memory rows, then their jobs (the writers'
+lock order, docs/layers.md#lock-order), both with ``SKIP LOCKED``, writes each vector whose row
+still has the embedded text, and deletes the jobs it still owns. The worker therefore never
+waits for a lock a writer holds and can never deadlock with an edit or a deletion; a row a
+writer holds is given back to the queue and embedded on a later claim. A worker that dies
+leaves leases that expire after ``lease_seconds``; one that stops gives its leases back.
+
+The steps overlap so the model never waits for the database: a chunk's write runs while the
+next chunk is embedded, and when a claim came back full (the queue is deeper) the next claim
+is leased while the last chunk is embedded; that claim is processed in the same call.
 
 A NOTIFY on the queue's channel wakes the worker at once (on its own connection, reconnected
 within seconds when it drops, and probed every ``poll_interval``); polling every
@@ -31,7 +35,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -54,6 +59,24 @@ from memfuse.waiting import wait_at_most
 logger = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The jobs of one claim and their rows' text; ``busy`` counts rows a writer held."""
+
+    jobs: list[Job]
+    texts: dict[RowKey, RowText]
+    busy: int = 0
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Rows embedded in one embedder call and written in one transaction, with their jobs."""
+
+    batch: _Batch
+    rows: list[RowText]
+    jobs: list[Job] = field(default_factory=list)
+
+
 class EmbeddingWorker:
     """Embeds queued rows; run it in-process (:meth:`start`) or as ``memfuse worker``."""
 
@@ -73,21 +96,26 @@ class EmbeddingWorker:
         listen: bool = True,
         lease_seconds: float = 120.0,
         on_written: Callable[[], None] | None = None,
+        chunk_size: int = 256,
     ) -> None:
-        """``on_written()`` runs after each batch that committed vectors (caches use it).
+        """``on_written()`` runs after each write that committed vectors (caches use it).
 
         ``lease_seconds`` is how long a claimed job stays this worker's: if the worker dies,
-        its jobs are claimable again after that long. Keep it well above a batch's encode time.
+        its jobs are claimable again after that long; leases are renewed every third of it
+        while held. ``batch_size`` jobs are claimed at once; ``chunk_size`` distinct texts go
+        to the embedder in one call, and are written while the next chunk is embedded.
         """
         if (
             batch_size < 1
             or concurrency < 1
             or max_attempts < 1
+            or chunk_size < 1
             or poll_interval <= 0
             or lease_seconds <= 0
         ):
             raise ValueError(
-                "batch_size, concurrency, max_attempts >= 1; poll_interval, lease_seconds > 0"
+                "batch_size, chunk_size, concurrency, max_attempts >= 1; "
+                "poll_interval, lease_seconds > 0"
             )
         self._engine = engine
         self._session_factory = async_sessionmaker(engine, expire_on_commit=False)
@@ -96,6 +124,7 @@ class EmbeddingWorker:
         self.schema = schema
         self.channel = embedding_channel(schema)
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
@@ -114,6 +143,10 @@ class EmbeddingWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listener: asyncpg.Connection | None = None
+        self._held: dict[int, int] = {}
+        """Job ids this worker leases and has not settled, with how many calls hold each."""
+        self._renewer: asyncio.Task[None] | None = None
+        self._claims: set[asyncio.Task[_Batch]] = set()
 
     async def verify(self) -> None:
         """Refuse an embedder whose dimension differs from the schema's vectors."""
@@ -125,38 +158,136 @@ class EmbeddingWorker:
         )
 
     async def process_batch(self) -> int:
-        """Lease, embed and finish one batch; returns the number of jobs leased (0: none due)."""
+        """Lease, embed and finish one batch, and the full batches a deep queue has ready
+        behind it; returns the number of jobs leased (0: none due).
+
+        A claim that comes back full (``batch_size`` jobs) suggests more are due: the next
+        claim is leased while this one's last chunk is embedded, and processed in this call,
+        so the model does not wait for the claim or the last write. A short claim ends it.
+        """
         self._batches_in_flight += 1
         self._idle.clear()
         try:
-            return await self._process_batch()
+            return await self._process_batches()
         finally:
             self._batches_in_flight -= 1
             if not self._batches_in_flight:
                 self._idle.set()
 
-    async def _process_batch(self) -> int:
+    async def _process_batches(self) -> int:
+        batch = await self._claim()
+        held = list(batch.jobs)  # every job this call leased, to give back after an error
+        leased = 0
+        writing: asyncio.Task[None] | None = None
+        following: asyncio.Task[_Batch] | None = None
+        try:
+            while batch.jobs:
+                leased += len(batch.jobs)
+                deeper = len(batch.jobs) >= self.batch_size
+                chunks = self._chunks(batch)
+                for index, chunk in enumerate(chunks):
+                    if index == len(chunks) - 1 and deeper and not self._stopping.is_set():
+                        following = self._claim_soon()
+                    vectors, errors = await self._embed(chunk.rows)
+                    if writing is not None:
+                        await writing  # the previous chunk's write ran during this embed
+                    writing = asyncio.create_task(
+                        self._write(chunk, vectors, errors), name="memfuse-embedding-write"
+                    )
+                if following is None:
+                    break
+                claimed, following = following, None
+                next_batch = await claimed
+                held.extend(next_batch.jobs)
+                if self._stopping.is_set():
+                    # Stopping: finish the batch in hand; the next one goes back at once.
+                    await self._release_quietly(next_batch.jobs)
+                    break
+                batch = next_batch
+            if writing is not None:
+                await writing
+                writing = None
+        except BaseException:
+            for task in (writing, following):
+                if task is not None and not task.done():
+                    task.cancel()
+            if following is not None:
+                with contextlib.suppress(BaseException):
+                    held.extend((await following).jobs)
+            if writing is not None:
+                with contextlib.suppress(BaseException):
+                    await writing
+            # Cancelled or failed: give the jobs back now rather than when the lease expires
+            # (jobs already finished are gone and unaffected).
+            await asyncio.shield(self._release_quietly(held))
+            raise
+        finally:
+            await self._unhold(held)
+        if batch.jobs and batch.busy == len(batch.jobs):
+            # Every row was held by a writer: let it commit before claiming them again.
+            await asyncio.sleep(0.05)
+        return leased
+
+    async def _claim(self) -> _Batch:
+        """Lease due jobs and read their rows' text in one short transaction."""
+        started = time.perf_counter()
         async with self._session_factory.begin() as db:
             repository = JobRepository(db)
             jobs = await repository.claim(self.batch_size, owner=self.worker_id, lease=self.lease)
-            if not jobs:
-                return 0
-            texts = await repository.texts(jobs)
-        try:
-            async with self._leases_renewed(jobs):
-                vectors, errors = await self._embed(list(texts.values()))
-            written, busy, failed, done = await self._finish(jobs, texts, vectors, errors)
-        except BaseException:
-            # Cancelled or failed: give the jobs back now rather than when the lease expires.
-            await asyncio.shield(self._release_quietly(jobs))
-            raise
-        self._count(jobs, texts, written, busy, failed, done)
+            texts = await repository.texts(jobs) if jobs else {}
+        # Held from the commit on; nothing awaits between here and the return, so a claim
+        # cancelled after its commit never leaves jobs held that nobody settles.
+        self._hold(jobs)
+        if jobs:
+            self._monitor.record("embedding_claim", (time.perf_counter() - started) * 1000)
+            self._count_claim(jobs, texts)
+        return _Batch(jobs, texts)
+
+    def _claim_soon(self) -> asyncio.Task[_Batch]:
+        """Start the next claim in the background (it runs while the model embeds)."""
+        task = asyncio.create_task(self._claim(), name="memfuse-embedding-claim")
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+        return task
+
+    def _chunks(self, batch: _Batch) -> list[_Chunk]:
+        """The batch's rows in chunks of ``chunk_size`` distinct texts, shortest texts first
+        (messages, searched next, before episodes), each with its rows' jobs.
+
+        Texts of one length land in one chunk, so the model pads little; the jobs of rows
+        that are gone ride with the first chunk, whose write deletes them.
+        """
+        by_text: dict[str, list[RowText]] = {}
+        for row in batch.texts.values():
+            by_text.setdefault(row.text, []).append(row)
+        jobs_by_key: dict[RowKey, list[Job]] = {}
+        for job in batch.jobs:
+            jobs_by_key.setdefault(_job_key(job), []).append(job)
+        distinct = sorted(by_text, key=len)
+        chunks = [
+            _Chunk(batch, [row for text in part for row in by_text[text]])
+            for part in (
+                distinct[start : start + self.chunk_size]
+                for start in range(0, len(distinct), self.chunk_size)
+            )
+        ] or [_Chunk(batch, [])]
+        for chunk in chunks:
+            chunk.jobs = [job for row in chunk.rows for job in jobs_by_key.pop(_key(row), [])]
+        chunks[0].jobs.extend(job for jobs in jobs_by_key.values() for job in jobs)
+        return chunks
+
+    async def _write(
+        self, chunk: _Chunk, vectors: dict[RowKey, list[float]], errors: dict[RowKey, str]
+    ) -> None:
+        """Write one chunk's vectors and settle its jobs; count what happened."""
+        started = time.perf_counter()
+        texts = {_key(row): row for row in chunk.rows}
+        written, busy, failed, done = await self._finish(chunk.jobs, texts, vectors, errors)
+        self._monitor.record("embedding_write", (time.perf_counter() - started) * 1000)
+        chunk.batch.busy += len(busy)
+        self._count(chunk.jobs, written, busy, failed, done)
         if written and self._on_written is not None:
             self._on_written()
-        if busy and len(busy) == len(jobs):
-            # Every row was held by a writer: let it commit before claiming them again.
-            await asyncio.sleep(0.05)
-        return len(jobs)
 
     async def _finish(
         self,
@@ -194,31 +325,49 @@ class EmbeddingWorker:
             await self._handle_failures(repository, failed, errors)
         return written, busy, failed, done
 
-    @contextlib.asynccontextmanager
-    async def _leases_renewed(self, jobs: Sequence[Job]) -> AsyncIterator[None]:
-        """Extend the batch's leases every third of a lease while the model runs, so a slow
-        embedder (an API retrying) does not lose its jobs to another worker midway."""
+    def _hold(self, jobs: Sequence[Job]) -> None:
+        """Count leased jobs as held, and keep their leases renewed while they are."""
+        if not jobs:
+            return
+        for job in jobs:
+            self._held[job.id] = self._held.get(job.id, 0) + 1
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew(), name="memfuse-lease-renewal")
 
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease.total_seconds() / 3)
-                try:
-                    async with self._session_factory.begin() as db:
-                        await JobRepository(db).renew(
-                            [job.id for job in jobs], owner=self.worker_id, lease=self.lease
-                        )
-                except Exception as error:  # the lease may lapse; the work is not lost
-                    logger.debug("could not renew leases: %s", _describe(error))
+    async def _unhold(self, jobs: Sequence[Job]) -> None:
+        """Jobs settled or given back: stop renewing them (and stop the renewal when none is
+        held, so no task outlives the work)."""
+        for job in jobs:
+            count = self._held.get(job.id, 0) - 1
+            if count > 0:
+                self._held[job.id] = count
+            else:
+                self._held.pop(job.id, None)
+        renewer = self._renewer
+        if not self._held and renewer is not None:
+            self._renewer = None
+            renewer.cancel()
+            await asyncio.wait({renewer})
 
-        renewing = asyncio.create_task(renew(), name="memfuse-lease-renewal")
-        try:
-            yield
-        finally:
-            renewing.cancel()
-            await asyncio.wait({renewing})
+    async def _renew(self) -> None:
+        """Extend the held leases every third of a lease while the model runs, so a slow
+        embedder (an API retrying) or a claim waiting for its turn does not lose its jobs to
+        another worker midway."""
+        while self._held:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            held = sorted(self._held)
+            if not held:
+                return
+            try:
+                async with self._session_factory.begin() as db:
+                    await JobRepository(db).renew(held, owner=self.worker_id, lease=self.lease)
+            except Exception as error:  # the lease may lapse; the work is not lost
+                logger.debug("could not renew leases: %s", _describe(error))
 
     async def _release_quietly(self, jobs: Sequence[Job]) -> None:
         """Give leased jobs back after an error; if that fails too, their lease expires."""
+        if not jobs:
+            return
         try:
             async with self._session_factory.begin() as db:
                 await JobRepository(db).release([job.id for job in jobs], owner=self.worker_id)
@@ -356,30 +505,33 @@ class EmbeddingWorker:
     def _backoff(self, attempts: int) -> timedelta:
         return timedelta(seconds=min(self.backoff_base * 2**attempts, self.max_backoff))
 
+    def _count_claim(self, jobs: Sequence[Job], texts: dict[RowKey, RowText]) -> None:
+        """Count a claimed batch (its size, and the jobs whose row is gone)."""
+        self.stats.batches += 1
+        self.stats.rows_gone += sum(1 for job in jobs if _job_key(job) not in texts)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+        self.stats.batch_sizes.append(len(jobs))
+        del self.stats.batch_sizes[:-1000]
+        self._monitor.set_gauge("embedding_last_batch_jobs", len(jobs))
+
     def _count(
         self,
         jobs: Sequence[Job],
-        texts: dict[RowKey, RowText],
         written: set[RowKey],
         busy: Sequence[Job],
         failed: Sequence[Job],
         done: int,
     ) -> None:
+        """Count one committed write: vectors, lag, jobs done, busy and failed."""
         now = datetime.now(UTC)
         for job in jobs:
             if _job_key(job) in written:
                 lag_ms = (now - job.enqueued_at).total_seconds() * 1000
                 self._monitor.record("embedding_lag", lag_ms)
-        self.stats.batches += 1
         self.stats.jobs_done += done
         self.stats.vectors_written += len(written)
-        self.stats.rows_gone += sum(1 for job in jobs if _job_key(job) not in texts)
         self.stats.rows_busy += len(busy)
         self.stats.failures += len(failed)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        self.stats.batch_sizes.append(len(jobs))
-        del self.stats.batch_sizes[:-1000]
-        self._monitor.set_gauge("embedding_last_batch_jobs", len(jobs))
         self._monitor.increment("embedding_vectors_written", len(written))
         self._monitor.increment("embedding_jobs_failed", len(failed))
         if busy:
@@ -495,6 +647,12 @@ class EmbeddingWorker:
         # A flush() may be draining in its caller's task: let its batch in hand finish (it
         # takes no new one once stopping) so no lease is taken after they are given back.
         await wait_at_most(self._idle.wait(), grace)
+        # A claim started ahead of its turn is a short transaction: let it end (its caller
+        # gives the jobs back, being stopped) before every lease is given back.
+        if self._claims:
+            await asyncio.wait(set(self._claims), timeout=max(grace, 1.0))
+        for claim in list(self._claims):
+            claim.cancel()
         await self._release_leases()
 
     async def _release_leases(self) -> None:
