@@ -21,8 +21,11 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -154,25 +157,54 @@ async def queued_texts(connection: asyncpg.Connection, schema: str = QUEUE_SCHEM
 
 async def worker_drain(
     engine: AsyncEngine,
-    embedder: LocalEmbedder,
+    embedder: Any,
     batch_size: int,
     loops: int,
     schema: str = QUEUE_SCHEMA,
     chunk_size: int | None = None,
+    worker_class: Any = None,
 ) -> tuple[PerformanceMonitor, EmbeddingWorker]:
-    """Drain the queue with a worker built as the container builds it (same chunk size)."""
+    """Drain the queue with a worker built as the container builds it (same chunk size), or
+    with ``worker_class`` (a worker of another commit, :func:`modules_at`) as it was built."""
     monitor = PerformanceMonitor(history_size=100_000)
-    worker = EmbeddingWorker(
-        engine,
-        embedder,
-        monitor,
-        schema=schema,
-        batch_size=batch_size,
-        listen=False,
-        chunk_size=chunk_size or Settings().worker_chunk_size,
-    )
+    if worker_class is not None:
+        worker = worker_class(
+            engine, embedder, monitor, schema=schema, batch_size=batch_size, listen=False
+        )
+    else:
+        worker = EmbeddingWorker(
+            engine,
+            embedder,
+            monitor,
+            schema=schema,
+            batch_size=batch_size,
+            listen=False,
+            chunk_size=chunk_size or Settings().worker_chunk_size,
+        )
     await asyncio.gather(*(worker.drain() for _ in range(loops)))
     return monitor, worker
+
+
+def modules_at(commit: str) -> tuple[Any, Any]:
+    """``memfuse/embedding/embedders.py`` and ``worker.py`` as they were at ``commit`` (read
+    with ``git show``, nothing checked out), to measure them against today's in one run. They
+    run on today's repositories, so the commit must use the same ``JobRepository`` calls."""
+    root = Path(__file__).resolve().parents[1]
+    loaded: list[Any] = []
+    for name in ("embedders", "worker"):
+        path = f"memfuse/embedding/{name}.py"
+        source = subprocess.run(
+            ["git", "show", f"{commit}:{path}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        module = types.ModuleType(f"memfuse_at_{commit[:10]}_{name}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        exec(compile(source, f"{commit}:{path}", "exec"), module.__dict__)
+        loaded.append(module)
+    return loaded[0], loaded[1]
 
 
 async def throughput(
@@ -183,8 +215,10 @@ async def throughput(
     *,
     rounds: int,
     batch_sizes: Sequence[int],
+    compare_commit: str | None = None,
 ) -> dict[str, Any]:
     connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    earlier: Any = None
     try:
         texts = await queued_texts(connection)
         chunk = batch_sizes[0]
@@ -227,6 +261,24 @@ async def throughput(
                     return wall
 
                 candidates[key] = run_worker
+        if compare_commit is not None:
+            # The worker and embedder of another commit, built as that commit built them.
+            old_embedders, old_worker = modules_at(compare_commit)
+            earlier = old_embedders.LocalEmbedder(batch_size=Settings().embedding_batch_size)
+            await earlier.load()
+            size = batch_sizes[0]
+
+            async def run_earlier() -> float:
+                await requeue_all(connection)
+                started = time.perf_counter()
+                _, worker = await worker_drain(
+                    engine, earlier, size, 1, worker_class=old_worker.EmbeddingWorker
+                )
+                wall = time.perf_counter() - started
+                assert worker.stats.vectors_written == len(texts), worker.stats
+                return wall
+
+            candidates[f"worker_at_{compare_commit}_batch_{size}_loops_1"] = run_earlier
         await raw.encode(texts[:256], 64)
         seconds: dict[str, list[float]] = {key: [] for key in candidates}
         keys = list(candidates)
@@ -251,14 +303,34 @@ async def throughput(
                     result[key][f"{stage}_p50_ms_median"] = round(statistics.median(values), 2)
         passes = seconds["raw_encode_in_passes"]
         for key in seconds:
-            if key.startswith("worker_"):
+            result[key]["seconds_per_round"] = [round(v, 3) for v in seconds[key]]
+            if key.startswith("worker_batch_"):
                 result[key]["ratio_vs_raw_encode_in_passes_median"] = round(
                     statistics.median(p / v for v, p in zip(seconds[key], passes, strict=True)), 3
                 )
+        result["min_cosine_worker_vs_raw_encode"] = await min_cosine(url, raw, texts)
         log(f"throughput: {json.dumps(result)}")
         return result
     finally:
         await connection.close()
+        if earlier is not None:
+            await earlier.aclose()
+
+
+async def min_cosine(url: str, raw: RawModel, texts: Sequence[str]) -> float:
+    """The lowest cosine between a vector the worker stored (the last drain) and the raw
+    model's ``encode`` of the same text: the batching must not change vectors (>= 0.999)."""
+    from pgvector.asyncpg import register_vector
+
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        await register_vector(connection)
+        rows = await connection.fetch(f"SELECT embedding FROM {QUEUE_SCHEMA}.messages ORDER BY seq")
+    finally:
+        await connection.close()
+    stored = np.asarray([row["embedding"].to_list() for row in rows], dtype=np.float32)
+    expected = np.asarray(await raw.encode(texts, 64), dtype=np.float32)
+    return round(float((stored * expected).sum(axis=1).min()), 6)
 
 
 async def claim_overhead(
@@ -450,6 +522,7 @@ MEMORY_SETTINGS: dict[str, dict[str, Any]] = {
         "chunk_size": 1024,
     },
     "token_budget_no_release": {"release_memory": False},
+    "token_budget_4096": {"batch_tokens": 4096},
 }
 """The settings the memory part compares; each runs in a fresh process."""
 
@@ -519,11 +592,18 @@ def memory_child(url: str, options: dict[str, Any], results: Any) -> None:
 
 async def _memory_run(url: str, options: dict[str, Any]) -> dict[str, Any]:
     settings = Settings()
-    embedder = LocalEmbedder(
-        batch_size=settings.embedding_batch_size,
-        batch_tokens=options.get("batch_tokens", settings.embedding_batch_tokens),
-        release_memory=options.get("release_memory", True),
-    )
+    embedder: Any
+    worker_class: Any = None
+    if "commit" in options:
+        old_embedders, old_worker = modules_at(options["commit"])
+        embedder = old_embedders.LocalEmbedder(batch_size=settings.embedding_batch_size)
+        worker_class = old_worker.EmbeddingWorker
+    else:
+        embedder = LocalEmbedder(
+            batch_size=settings.embedding_batch_size,
+            batch_tokens=options.get("batch_tokens", settings.embedding_batch_tokens),
+            release_memory=options.get("release_memory", True),
+        )
     engine = create_engine(url).execution_options(**schema_execution_options(MEMORY_SCHEMA))
     connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
@@ -541,6 +621,7 @@ async def _memory_run(url: str, options: dict[str, Any]) -> dict[str, Any]:
                 1,
                 schema=MEMORY_SCHEMA,
                 chunk_size=options.get("chunk_size", settings.worker_chunk_size),
+                worker_class=worker_class,
             )
             wall = time.perf_counter() - started
         end_mb = resident_mb()
@@ -578,13 +659,17 @@ async def _memory_run(url: str, options: dict[str, Any]) -> dict[str, Any]:
         await embedder.aclose()
 
 
-async def memory(url: str, rounds: int) -> dict[str, Any]:
+async def memory(url: str, rounds: int, compare_commit: str | None = None) -> dict[str, Any]:
     """Peak RSS of a process whose worker drains a deep queue of turns and episode-long
-    texts, for each of :data:`MEMORY_SETTINGS`, each in a fresh process, in turns."""
+    texts, for each of :data:`MEMORY_SETTINGS` (and the worker of ``compare_commit``), each
+    in a fresh process, in turns."""
     context = multiprocessing.get_context("spawn")
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEMORY_SETTINGS}
+    variants = dict(MEMORY_SETTINGS)
+    if compare_commit is not None:
+        variants[f"at_{compare_commit}"] = {"commit": compare_commit}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for round_number in range(rounds):
-        for name, options in MEMORY_SETTINGS.items():
+        for name, options in variants.items():
             results = context.Queue()
             child = context.Process(target=memory_child, args=(url, options, results))
             child.start()
@@ -597,7 +682,7 @@ async def memory(url: str, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"baseline": "the same process's model, encode(texts, 64)"}
     for name, outcomes in runs.items():
         result[name] = {
-            "settings": MEMORY_SETTINGS[name] or "library defaults",
+            "settings": variants[name] or "library defaults",
             "texts": outcomes[0]["texts"],
             "rss_after_model_loaded_mb": statistics.median(
                 o["rss_after_model_loaded_mb"] for o in outcomes
@@ -655,7 +740,13 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             await store_texts(url, [*texts, *episode_like(texts)], MEMORY_SCHEMA)
         if "throughput" in args.parts:
             results["throughput"] = await throughput(
-                url, engine, raw, embedder, rounds=args.rounds, batch_sizes=args.batch_sizes
+                url,
+                engine,
+                raw,
+                embedder,
+                rounds=args.rounds,
+                batch_sizes=args.batch_sizes,
+                compare_commit=args.compare_commit,
             )
         if "claim" in args.parts:
             results["claim"] = await claim_overhead(url, engine, args.batch_sizes[0], args.ops)
@@ -666,7 +757,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                 url, raw, messages, rate=args.rate, duration=args.duration
             )
         if "memory" in args.parts:
-            results["memory"] = await memory(url, args.memory_rounds)
+            results["memory"] = await memory(url, args.memory_rounds, args.compare_commit)
     finally:
         await engine.dispose()
         await embedder.aclose()
@@ -689,6 +780,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="messages/s for freshness")
     parser.add_argument(
         "--memory-rounds", type=int, default=2, help="processes per setting in the memory part"
+    )
+    parser.add_argument(
+        "--compare-commit",
+        help="also run the worker and embedder of this commit (throughput and memory parts)",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
     parser.add_argument(

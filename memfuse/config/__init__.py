@@ -128,7 +128,7 @@ class Settings:
     worker_max_attempts: int = 5
     worker_lease_seconds: float = 120.0
     # Embedding worker throughput and memory (issue 14; docs/embedding.md, "Memory").
-    embedding_batch_tokens: int = 4096
+    embedding_batch_tokens: int = 2048
     worker_chunk_size: int = 256
     search_candidates: int = 200
     search_rrf_k: int = 60

@@ -55,12 +55,12 @@ BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_MODEL_DIMENSION = 384
 """The dimension of the bundled all-MiniLM-L6-v2 model."""
 
-DEFAULT_BATCH_TOKENS = 4096
+DEFAULT_BATCH_TOKENS = 2048
 """Word pieces in one forward pass of :class:`LocalEmbedder`, padding included.
 
 A forward pass of all-MiniLM-L6-v2 on the CPU needs about 32 KB per word piece, so this caps
-it near 130 MB whatever the texts' length (64 texts of 256 pieces needed 470 MB), at the same
-speed: docs/embedding.md, "Memory"."""
+it near 65 MB whatever the texts' length (64 texts of 256 pieces needed 470 MB), at the same
+speed as larger passes: docs/embedding.md, "Memory"."""
 
 _RELEASE_EVERY_PASSES = 8
 """With ``release_memory``, freed memory is handed back after about this many full passes'

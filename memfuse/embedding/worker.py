@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from memfuse.background import SupervisedTask
@@ -48,7 +47,7 @@ from memfuse.config import DEFAULT_SCHEMA
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.db.errors import translate_unavailable
 from memfuse.db.migrate import check_embedding_dimension
-from memfuse.db.models import EmbeddingJob, embedding_channel, listener_name
+from memfuse.db.models import embedding_channel, listener_name
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ClosedError, ModelCallError
 from memfuse.monitor.performance import PerformanceMonitor
@@ -157,24 +156,25 @@ class EmbeddingWorker:
             source=f"embedder {self.embedder.model_name!r}",
         )
 
-    async def process_batch(self) -> int:
+    async def process_batch(self, *, through_job: int | None = None) -> int:
         """Lease, embed and finish one batch, and the full batches a deep queue has ready
         behind it; returns the number of jobs leased (0: none due).
 
         A claim that comes back full (``batch_size`` jobs) suggests more are due: the next
         claim is leased while this one's last chunk is embedded, and processed in this call,
-        so the model does not wait for the claim or the last write. A short claim ends it.
+        so the model does not wait for the claim or the last write. A short claim ends it,
+        and so does a claim past job id ``through_job`` (a drain's end).
         """
         self._batches_in_flight += 1
         self._idle.clear()
         try:
-            return await self._process_batches()
+            return await self._process_batches(through_job)
         finally:
             self._batches_in_flight -= 1
             if not self._batches_in_flight:
                 self._idle.set()
 
-    async def _process_batches(self) -> int:
+    async def _process_batches(self, through_job: int | None) -> int:
         batch = await self._claim()
         held = list(batch.jobs)  # every job this call leased, to give back after an error
         leased = 0
@@ -183,7 +183,9 @@ class EmbeddingWorker:
         try:
             while batch.jobs:
                 leased += len(batch.jobs)
-                deeper = len(batch.jobs) >= self.batch_size
+                deeper = len(batch.jobs) >= self.batch_size and (
+                    through_job is None or max(job.id for job in batch.jobs) < through_job
+                )
                 chunks = self._chunks(batch)
                 for index, chunk in enumerate(chunks):
                     if index == len(chunks) - 1 and deeper and not self._stopping.is_set():
@@ -375,26 +377,27 @@ class EmbeddingWorker:
             logger.debug("could not give back %d leased jobs: %s", len(jobs), _describe(error))
 
     async def drain(self) -> None:
-        """Return once no due job is left, including jobs other workers hold right now.
+        """Return once every job that was due when the drain started is done, including jobs
+        other workers hold right now.
 
+        Jobs queued after the start are not waited for (they are embedded all the same), so a
+        drain ends under writers that keep the queue busy. A job that was due and is now
+        backing off after a failure, or held back again (its text grew), does not hold it up.
         Raises :class:`ClosedError` once the worker is stopping (``close()``), so no batch
         is leased after the worker gave its leases back.
         """
         with translate_unavailable(self._engine.url):
-            while True:
+            async with self._session_factory() as db:
+                last_id = await JobRepository(db).last_due_id()
+            while last_id is not None:
                 if self._stopping.is_set():
                     raise ClosedError("the embedding worker is stopped")
-                if await self.process_batch():
-                    continue
+                leased = await self.process_batch(through_job=last_id)
                 async with self._session_factory() as db:
-                    due = await db.execute(
-                        select(func.count(EmbeddingJob.id)).where(
-                            EmbeddingJob.retry_after <= func.clock_timestamp()
-                        )
-                    )
-                    if due.scalar_one() == 0:
+                    if await JobRepository(db).due_through(last_id) == 0:
                         return
-                await asyncio.sleep(0.02)
+                if not leased:
+                    await asyncio.sleep(0.02)  # what is left is leased by another worker
 
     async def requeue_dead_letters(self, table_name: str | None = None) -> int:
         """Give dead-lettered rows (of one table, or all) a fresh start; returns how many."""

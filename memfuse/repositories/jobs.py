@@ -476,6 +476,32 @@ class JobRepository:
         )
         return len(result.all())
 
+    async def last_due_id(self) -> int | None:
+        """The newest job id that is due now (``None``: none is): where a drain stops."""
+        return cast(
+            "int | None",
+            (
+                await self.session.execute(
+                    select(func.max(EmbeddingJob.id)).where(
+                        EmbeddingJob.retry_after <= func.clock_timestamp()
+                    )
+                )
+            ).scalar_one(),
+        )
+
+    async def due_through(self, last_id: int) -> int:
+        """Due jobs (leased or not) with an id up to ``last_id``: what a drain still waits for."""
+        return int(
+            (
+                await self.session.execute(
+                    select(func.count(EmbeddingJob.id)).where(
+                        EmbeddingJob.id <= last_id,
+                        EmbeddingJob.retry_after <= func.clock_timestamp(),
+                    )
+                )
+            ).scalar_one()
+        )
+
     async def counts(self) -> QueueCounts:
         """Jobs waiting (due or not) and dead letters, in one round trip."""
         row = (
