@@ -152,6 +152,7 @@ class EpisodeProcessor:
 
     layer = "m1"
     operation = "m1_operation"
+    local = True  # packing messages into episodes is pure computation
 
     def __init__(self, policy: EpisodePolicy, *, embed_delay: timedelta = timedelta(0)) -> None:
         """``embed_delay``: how long the open episode's embedding waits for more messages

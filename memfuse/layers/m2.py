@@ -112,6 +112,9 @@ class FactProcessor:
         rest of the group before they are embedded (each step restarts the wait)."""
         self.extractor = extractor
         self.embed_delay = embed_delay
+        # An extractor that declares ``local = True`` (rules, no model or network call) runs
+        # inside the step's transaction; any other (an LLM's) runs outside every transaction.
+        self.local = getattr(extractor, "local", False) is True
 
     async def load(self, db: AsyncSession, progress: Progress) -> None:
         return None

@@ -8,10 +8,11 @@ progress moved (by another process, or by an edit) discards its result and reads
 
 Exactly-once across processes rests on the layer's progress row: a step reads holding it
 shared (so the progress, the messages and the open episode it reads are one state) and
-writes holding it exclusively, and an edit's rebuild holds both rows of the session
-exclusively while it bumps their ``generation`` (creating them if need be, so it cannot miss
-a row a pass is creating). Lock order: user, session, layer progress, the user's fact lock,
-memory rows, embedding jobs.
+writes holding it exclusively (a *local* layer, whose work calls no model and no network,
+holds it exclusively from its read to its commit, in one transaction), and an edit's
+rebuild holds both rows of the session exclusively while it bumps their ``generation``
+(creating them if need be, so it cannot miss a row a pass is creating). Lock order: user,
+session, layer progress, the user's fact lock, memory rows, embedding jobs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,12 +36,22 @@ from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.messages import MessageRepository
 from memfuse.repositories.progress import Progress, ProgressRepository
 from memfuse.repositories.tenancy import SessionRepository, lock_user_and_session
-from memfuse.types import TaskState
+from memfuse.types import ChunkData, TaskState
 from memfuse.waiting import wait_at_most
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a step read: the progress, the messages after it (up to ``upto``), the context."""
+
+    progress: Progress
+    messages: list[ChunkData]
+    upto: int
+    context: Any
 
 
 @dataclass(slots=True)
@@ -205,53 +216,102 @@ class LayerPipeline:
 
         The bound keeps a step finite: a session written to as fast as it is processed would
         otherwise hold its unit (and ``flush()``) forever and starve the other sessions.
-
-        The read holds the progress row shared, so no store or rebuild commits between its
-        statements; the write holds it exclusively and stores only if neither
-        ``processed_seq`` nor ``generation`` moved since the read.
         """
+        step = self._local_step if processor.local else self._step
         processed = 0
-        target = progress.message_count
         while True:
+            done = await step(processor, progress)
+            if done is None:
+                return processed
+            count, upto = done
+            processed += count
+            if upto >= progress.message_count:
+                return processed  # done up to the target: no transaction to find that out
+
+    async def _local_step(
+        self, processor: LayerProcessor[Any, Any], progress: Progress
+    ) -> tuple[int, int] | None:
+        """One step in one transaction that holds the progress row exclusively from the
+        read to the commit (``compute`` is local: no lock waits on a model or the network).
+        Returns the messages processed and the sequence number reached; ``None``: nothing
+        to do."""
+        with self._monitor.track_operation(processor.operation):
             async with self._session_factory.begin() as db:
-                # Creating the progress row checks its foreign keys; lock in the usual order
-                # first, or a concurrent user deletion deadlocks with that check.
-                if not await self._lock_scope(db, progress):
-                    return processed
-                current = await ProgressRepository(db).read(
-                    progress.user_id, progress.session_id, processor.layer, lock="share"
+                read = await self._read(db, processor, progress, lock="update")
+                if read is None:
+                    return None
+                result = await processor.compute(read.messages, read.context)
+                await processor.store(db, read.progress, result)
+                await ProgressRepository(db).advance(
+                    read.progress.session_id, processor.layer, read.upto
                 )
-                if current is None or not current.pending or current.processed_seq >= target:
-                    return processed
-                rows = await MessageRepository(db).read_after(
-                    current.session_id,
+        if self._on_stored is not None:
+            self._on_stored(read.progress.user_id)
+        return len(read.messages), read.upto
+
+    async def _step(
+        self, processor: LayerProcessor[Any, Any], progress: Progress
+    ) -> tuple[int, int] | None:
+        """One step in two transactions, with ``compute`` (an LLM call) outside both: the
+        read holds the progress row shared, so no store or rebuild commits between its
+        statements; the write holds it exclusively and stores only if neither
+        ``processed_seq`` nor ``generation`` moved since the read (else ``(0, -1)``: read
+        again)."""
+        async with self._session_factory.begin() as db:
+            read = await self._read(db, processor, progress, lock="share")
+        if read is None:
+            return None
+        current = read.progress
+        with self._monitor.track_operation(processor.operation):
+            result = await processor.compute(read.messages, read.context)
+            async with self._session_factory.begin() as db:
+                if not await self._lock_scope(db, current):
+                    return None
+                progress_rows = ProgressRepository(db)
+                locked = await progress_rows.read(
+                    current.user_id, current.session_id, processor.layer, lock="update"
+                )
+                if locked is None or (locked.processed_seq, locked.generation) != (
                     current.processed_seq,
-                    current.message_count,
-                    self._batch_messages,
-                )
-                context = await processor.load(db, current)
-            messages = [message_chunk(row) for row in rows]
-            full = len(rows) == self._batch_messages
-            upto = rows[-1].seq if full else current.message_count
-            with self._monitor.track_operation(processor.operation):
-                result = await processor.compute(messages, context)
-                async with self._session_factory.begin() as db:
-                    if not await self._lock_scope(db, current):
-                        return processed
-                    progress_rows = ProgressRepository(db)
-                    locked = await progress_rows.read(
-                        current.user_id, current.session_id, processor.layer, lock="update"
-                    )
-                    if locked is None or (locked.processed_seq, locked.generation) != (
-                        current.processed_seq,
-                        current.generation,
-                    ):
-                        continue
-                    await processor.store(db, locked, result)
-                    await progress_rows.advance(current.session_id, processor.layer, upto)
-                if self._on_stored is not None:
-                    self._on_stored(current.user_id)
-            processed += len(messages)
+                    current.generation,
+                ):
+                    return 0, -1
+                await processor.store(db, locked, result)
+                await progress_rows.advance(current.session_id, processor.layer, read.upto)
+        if self._on_stored is not None:
+            self._on_stored(current.user_id)
+        return len(read.messages), read.upto
+
+    async def _read(
+        self,
+        db: AsyncSession,
+        processor: LayerProcessor[Any, Any],
+        progress: Progress,
+        *,
+        lock: Literal["share", "update"],
+    ) -> _Read | None:
+        """Lock the step's scope, read its progress (holding it as ``lock`` says), the next
+        messages and the layer's context; ``None`` when there is nothing to do."""
+        # Creating the progress row checks its foreign keys; lock in the usual order first,
+        # or a concurrent user deletion deadlocks with that check.
+        if not await self._lock_scope(db, progress):
+            return None
+        current = await ProgressRepository(db).read(
+            progress.user_id, progress.session_id, processor.layer, lock=lock
+        )
+        if (
+            current is None
+            or not current.pending
+            or current.processed_seq >= progress.message_count
+        ):
+            return None
+        rows = await MessageRepository(db).read_after(
+            current.session_id, current.processed_seq, current.message_count, self._batch_messages
+        )
+        context = await processor.load(db, current)
+        full = len(rows) == self._batch_messages
+        upto = rows[-1].seq if full else current.message_count
+        return _Read(current, [message_chunk(row) for row in rows], upto, context)
 
     @staticmethod
     async def _lock_scope(db: AsyncSession, progress: Progress) -> bool:

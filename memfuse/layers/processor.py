@@ -3,7 +3,10 @@
 A layer processes a session in three steps so that slow work (an LLM call) holds no
 transaction: ``load`` reads what it needs next to the new messages, ``compute`` does the
 work outside any transaction, and ``store`` writes the result in the transaction that
-also advances the layer's progress.
+also advances the layer's progress. A layer whose ``compute`` is ``local`` (pure
+computation in this process: no model, no network) runs all three in one transaction
+instead, which saves a transaction and its locks per step; a lock is never held across a
+model or network call.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class LayerProcessor(Protocol[Context, Result]):
 
     layer: str
     operation: str
+    local: bool
 
     async def load(self, db: AsyncSession, progress: Progress) -> Context: ...
 

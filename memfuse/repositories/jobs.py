@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    and_,
     bindparam,
     case,
     delete,
@@ -446,15 +447,14 @@ class JobRepository:
             EmbeddingJob.attempts == 0,
             or_(EmbeddingJob.locked_until.is_(None), EmbeddingJob.locked_until < now),
         )
+        opened = EmbeddingJob.row_id.in_(still_open)
         await self.session.execute(
             update(EmbeddingJob)
-            .where(*fresh, EmbeddingJob.retry_after > now, EmbeddingJob.row_id.in_(closed))
-            .values(retry_after=now)
-        )
-        await self.session.execute(
-            update(EmbeddingJob)
-            .where(*fresh, EmbeddingJob.row_id.in_(still_open))
-            .values(retry_after=now + delay)
+            .where(
+                *fresh,
+                or_(opened, and_(EmbeddingJob.retry_after > now, EmbeddingJob.row_id.in_(closed))),
+            )
+            .values(retry_after=case((opened, now + delay), else_=now))
         )
 
     async def expedite_deferred(self) -> int:

@@ -134,7 +134,6 @@ class ProgressRepository:
         changing while a step reads them; ``"update"`` is for the step that writes.
         ``None`` when the session does not exist (any more) for this user.
         """
-        await self._create(user_id, session_id, [layer])
         query = (
             select(
                 LayerProgress.processed_seq,
@@ -153,6 +152,10 @@ class ProgressRepository:
         if lock is not None:
             query = query.with_for_update(of=LayerProgress, read=lock == "share")
         row = (await self.session.execute(query)).one_or_none()
+        if row is None:
+            # Its first step in this session (or the session is gone): create, read again.
+            await self._create(user_id, session_id, [layer])
+            row = (await self.session.execute(query)).one_or_none()
         if row is None:
             return None
         return Progress(

@@ -261,10 +261,12 @@ async def test_an_edit_rebuilds_the_session_from_its_messages(database_url: str)
 
 
 class PausingEpisodes(EpisodeProcessor):
-    """M1 that stops once inside its read step, with the read transaction still open."""
+    """M1 that stops once inside its read step, with the read transaction still open;
+    ``local=False`` makes the pipeline step it as it steps an LLM layer (two transactions)."""
 
-    def __init__(self, original: EpisodeProcessor) -> None:
+    def __init__(self, original: EpisodeProcessor, *, local: bool = True) -> None:
         super().__init__(original.policy)
+        self.local = local
         self.paused = asyncio.Event()
         self.release = asyncio.Event()
         self.pause = True
@@ -278,7 +280,8 @@ class PausingEpisodes(EpisodeProcessor):
         return context
 
 
-async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url: str) -> None:
+@pytest.mark.parametrize("local", [True, False], ids=["one-transaction", "two-transactions"])
+async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url: str, local: bool) -> None:
     """The first read of a session creates its progress row; an edit committed meanwhile
     must still discard what that read saw (a rebuild once missed the uncommitted row)."""
     async with MemFuse(database_url, pipeline_auto=False) as mf:
@@ -289,7 +292,7 @@ async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url:
                 {"role": "user", "content": "I work at the bakery on Main Street."},
             ]
         )
-        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"])
+        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"], local=local)
         (await parts.pipeline(mf)).processors["m1"] = pausing
         flushing = asyncio.create_task(mf.flush())
         await asyncio.wait_for(pausing.paused.wait(), timeout=10)
@@ -310,8 +313,9 @@ async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url:
     assert not [f for f in facts if "Miso" in f.content]
 
 
+@pytest.mark.parametrize("local", [True, False], ids=["one-transaction", "two-transactions"])
 async def test_a_layer_step_during_a_deletion_does_not_lose_episodes(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, local: bool
 ) -> None:
     """A deletion racing a session's first read once reset no progress, and an M1 step that
     committed between the deletion's steps had its episode deleted but its progress kept."""
@@ -330,7 +334,7 @@ async def test_a_layer_step_during_a_deletion_does_not_lose_episodes(
         first, second, third = await memory.add(
             [{"role": "user", "content": f"Message number {n}."} for n in range(3)]
         )
-        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"])
+        pausing = PausingEpisodes((await parts.pipeline(mf)).processors["m1"], local=local)
         (await parts.pipeline(mf)).processors["m1"] = pausing
         flushing = asyncio.create_task(mf.flush())
         await asyncio.wait_for(pausing.paused.wait(), timeout=10)

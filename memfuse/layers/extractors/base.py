@@ -51,6 +51,10 @@ class FactExtractor(Protocol):
     ``messages`` are single-message chunks of one session in sequence order. An extractor
     may be called again with the same messages after a crash, so it must not keep state
     that changes its output. It raises on failure; the M2 layer then retries later.
+
+    An extractor that calls no model and no network service may set a class attribute
+    ``local = True``: the pipeline then extracts inside the step's transaction (one
+    transaction a step instead of two). Without it, extraction holds no transaction.
     """
 
     name: str

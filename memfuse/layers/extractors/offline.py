@@ -542,6 +542,7 @@ class OfflineFactExtractor:
     """
 
     name = "offline"
+    local = True  # rules only: the pipeline may run it inside a step's transaction
 
     async def extract(self, messages: Sequence[ChunkData]) -> list[FactCandidate]:
         """Facts of every message in order; each fact's lineage is its one message.
