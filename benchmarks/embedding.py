@@ -81,17 +81,31 @@ class RawModel:
 
         self.model = SentenceTransformer(str(get_model_path()), device="cpu")
 
-    async def encode(self, texts: Sequence[str], batch_size: int) -> Any:
-        return await asyncio.to_thread(self._encode, list(texts), batch_size)
+    async def encode(
+        self, texts: Sequence[str], batch_size: int, precision: str = "float32"
+    ) -> Any:
+        return await asyncio.to_thread(self._encode, list(texts), batch_size, precision)
 
-    def _encode(self, texts: list[str], batch_size: int) -> Any:
-        return self.model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+    def _encode(self, texts: list[str], batch_size: int, precision: str = "float32") -> Any:
+        """float32 (the model as sentence-transformers runs it), or under torch's bfloat16
+        autocast: the same model in the precision ``LocalEmbedder`` picks on this CPU."""
+        import contextlib
+
+        import torch
+
+        context: Any = (
+            torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+            if precision == "bfloat16"
+            else contextlib.nullcontext()
         )
+        with context:
+            return self.model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
 
     async def encode_in_chunks(self, texts: Sequence[str], chunk: int, batch_size: int) -> None:
         for start in range(0, len(texts), chunk):
@@ -233,6 +247,12 @@ async def throughput(
                 lambda: raw.encode_in_passes(texts, max_texts, max_tokens)
             ),
         }
+        if embedder.precision != "float32":
+            # The raw model in the worker's precision: what the worker adds or loses apart
+            # from the precision it computes in.
+            candidates[f"raw_encode_{embedder.precision}"] = lambda: timed(
+                lambda: raw.encode(texts, 64, embedder.precision)
+            )
         overhead: dict[str, list[float]] = {}
         stages: dict[str, dict[str, list[float]]] = {}
         for size in batch_sizes:
@@ -302,11 +322,16 @@ async def throughput(
                 if values:
                     result[key][f"{stage}_p50_ms_median"] = round(statistics.median(values), 2)
         passes = seconds["raw_encode_in_passes"]
+        same = seconds.get(f"raw_encode_{embedder.precision}", base)
+        result["worker_precision"] = embedder.precision
         for key in seconds:
             result[key]["seconds_per_round"] = [round(v, 3) for v in seconds[key]]
             if key.startswith("worker_batch_"):
                 result[key]["ratio_vs_raw_encode_in_passes_median"] = round(
                     statistics.median(p / v for v, p in zip(seconds[key], passes, strict=True)), 3
+                )
+                result[key]["ratio_vs_raw_encode_same_precision_median"] = round(
+                    statistics.median(p / v for v, p in zip(seconds[key], same, strict=True)), 3
                 )
         result["min_cosine_worker_vs_raw_encode"] = await min_cosine(url, raw, texts)
         log(f"throughput: {json.dumps(result)}")

@@ -94,6 +94,10 @@ def embedding_keys(results: Results) -> Results:
     freshness = results["freshness"]
     return {
         "embed_throughput_ratio_vs_model": throughput[default]["ratio_vs_raw_encode_median"],
+        "embed_throughput_ratio_vs_model_same_precision": throughput[default].get(
+            "ratio_vs_raw_encode_same_precision_median"
+        ),
+        "embedding_precision": throughput.get("worker_precision", "float32"),
         "embed_texts_per_s": throughput[default]["texts_per_s_median"],
         "model_texts_per_s": throughput["raw_encode"]["texts_per_s_median"],
         "freshness_p50_ms": freshness["lag_p50_ms"],

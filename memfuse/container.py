@@ -208,7 +208,9 @@ def make_embedder(settings: Settings) -> Embedder | None:
         return None
     if settings.embedder == "local":
         return LocalEmbedder(
-            batch_size=settings.embedding_batch_size, batch_tokens=settings.embedding_batch_tokens
+            batch_size=settings.embedding_batch_size,
+            batch_tokens=settings.embedding_batch_tokens,
+            precision=settings.embedding_precision,
         )
     assert settings.embedding_base_url is not None and settings.embedding_model is not None
     return OpenAIEmbedder(

@@ -75,6 +75,7 @@ class PoolSettings:
 
 FACT_EXTRACTORS = ("offline", "llm", "none")
 EMBEDDERS = ("local", "openai", "none")
+EMBEDDING_PRECISIONS = ("auto", "float32", "bfloat16")
 _SECRETS = frozenset({"database_url", "llm_api_key", "embedding_api_key"})
 
 
@@ -129,6 +130,7 @@ class Settings:
     worker_lease_seconds: float = 120.0
     # Embedding worker throughput and memory (issue 14; docs/embedding.md, "Memory").
     embedding_batch_tokens: int = 2048
+    embedding_precision: str = "auto"
     worker_chunk_size: int = 256
     search_candidates: int = 200
     search_rrf_k: int = 60
@@ -218,6 +220,12 @@ class Settings:
                 raise ConfigurationError(
                     name, f"must be 0 (off) or more, got {getattr(self, name)}"
                 )
+        if self.embedding_precision not in EMBEDDING_PRECISIONS:
+            raise ConfigurationError(
+                "embedding_precision",
+                f"must be one of {', '.join(EMBEDDING_PRECISIONS)}, "
+                f"got {self.embedding_precision!r}",
+            )
         if self.embedder not in EMBEDDERS:
             raise ConfigurationError(
                 "embedder", f"must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}"

@@ -27,8 +27,10 @@ from memfuse.embedding import embedders as embedders_module
 from memfuse.embedding.embedders import (
     DEFAULT_BATCH_TOKENS,
     LocalEmbedder,
+    cpu_has_native_bfloat16,
     plan_passes,
     release_freed_memory,
+    resolve_precision,
 )
 from memfuse.errors import ConfigurationError
 
@@ -172,6 +174,49 @@ def test_bad_pass_settings_fail_at_construction(tmp_path: Path) -> None:
         LocalEmbedder(model_path=tmp_path, batch_tokens=0)
     with pytest.raises(ConfigurationError, match="release_memory"):
         LocalEmbedder(model_path=tmp_path, release_memory="yes")  # type: ignore[arg-type]
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it_natively() -> None:
+    native = cpu_has_native_bfloat16()
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert resolve_precision("auto", "cuda:0") == "float32"
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ConfigurationError, match="embedding_precision"):
+        Settings(embedding_precision="fp8")
+
+
+@pytest.mark.model
+def test_a_bad_precision_fails_at_construction(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 4}))
+    with pytest.raises(ConfigurationError, match="precision"):
+        LocalEmbedder(model_path=tmp_path, precision="half")
+    assert LocalEmbedder(model_path=tmp_path, precision="float32").precision == "float32"
+
+
+@pytest.mark.model
+def test_the_container_passes_the_precision() -> None:
+    embedder = make_embedder(Settings(embedding_precision="float32"))
+    assert isinstance(embedder, LocalEmbedder)
+    assert embedder.precision == "float32"
+
+
+@pytest.mark.model
+async def test_bfloat16_vectors_stay_within_the_issues_bar_of_float32() -> None:
+    """The real model in both precisions (bfloat16 is emulated, slower, on a CPU without it):
+    every vector, short or cut at 256 word pieces, within cosine 0.999 of float32's."""
+    sentence = "Melanie said she ran a charity race for mental health last Saturday. "
+    texts = [sentence * n for n in (1, 3, 40)] + ["ok", "What did Caroline paint?", "日本語の文"]
+    exact = LocalEmbedder(precision="float32")
+    fast = LocalEmbedder(precision="bfloat16")
+    try:
+        wanted = await exact.embed_documents(texts)
+        got = await fast.embed_documents(texts)
+        assert all(cosine(a, b) >= 0.999 for a, b in zip(got, wanted, strict=True))
+        assert got != wanted  # the passes did run in bfloat16
+    finally:
+        await exact.aclose()
+        await fast.aclose()
 
 
 @pytest.mark.model

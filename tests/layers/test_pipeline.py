@@ -281,7 +281,9 @@ class PausingEpisodes(EpisodeProcessor):
 
 
 @pytest.mark.parametrize("local", [True, False], ids=["one-transaction", "two-transactions"])
-async def test_an_edit_while_a_session_is_first_read_is_not_missed(database_url: str, local: bool) -> None:
+async def test_an_edit_while_a_session_is_first_read_is_not_missed(
+    database_url: str, local: bool
+) -> None:
     """The first read of a session creates its progress row; an edit committed meanwhile
     must still discard what that read saw (a rebuild once missed the uncommitted row)."""
     async with MemFuse(database_url, pipeline_auto=False) as mf:
