@@ -64,6 +64,10 @@ A forward pass of all-MiniLM-L6-v2 on the CPU needs about 32 KB per word piece, 
 it near 65 MB whatever the texts' length (64 texts of 256 pieces needed 470 MB), at the same
 speed as larger passes: docs/embedding.md, "Memory"."""
 
+ONEDNN_PRIMITIVE_CACHE_CAPACITY = 4
+"""oneDNN kernels kept for reuse (its default is 1024): 4 gave the same speed and a peak
+123 MB (float32) to 147 MB (bfloat16) lower on LoCoMo texts (docs/embedding.md, "Memory")."""
+
 _RELEASE_EVERY_PASSES = 8
 """With ``release_memory``, freed memory is handed back after about this many full passes'
 worth of word pieces: ~10 ms per release, a fraction of a percent of the encode time."""
@@ -520,6 +524,11 @@ def _load_sentence_transformer(path: Path, device: str) -> _SentenceModel:
     # Set before sentence-transformers (and huggingface_hub) is imported, so that no code path
     # can reach the hub; local_files_only=True covers an already imported hub client.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # oneDNN keeps a compiled kernel (and its buffers) per input shape, up to 1024 of them;
+    # passes of every length fill that cache: 120-150 MB more at the peak for no speed
+    # (docs/embedding.md, "Memory"). Read when oneDNN first runs, so an app that set it, or
+    # ran oneDNN already, keeps its own.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
     module = _import_optional("sentence_transformers")
     try:
         return cast(

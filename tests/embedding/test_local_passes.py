@@ -195,6 +195,20 @@ def test_a_bad_precision_fails_at_construction(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
+async def test_loading_caps_onednns_kernel_cache_unless_the_app_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    async with LocalEmbedder() as embedder:
+        await embedder.load()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "4"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    async with LocalEmbedder() as embedder:
+        await embedder.load()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
+@pytest.mark.model
 def test_the_container_passes_the_precision() -> None:
     embedder = make_embedder(Settings(embedding_precision="float32"))
     assert isinstance(embedder, LocalEmbedder)
