@@ -64,6 +64,11 @@ A forward pass of all-MiniLM-L6-v2 on the CPU needs about 32 KB per word piece, 
 it near 65 MB whatever the texts' length (64 texts of 256 pieces needed 470 MB), at the same
 speed as larger passes: docs/embedding.md, "Memory"."""
 
+BFLOAT16_MIN_PASS_TOKENS = 128
+"""A pass of fewer word pieces (padding included) runs in float32 even when the precision is
+bfloat16: on these CPUs one or two turns (a query) take 1.4-1.6x as long in bfloat16, four
+turns break even, 64 turns or one 256-piece text gain 2.5x and 1.2x (docs/embedding.md)."""
+
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = 4
 """oneDNN kernels kept for reuse (its default is 1024): 4 gave the same speed and a peak
 123 MB (float32) to 147 MB (bfloat16) lower on LoCoMo texts (docs/embedding.md, "Memory")."""
@@ -346,8 +351,12 @@ class LocalEmbedder:
                 passes = plan_passes(lengths, self._batch_size, self._batch_tokens)
                 numpy = _numpy()
                 array = numpy.empty((len(texts), self.dimension), dtype=numpy.float32)
-                with _precision_context(self.precision, self._device):
-                    for indexes in passes:
+                for indexes in passes:
+                    pass_tokens = len(indexes) * max(lengths[index] for index in indexes)
+                    precision = (
+                        self.precision if pass_tokens >= BFLOAT16_MIN_PASS_TOKENS else "float32"
+                    )
+                    with _precision_context(precision, self._device):
                         part = model.encode(
                             [texts[index] for index in indexes],
                             batch_size=len(indexes),
@@ -355,13 +364,12 @@ class LocalEmbedder:
                             convert_to_numpy=True,
                             show_progress_bar=False,
                         )
-                        if tuple(part.shape) != (len(indexes), self.dimension):
-                            raise EmbeddingError(
-                                f"local embedding with {self.model_name} returned shape "
-                                f"{tuple(part.shape)}, expected ({len(indexes)}, "
-                                f"{self.dimension})"
-                            )
-                        array[indexes] = part
+                    if tuple(part.shape) != (len(indexes), self.dimension):
+                        raise EmbeddingError(
+                            f"local embedding with {self.model_name} returned shape "
+                            f"{tuple(part.shape)}, expected ({len(indexes)}, {self.dimension})"
+                        )
+                    array[indexes] = part
                 finite = bool(numpy.isfinite(array).all())
                 vectors = cast(list[list[float]], array.tolist())
                 del array
