@@ -36,6 +36,7 @@ from benchmarks.peer_workload import (
     warmup_questions,
 )
 from memfuse.config.urls import asyncpg_connect_args
+from memfuse.embedding.embedders import GOMP_SPINCOUNT
 from memfuse.evaluation.locomo import (
     BUDGETS,
     RESULTS_PER_QUESTION,
@@ -189,8 +190,13 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     turns = [turn for turn in turns if turn.user in users]
     questions = [question for question in questions if question.user in users]
     warmup = warmup_questions(args.locomo, args.warmup, users)
+    # The token counter loads torch before any system loads its model, so memfuse's model
+    # load would come too late to set its OpenMP spin (docs/embedding.md, "Threads"): set it
+    # here, for the one torch all three systems share in this process.
+    os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
     work = Workload(turns, questions, warmup, minilm_token_counter())
     results: dict[str, Any] = {"machine": await machine(url, source), "versions": versions()}
+    results["gomp_spincount"] = os.environ["GOMP_SPINCOUNT"]
     results["data"] = {
         "file": str(args.locomo),
         "conversations": len(users),

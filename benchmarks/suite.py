@@ -77,6 +77,7 @@ def layers_keys(results: Results) -> Results:
         "m0_add_p50_ratio_vs_asyncpg": latency["memfuse_add_buffer_on"]["p50_ratio_vs_baseline"],
         "m0_batch_rows_per_s": batch["memfuse_add_batch"]["rows_per_s_p50"],
         "m0_batch_ratio_vs_executemany": batch["rows_per_s_ratio_vs_baseline"],
+        "m0_batch_ratio_vs_own_sql": batch["rows_per_s_ratio_vs_memfuse_sql"],
         f"concurrent_writers_{writers['writers']}_msgs_per_s": writers["memfuse_add_buffer_on"][
             "median_msgs_per_s"
         ],
@@ -96,6 +97,9 @@ def embedding_keys(results: Results) -> Results:
         "embed_throughput_ratio_vs_model": throughput[default]["ratio_vs_raw_encode_median"],
         "embed_throughput_ratio_vs_model_same_precision": throughput[default].get(
             "ratio_vs_raw_encode_same_precision_median"
+        ),
+        "embed_throughput_ratio_vs_model_same_precision_same_passes": throughput[default].get(
+            "ratio_vs_raw_encode_in_passes_same_precision_median"
         ),
         "embedding_precision": throughput.get("worker_precision", "float32"),
         "embed_texts_per_s": throughput[default]["texts_per_s_median"],

@@ -73,6 +73,11 @@ ONEDNN_PRIMITIVE_CACHE_CAPACITY = 4
 """oneDNN kernels kept for reuse (its default is 1024): 4 gave the same speed and a peak
 123 MB (float32) to 147 MB (bfloat16) lower on LoCoMo texts (docs/embedding.md, "Memory")."""
 
+GOMP_SPINCOUNT = 10_000
+"""Rounds torch's OpenMP threads spin before they sleep (libgomp's default is 300,000): under
+load a text took 8.5 ms of CPU instead of 13.3; 0 (passive) doubled a lone query's encode
+(7.7 -> 15.4 ms), 10,000 kept it (7.9 ms) (docs/embedding.md, "Threads")."""
+
 _RELEASE_EVERY_PASSES = 8
 """With ``release_memory``, freed memory is handed back after about this many full passes'
 worth of word pieces: ~10 ms per release, a fraction of a percent of the encode time."""
@@ -537,6 +542,12 @@ def _load_sentence_transformer(path: Path, device: str) -> _SentenceModel:
     # (docs/embedding.md, "Memory"). Read when oneDNN first runs, so an app that set it, or
     # ran oneDNN already, keeps its own.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
+    # torch's OpenMP threads (GNU libgomp on Linux) spin ~300,000 rounds between kernels;
+    # beside the event loop and the database on few cores they burn the cores the others
+    # need: 13.3 ms of CPU a text under load instead of 8.5 with a short spin, which keeps a
+    # lone query's latency (docs/embedding.md, "Threads"). Read when torch loads OpenMP, so an
+    # app that imported torch first keeps its own.
+    os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
     module = _import_optional("sentence_transformers")
     try:
         return cast(

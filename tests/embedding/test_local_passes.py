@@ -195,17 +195,23 @@ def test_a_bad_precision_fails_at_construction(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-async def test_loading_caps_onednns_kernel_cache_unless_the_app_set_it(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("variable", "ours", "apps"),
+    [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4", "64"), ("GOMP_SPINCOUNT", "10000", "300000")],
+)
+async def test_loading_sets_torchs_cpu_settings_unless_the_app_set_them(
+    monkeypatch: pytest.MonkeyPatch, variable: str, ours: str, apps: str
 ) -> None:
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    """oneDNN's kernel cache capped, OpenMP threads that spin briefly between kernels: read
+    when torch first runs, so the model's load sets them, and an app's own value wins."""
+    monkeypatch.delenv(variable, raising=False)
     async with LocalEmbedder() as embedder:
         await embedder.load()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "4"
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert os.environ[variable] == ours
+    monkeypatch.setenv(variable, apps)
     async with LocalEmbedder() as embedder:
         await embedder.load()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    assert os.environ[variable] == apps
 
 
 @pytest.mark.model
