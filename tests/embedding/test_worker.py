@@ -7,7 +7,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import parts
@@ -52,19 +52,6 @@ class ScriptedEmbedder:
         if any(self.poison in t for t in texts):
             raise RuntimeError("the model cannot embed this")
         return await self.model.embed_documents(texts)
-
-
-@pytest.fixture
-async def mf(database_url: str) -> AsyncIterator[MemFuse]:
-    async with MemFuse(database_url, pipeline_auto=False, fact_extractor="none") as mf:
-        yield mf
-
-
-@pytest.fixture
-async def engine_for_worker(database_url: str, mf: MemFuse) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 def make_worker(engine: AsyncEngine, embedder: object, **options: object) -> EmbeddingWorker:

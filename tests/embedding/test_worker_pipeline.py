@@ -9,7 +9,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import parts
 import pytest
@@ -17,7 +17,6 @@ from real_model import memfuse_with_model
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memfuse.db.engines import create_engine
 from memfuse.db.models import message_text
 from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.embedding.worker import EmbeddingWorker
@@ -30,16 +29,8 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture
-async def mf(database_url: str) -> AsyncIterator[MemFuse]:
-    async with MemFuse(database_url, pipeline_auto=False, fact_extractor="none") as mf:
-        yield mf
-
-
-@pytest.fixture
-async def engine(database_url: str, mf: MemFuse) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
+def engine(engine_for_worker: AsyncEngine) -> AsyncEngine:
+    return engine_for_worker
 
 
 class WatchingEmbedder:
