@@ -180,6 +180,7 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
             flushing = time.perf_counter()
             await mf.flush()
             _write(f"processed into episodes and facts in {time.perf_counter() - flushing:.1f} s")
+        await mf.analyze()  # fresh statistics for search after a bulk load
 
 
 async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:

@@ -298,6 +298,7 @@ def make_retrieval_service(
         candidates=settings.search_candidates,
         rrf_k=settings.search_rrf_k,
         ef_search=settings.search_ef_search,
+        common_term_frequency=settings.search_common_term_frequency,
         result_cache=cache,
         embedding_cache_size=settings.query_embedding_cache_size,
     )

@@ -233,6 +233,16 @@ class MemFuse:
                 await parts.worker.drain()
 
     @_database_call
+    async def analyze(self) -> None:
+        """Refresh PostgreSQL's statistics of memfuse's tables (``ANALYZE``).
+
+        Search reads which terms are common from them (docs/retrieval.md). Autovacuum refreshes
+        them on its own after enough rows change; call this after a bulk load to search with
+        fresh ones at once.
+        """
+        await self._parts.retrieval.analyze()
+
+    @_database_call
     async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
         """Database, pgvector, schema revision, vector dimension, queue, dead letters and
         pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an

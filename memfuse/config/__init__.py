@@ -132,9 +132,10 @@ class Settings:
     embedding_batch_tokens: int = 2048
     embedding_precision: str = "auto"
     worker_chunk_size: int = 256
-    search_candidates: int = 200
+    search_candidates: int = 100
     search_rrf_k: int = 60
     search_ef_search: int = 100
+    search_common_term_frequency: float = 0.01
     search_cache_ttl: float = 30.0
     search_cache_size: int = 1000
     query_embedding_cache_size: int = 1024
@@ -220,6 +221,11 @@ class Settings:
                 raise ConfigurationError(
                     name, f"must be 0 (off) or more, got {getattr(self, name)}"
                 )
+        if not 0.0 <= self.search_common_term_frequency <= 1.0:
+            raise ConfigurationError(
+                "search_common_term_frequency",
+                f"must be between 0 (off) and 1, got {self.search_common_term_frequency}",
+            )
         if self.embedding_precision not in EMBEDDING_PRECISIONS:
             raise ConfigurationError(
                 "embedding_precision",

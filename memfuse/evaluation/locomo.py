@@ -281,6 +281,7 @@ async def evaluate(
     conversations, questions, skipped = data.conversations, data.questions, data.left_out
     await ingest_conversations(mf, conversations, progress=progress)
     await mf.flush()
+    await mf.analyze()  # as autovacuum would after such a load, without waiting for it
     count_tokens = minilm_token_counter()
     memories: dict[str, Memory] = {}
     recalls: dict[str, list[dict[int, float]]] = {name: [] for name in LINES}

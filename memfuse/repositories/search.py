@@ -15,7 +15,7 @@ LoCoMo question in ten (docs/retrieval.md).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -39,8 +39,44 @@ normalization 1 (rank / (1 + log(length))). On the LoCoMo development split it g
 _QUERY_TERMS = f"""query_terms AS (
     SELECT NULLIF(
         replace(websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', :query_text)::text, ' & ', ' | '), ''
-    )::tsquery AS query
+    )::tsquery AS query,
+    tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :query_text)) AS lexemes
 )"""
+
+
+def _common_terms_match(layer: Layer) -> str:
+    """A CTE ``{layer}_match``: which rows the layer's full-text list ranks.
+
+    Rows with any of the query's uncommon terms; when every term is common, rows with all of
+    them. ``:{layer}_common`` holds the layer's common terms
+    (:meth:`SearchRepository.common_terms`).
+    Ranking still reads every term, so common terms order the rows an uncommon one admits
+    without making each row that has one of them a candidate: the list ranks a few rows, not a
+    share of the table (Elasticsearch's "common terms" rule). With no common terms known, the
+    list is the plain OR of the terms.
+    """
+    return f"""{layer}_match AS (
+    SELECT coalesce(rare.query, every.query) AS match
+    FROM query_terms AS q
+    CROSS JOIN LATERAL (
+        SELECT NULLIF(replace(plainto_tsquery('simple', array_to_string(ARRAY(
+            SELECT lexeme FROM unnest(q.lexemes) AS lexeme
+            WHERE lexeme <> ALL (CAST(:{layer}_common AS text[]))
+        ), ' '))::text, ' & ', ' | '), '')::tsquery AS query
+    ) AS rare
+    CROSS JOIN LATERAL (
+        SELECT NULLIF(plainto_tsquery('simple', array_to_string(q.lexemes, ' '))::text, '')::tsquery
+            AS query
+    ) AS every
+)"""
+
+
+_COMMON_TERMS = """SELECT s.tablename, array_agg(u.element) AS elements
+FROM pg_stats AS s,
+     unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(element, frequency)
+WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'content_tsv'
+  AND u.element IS NOT NULL AND u.frequency >= :frequency
+GROUP BY s.tablename"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +143,22 @@ class SearchRepository:
         self.session = session
         self.schema = schema
 
+    async def analyze(self) -> None:
+        """Refresh the planner statistics of the layers' tables (``ANALYZE``): the full-text
+        lists read which terms are common from them."""
+        for table in LAYER_TABLES.values():
+            await self.session.execute(text(f'ANALYZE "{self.schema}".{table}'))
+
+    async def common_terms(self, frequency: float) -> dict[Layer, tuple[str, ...]]:
+        """Each layer's full-text terms in at least ``frequency`` of its rows, from the
+        statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``); none before the first."""
+        result = await self.session.execute(
+            text(_COMMON_TERMS),
+            {"schema": self.schema, "tables": list(LAYER_TABLES.values()), "frequency": frequency},
+        )
+        by_table = {row.tablename: tuple(row.elements) for row in result}
+        return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}
+
     async def tune(self, ef_search: int) -> None:
         """HNSW settings for this transaction: iterative scans keep filtered KNN from starving."""
         await self.session.execute(
@@ -129,14 +181,18 @@ class SearchRepository:
         candidates: int,
         rrf_k: int,
         limit: int,
+        common_terms: Mapping[Layer, Sequence[str]] | None = None,
     ) -> list[ScoredRow]:
         """The best ``limit`` results of the fused lists, best first.
 
         ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
         ranks the messages of its lineage (each message takes its best rank in each list).
         ``unit="item"``: the rows of the searched layers themselves.
+        ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
+        ranks every row with any term.
         """
-        ctes, ranked = self._lists(filters, query_vector, layers, methods)
+        bounded = common_terms is not None and "text" in methods
+        ctes, ranked = self._lists(filters, query_vector, layers, methods, bounded=bounded)
         if not ranked:
             return []
         fused = self._messages(filters) if unit == "message" else self._items()
@@ -154,6 +210,10 @@ ranked AS (
             "rrf_k": rrf_k,
             "limit": limit,
         }
+        if bounded:
+            assert common_terms is not None
+            for layer in layers:
+                parameters[f"{layer}_common"] = list(common_terms.get(layer, ()))
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
         result = await self.session.execute(text(sql), parameters)
@@ -221,6 +281,8 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
         query_vector: Sequence[float] | None,
         layers: Sequence[Layer],
         methods: Sequence[Method],
+        *,
+        bounded: bool,
     ) -> tuple[list[str], list[str]]:
         """The CTE of each list and its ranked rows ``(list, layer, id, message_ids, r)``."""
         ctes: list[str] = []
@@ -244,10 +306,16 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                 )
             if "text" in methods:
                 name = f"{layer}_text"
+                if bounded:
+                    ctes.append(_common_terms_match(layer))
+                    match = f"{layer}_match.match"
+                    source = f"query_terms AS q, {layer}_match"
+                else:
+                    match, source = "q.query", "query_terms AS q"
                 ctes.append(f"""{name} AS MATERIALIZED (
     SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
-    FROM {table}, query_terms AS q
-    WHERE {where} AND content_tsv @@ q.query
+    FROM {table}, {source}
+    WHERE {where} AND content_tsv @@ {match}
     ORDER BY rank DESC, id
     LIMIT :candidates
 )""")

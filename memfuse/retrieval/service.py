@@ -12,6 +12,7 @@ Two shapes of result (``unit``):
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ ALL_METHODS: tuple[Method, ...] = ("vector", "text")
 MAX_QUERY_CHARS = 4000
 """Longer queries are cut: the model reads 256 word pieces, and full text gains nothing."""
 MAX_TOP_K = 1000
+MIN_RESULT_TOKENS = 10
+"""A budget fetches enough rows to fill it with results this short (a turn is about 25)."""
+COMMON_TERMS_TTL = 300.0
+"""Seconds a search reuses the common terms it read; ``MemFuse.analyze`` forgets them at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +143,10 @@ class RetrievalService:
         monitor: PerformanceMonitor,
         *,
         schema: str,
-        candidates: int = 200,
+        candidates: int = 100,
         rrf_k: int = 60,
         ef_search: int = 100,
+        common_term_frequency: float = 0.0,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
     ) -> None:
@@ -151,6 +157,9 @@ class RetrievalService:
         self.candidates = candidates
         self.rrf_k = rrf_k
         self.ef_search = ef_search
+        self.common_term_frequency = common_term_frequency
+        self._common_terms: dict[Layer, tuple[str, ...]] | None = None
+        self._common_terms_read_at = 0.0
         self.results = result_cache if result_cache is not None else ResultCache(0, 0.0)
         self.embeddings: LruCache[tuple[float, ...]] = LruCache(embedding_cache_size)
         self.stats = RetrievalStats()
@@ -159,6 +168,27 @@ class RetrievalService:
         """Results for ``request`` within ``user_id``'s memory only."""
         with self._monitor.track_operation("retrieval_query"):
             return await self._search(user_id, request)
+
+    async def analyze(self) -> None:
+        """Refresh the statistics the search plan reads (after a bulk load; autovacuum does it
+        on its own schedule otherwise)."""
+        async with self._session_factory() as db:
+            await SearchRepository(db, self.schema).analyze()
+            await db.commit()
+        self._common_terms = None  # read again at the next search
+
+    async def _read_common_terms(
+        self, repository: SearchRepository
+    ) -> dict[Layer, tuple[str, ...]] | None:
+        """The layers' common terms, read again every ``COMMON_TERMS_TTL`` seconds: they move
+        only when ``ANALYZE`` runs. ``None`` when the rule is off."""
+        if self.common_term_frequency <= 0:
+            return None
+        now = time.monotonic()
+        if self._common_terms is None or now - self._common_terms_read_at > COMMON_TERMS_TTL:
+            self._common_terms = await repository.common_terms(self.common_term_frequency)
+            self._common_terms_read_at = now
+        return self._common_terms
 
     async def embed_query(self, query: str) -> tuple[float, ...] | None:
         """The query's vector, from the LRU when seen before; ``None`` without an embedder."""
@@ -191,13 +221,17 @@ class RetrievalService:
             embedded_only=not request.include_unembedded,
         )
         # SearchRequest.build sets top_k whenever there is no budget.
-        fetch = self.candidates if request.max_tokens is not None else cast(int, request.top_k)
+        if request.max_tokens is not None:
+            fetch = min(MAX_TOP_K, max(self.candidates, request.max_tokens // MIN_RESULT_TOKENS))
+        else:
+            fetch = cast(int, request.top_k)
         if request.unit == "item":
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)
             if vector is not None:
                 await repository.tune(self.ef_search)
+            common_terms = await self._read_common_terms(repository)
             rows = await repository.search(
                 filters,
                 unit=request.unit,
@@ -208,6 +242,7 @@ class RetrievalService:
                 candidates=self.candidates,
                 rrf_k=self.rrf_k,
                 limit=fetch,
+                common_terms=common_terms,
             )
         results = tuple(fit(collapse(rows), request.top_k, request.max_tokens))
         self.results.put(user_id, request, results, generation)
