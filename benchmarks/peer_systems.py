@@ -24,6 +24,7 @@ import asyncpg
 
 from benchmarks.peer_workload import Hit, System, Turn
 from memfuse.config.urls import asyncpg_connect_args
+from memfuse.container import resolve
 from memfuse.embedding.embedders import bundled_model_path
 from memfuse.evaluation.locomo import RESULTS_PER_QUESTION, Retrieved
 from memfuse.memory import MemFuse, Memory
@@ -38,6 +39,9 @@ SCHEMA_OF_MEMFUSE = SCHEMAS["memfuse"]
 MEM0_COLLECTION = "bench_peers_mem0_turns"
 """mem0's table. Distinct from anything in ``public``: mem0 looks its table up there only."""
 DIMENSION = 384
+PEER_POOL_SIZE = 10
+"""memfuse's pool holds 5 connections and 10 overflow; each peer's pool gets 10 (mem0's
+default is 5, LangGraph's store one connection unless given a pool)."""
 OFFLINE_LLM_URL = "http://127.0.0.1:9/v1"
 """Where mem0's unused LLM client would send requests: the loopback discard port."""
 
@@ -72,11 +76,16 @@ class MemfuseSystem:
             await connection.close()
 
     async def finish(self) -> None:
-        """Until M1 and M2 are done and every row is embedded (``flush()``)."""
+        """Until M1 and M2 are done and every row is embedded (``flush()``), then fresh
+        statistics for search, as after any bulk load (``analyze()``)."""
         await self.mf.flush()
+        await self.mf.analyze()
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:
         return await self.users[user].query(question, top_k=RESULTS_PER_QUESTION)
+
+    async def forget_queries(self) -> None:
+        (await resolve(self.mf.container.retrieval_service)).embeddings.clear()
 
     def counters(self) -> dict[str, int]:
         stats = self.mf.search_stats()
@@ -145,6 +154,9 @@ class Mem0System:
             for row in found["results"]
         ]
 
+    async def forget_queries(self) -> None:
+        return None  # no query cache
+
     def counters(self) -> dict[str, int]:
         return dict(self.calls)
 
@@ -183,6 +195,9 @@ class LangGraphSystem:
             ("locomo", user), query=question, limit=RESULTS_PER_QUESTION
         )
         return [Hit(str(item.value["text"]), (uuid.UUID(str(item.key)),)) for item in items]
+
+    async def forget_queries(self) -> None:
+        return None  # no query cache
 
     def counters(self) -> dict[str, int]:
         return dict(self.calls)
@@ -286,6 +301,7 @@ async def open_mem0(
                     "collection_name": MEM0_COLLECTION,
                     "embedding_model_dims": DIMENSION,
                     "hnsw": True,
+                    "maxconn": PEER_POOL_SIZE,
                 },
             },
             "embedder": {
@@ -359,10 +375,16 @@ async def open_langgraph(
 
     conninfo = libpq_conninfo(url, SCHEMAS["langgraph"], extension_schema)
     index: PostgresIndexConfig = {"dims": DIMENSION, "embed": embed, "fields": ["text"]}
-    async with AsyncPostgresStore.from_conn_string(conninfo, index=index) as store:
+    pool: dict[str, Any] = {"min_size": 1, "max_size": PEER_POOL_SIZE}
+    async with AsyncPostgresStore.from_conn_string(
+        conninfo,
+        index=index,
+        pool_config=pool,  # type: ignore[arg-type]
+    ) as store:
         await store.setup()
         config.update(
-            api="langgraph AsyncPostgresStore.from_conn_string (one psycopg connection): "
+            api=f"langgraph AsyncPostgresStore.from_conn_string (a psycopg pool of at most "
+            f"{PEER_POOL_SIZE} connections: its own option for concurrent use): "
             "aput(('locomo', user), turn_id, {'text', 'session'}); "
             "asearch(('locomo', user), query=q, limit=200)",
             index={

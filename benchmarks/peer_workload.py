@@ -8,6 +8,7 @@ the warm-up, the timed searches and the recall of those same searches (the rule 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import sys
@@ -111,6 +112,10 @@ class System(Protocol):
     def counters(self) -> dict[str, int]:
         """Running counts of the calls the system makes (model, LLM, caches)."""
 
+    async def forget_queries(self) -> None:
+        """Drop what the system remembers of questions already asked (a query-embedding
+        cache), so that asking them again costs what asking new ones would."""
+
     async def checks(self) -> dict[str, Any]:
         """What is stored at the end: shows the system kept every turn once."""
 
@@ -205,4 +210,45 @@ async def measure(name: str, system: System, work: Workload) -> dict[str, Any]:
         "warmup": difference(counts[4], counts[3]),
         "search": difference(counts[5], counts[4]),
     }
-    return {"add": add, "search": search, "recall": recall, "calls": calls}
+    concurrent = {
+        str(searchers): await search_concurrently(system, work.questions, searchers)
+        for searchers in CONCURRENT_SEARCHERS
+    }
+    progress(f"{name} concurrent search: {json.dumps(concurrent)}")
+    return {
+        "add": add,
+        "search": search,
+        "concurrent_search": concurrent,
+        "recall": recall,
+        "calls": calls,
+    }
+
+
+CONCURRENT_SEARCHERS = (1, 8, 32)
+"""Searchers asking at once in the concurrency phase (issue 15)."""
+
+
+async def search_concurrently(
+    system: System, questions: Sequence[Question], searchers: int
+) -> dict[str, Any]:
+    """Every question once, asked by ``searchers`` tasks that each take the next one as they
+    finish; searches per second over the whole phase and each call's latency."""
+    await system.forget_queries()
+    pending = iter(questions)
+    times: list[float] = []
+
+    async def searcher() -> None:
+        for question in pending:  # shared: each question is taken by one searcher
+            call = time.perf_counter()
+            await system.search(question.user, question.question)
+            times.append((time.perf_counter() - call) * 1000.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(searcher() for _ in range(searchers)))
+    elapsed = time.perf_counter() - started
+    return {
+        "searchers": searchers,
+        "searches": len(times),
+        "searches_per_s": round(len(times) / elapsed, 1),
+        **summary(times),
+    }

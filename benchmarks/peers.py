@@ -176,6 +176,11 @@ def table(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "search_p50_ms": result["search"]["p50_ms"],
                 "search_p95_ms": result["search"]["p95_ms"],
                 **{f"recall@{b}": result["recall"][f"recall@{b}"] for b in BUDGETS},
+                **{
+                    f"{key}_{searchers}_searchers": phase[key]
+                    for searchers, phase in result["concurrent_search"].items()
+                    for key in ("searches_per_s", "p50_ms", "p95_ms")
+                },
             }
         )
     return rows

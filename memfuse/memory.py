@@ -299,7 +299,13 @@ class MemFuse:
     def search_stats(self) -> RetrievalStats:
         """Searches served since start, and how many the result cache answered."""
         retrieval = self._parts.retrieval
-        return replace(retrieval.stats, query_embedding_cache_hits=retrieval.embeddings.hits)
+        batcher = retrieval.query_batcher
+        return replace(
+            retrieval.stats,
+            query_embedding_cache_hits=retrieval.embeddings.hits,
+            queries_embedded=0 if batcher is None else batcher.queries,
+            query_model_calls=0 if batcher is None else batcher.calls,
+        )
 
     @_database_call
     async def metrics(self) -> dict[str, Any]:

@@ -266,3 +266,7 @@ class RetrievalStats:
     searches: int = 0
     result_cache_hits: int = 0
     query_embedding_cache_hits: int = 0
+    queries_embedded: int = 0
+    query_model_calls: int = 0
+    """Model calls for query vectors: concurrent queries share one (``queries_embedded`` /
+    ``query_model_calls`` is the mean batch)."""

@@ -280,6 +280,10 @@ class LocalEmbedder:
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         return (await self.embed_documents([text]))[0]
 
+    async def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors of several queries in one model call (concurrent searches batch here)."""
+        return await self.embed_documents(texts)
+
     async def _ensure_model(self) -> _SentenceModel:
         model = self._model
         if model is not None:
@@ -727,6 +731,10 @@ class OpenAIEmbedder:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         return (await self.embed_documents([text]))[0]
+
+    async def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors of several queries in one request (concurrent searches batch here)."""
+        return await self.embed_documents(texts)
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
         """One batch, with retries; raises ``EmbeddingError`` once retries are spent."""

@@ -14,13 +14,14 @@ LoCoMo question in ten (docs/retrieval.md).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import TEXT_SEARCH_CONFIG
@@ -61,7 +62,7 @@ def _common_terms_match(layer: Layer) -> str:
     CROSS JOIN LATERAL (
         SELECT NULLIF(replace(plainto_tsquery('simple', array_to_string(ARRAY(
             SELECT lexeme FROM unnest(q.lexemes) AS lexeme
-            WHERE lexeme <> ALL (CAST(:{layer}_common AS text[]))
+            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
         ), ' '))::text, ' & ', ' | '), '')::tsquery AS query
     ) AS rare
     CROSS JOIN LATERAL (
@@ -77,6 +78,20 @@ FROM pg_stats AS s,
 WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'content_tsv'
   AND u.element IS NOT NULL AND u.frequency >= :frequency
 GROUP BY s.tablename"""
+
+
+_TUNE_PLAN = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+_TUNE_PLAN_AND_HNSW = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+    "set_config('hnsw.ef_search', :ef_search, true), "
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(sql: str) -> TextClause:
+    """One parsed statement per distinct SQL (the options a search uses), reused."""
+    return text(sql)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +174,19 @@ class SearchRepository:
         by_table = {row.tablename: tuple(row.elements) for row in result}
         return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}
 
-    async def tune(self, ef_search: int) -> None:
-        """HNSW settings for this transaction: iterative scans keep filtered KNN from starving."""
-        await self.session.execute(
-            text(
-                "SELECT set_config('hnsw.ef_search', :ef_search, true), "
-                "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-            ),
-            {"ef_search": str(ef_search)},
-        )
+    async def tune(self, ef_search: int | None) -> None:
+        """Settings for this transaction's search.
+
+        Always a custom plan: the statement is prepared once per connection, and after five
+        runs PostgreSQL may switch to a generic plan that knows neither the user nor the
+        query's terms; on LoCoMo that made searches 2.5 times slower (docs/retrieval.md).
+        With ``ef_search`` (a vector list is searched), HNSW's: iterative scans keep a
+        user-filtered KNN from starving.
+        """
+        if ef_search is None:
+            await self.session.execute(_TUNE_PLAN)
+            return
+        await self.session.execute(_TUNE_PLAN_AND_HNSW, {"ef_search": str(ef_search)})
 
     async def search(
         self,
@@ -213,25 +232,40 @@ ranked AS (
         if bounded:
             assert common_terms is not None
             for layer in layers:
-                parameters[f"{layer}_common"] = list(common_terms.get(layer, ()))
+                # One text, not an array: encoding a thousand-element array per search cost
+                # more than the search's own rows. Lexemes never hold a space.
+                parameters[f"{layer}_common"] = " ".join(common_terms.get(layer, ()))
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
-        result = await self.session.execute(text(sql), parameters)
+        result = await self.session.execute(_statement(sql), parameters)
+        # Positional: both fused selects list these columns in this order (ScoredRow's).
         return [
             ScoredRow(
-                layer=row.layer,
-                id=row.id,
-                score=float(row.score),
-                content=row.content,
-                session_id=row.session_id,
-                agent_id=row.agent_id,
-                occurred_at=row.occurred_at,
-                message_ids=tuple(row.message_ids),
-                token_count=row.token_count,
-                speaker=row.speaker,
-                embedded=row.embedded,
+                layer,
+                id_,
+                float(score),
+                content,
+                session_id,
+                agent_id,
+                occurred_at,
+                tuple(message_ids),
+                token_count,
+                speaker,
+                embedded,
             )
-            for row in result
+            for (
+                layer,
+                id_,
+                score,
+                content,
+                session_id,
+                agent_id,
+                occurred_at,
+                message_ids,
+                token_count,
+                speaker,
+                embedded,
+            ) in result
         ]
 
     def _messages(self, filters: SearchFilters) -> str:

@@ -25,6 +25,7 @@ from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.repositories.search import ScoredRow, SearchFilters, SearchRepository
+from memfuse.retrieval.batching import QueryBatcher
 from memfuse.retrieval.cache import LruCache, ResultCache
 from memfuse.tokens import count_tokens
 from memfuse.types import Layer, Method, RetrievalStats, SearchResult, Unit
@@ -162,6 +163,7 @@ class RetrievalService:
         self._common_terms_read_at = 0.0
         self.results = result_cache if result_cache is not None else ResultCache(0, 0.0)
         self.embeddings: LruCache[tuple[float, ...]] = LruCache(embedding_cache_size)
+        self.query_batcher = QueryBatcher(embedder) if embedder is not None else None
         self.stats = RetrievalStats()
 
     async def search(self, user_id: uuid.UUID, request: SearchRequest) -> list[SearchResult]:
@@ -192,13 +194,13 @@ class RetrievalService:
 
     async def embed_query(self, query: str) -> tuple[float, ...] | None:
         """The query's vector, from the LRU when seen before; ``None`` without an embedder."""
-        if self.embedder is None:
+        if self.embedder is None or self.query_batcher is None:
             return None
         key = (self.embedder.model_name, query)
         cached = self.embeddings.get(key)
         if cached is not None:
             return cached
-        vector = tuple(await self.embedder.embed_query(query))
+        vector = tuple(await self.query_batcher.embed(query))
         self.embeddings.put(key, vector)
         return vector
 
@@ -229,8 +231,7 @@ class RetrievalService:
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)
-            if vector is not None:
-                await repository.tune(self.ef_search)
+            await repository.tune(self.ef_search if vector is not None else None)
             common_terms = await self._read_common_terms(repository)
             rows = await repository.search(
                 filters,
