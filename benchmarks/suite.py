@@ -109,10 +109,15 @@ def embedding_keys(results: Results) -> Results:
     }
 
 
+def size_label(size: int) -> str:
+    """10000 -> "10k", 1000000 -> "1m": the suffix of the retrieval section's keys."""
+    return f"{size // 1_000_000}m" if size % 1_000_000 == 0 else f"{size // 1000}k"
+
+
 def retrieval_keys(results: Results) -> Results:
     keys: Results = {}
     for size, entry in results["sizes"].items():
-        label = f"{int(size) // 1000}k"
+        label = size_label(int(size))
         latency = entry["latency"]
         search = latency["memfuse_fused_cached"]
         keys[f"search_p50_ms_db_{label}"] = _ms(search["p50_ms"])
@@ -121,6 +126,13 @@ def retrieval_keys(results: Results) -> Results:
         keys[f"knn_p50_ms_{label}"] = _ms(latency["raw_knn"]["p50_ms"])
         keys[f"search_end_to_end_p50_ms_{label}"] = _ms(
             latency["memfuse_end_to_end_uncached"]["p50_ms"]
+        )
+    smallest, *larger = sorted(int(size) for size in results["sizes"])
+    for size in larger:  # issue 15: flat as memory grows
+        keys[f"search_p50_{size_label(size)}_vs_{size_label(smallest)}"] = round(
+            keys[f"search_p50_ms_db_{size_label(size)}"]
+            / keys[f"search_p50_ms_db_{size_label(smallest)}"],
+            3,
         )
     return keys
 
@@ -170,7 +182,7 @@ SECTIONS: Final = (
         "retrieval",
         "--sizes 10000,100000 --rounds 2 --queries 60 --warmup 10 --recall-queries 10"
         " --explain-queries 3",
-        "--sizes 10000,100000",
+        "--sizes 10000,100000,1000000",
         retrieval_keys,
     ),
     Section("sustained", "--duration 120", "--duration 300", sustained_keys),

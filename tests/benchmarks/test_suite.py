@@ -73,6 +73,49 @@ def test_the_sustained_plot_draws_throughput_and_memory(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"\x89PNG"), "a PNG image"
 
 
+def retrieval_result(p50_by_size: dict[int, float]) -> dict[str, object]:
+    """The retrieval section's shape, with the figures the summary and the plot read."""
+
+    def line(p50: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p95_ms": 1.5 * p50, "p50_ratio_vs_raw_knn": p50 / 1.5}
+
+    return {
+        "sizes": {
+            str(size): {
+                "latency": {
+                    "memfuse_fused_cached": line(p50),
+                    "memfuse_end_to_end_uncached": line(p50 + 8.0),
+                    "raw_knn": line(1.5),
+                }
+            }
+            for size, p50 in p50_by_size.items()
+        }
+    }
+
+
+def test_retrieval_keys_name_each_size_and_how_flat_search_stays() -> None:
+    keys = suite.retrieval_keys(retrieval_result({10_000: 10.0, 100_000: 12.0, 1_000_000: 20.0}))
+    assert keys["search_p50_ms_db_1m"] == 20.0
+    assert keys["search_p50_ratio_vs_knn_100k"] == 8.0
+    assert keys["search_p50_100k_vs_10k"] == 1.2
+    assert keys["search_p50_1m_vs_10k"] == 2.0
+
+
+def test_the_latency_plot_draws_sizes_and_peers(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the bench extra")
+    from benchmarks import latency_plot
+
+    peers = {
+        "data": {"conversations": 2, "turns": 788},
+        "systems": {name: {"search": {"p50_ms": 18.0, "p95_ms": 22.0}} for name in ("mem0",)},
+    }
+    result = {"sections": {"retrieval": retrieval_result({10_000: 10.0}), "peers": peers}}
+    path = tmp_path / "latency.png"
+    latency_plot.plot(result, path)
+    assert path.read_bytes().startswith(b"\x89PNG"), "a PNG image"
+    assert latency_plot.peer_turns_per_user(peers) == 394.0
+
+
 async def test_a_failing_section_is_reported_and_its_keys_left_out(
     database_url: str, tmp_path: Path
 ) -> None:
