@@ -299,6 +299,7 @@ def make_retrieval_service(
         rrf_k=settings.search_rrf_k,
         ef_search=settings.search_ef_search,
         common_term_frequency=settings.search_common_term_frequency,
+        common_term_rows=settings.search_common_term_rows,
         result_cache=cache,
         embedding_cache_size=settings.query_embedding_cache_size,
     )

@@ -136,6 +136,7 @@ class Settings:
     search_rrf_k: int = 60
     search_ef_search: int = 100
     search_common_term_frequency: float = 0.01
+    search_common_term_rows: int = 2000
     search_cache_ttl: float = 30.0
     search_cache_size: int = 1000
     query_embedding_cache_size: int = 1024
@@ -170,6 +171,7 @@ class Settings:
             "search_candidates",
             "search_rrf_k",
             "search_ef_search",
+            "search_common_term_rows",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")

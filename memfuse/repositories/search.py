@@ -73,10 +73,12 @@ def _common_terms_match(layer: Layer) -> str:
 
 
 _COMMON_TERMS = """SELECT s.tablename, array_agg(u.element) AS elements
-FROM pg_stats AS s,
+FROM pg_stats AS s
+JOIN pg_class AS c ON c.oid = format('%I.%I', s.schemaname, s.tablename)::regclass,
      unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(element, frequency)
 WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'content_tsv'
-  AND u.element IS NOT NULL AND u.frequency >= :frequency
+  AND u.element IS NOT NULL
+  AND (u.frequency >= :frequency OR u.frequency * c.reltuples >= :rows)
 GROUP BY s.tablename"""
 
 
@@ -164,12 +166,18 @@ class SearchRepository:
         for table in LAYER_TABLES.values():
             await self.session.execute(text(f'ANALYZE "{self.schema}".{table}'))
 
-    async def common_terms(self, frequency: float) -> dict[Layer, tuple[str, ...]]:
-        """Each layer's full-text terms in at least ``frequency`` of its rows, from the
-        statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``); none before the first."""
+    async def common_terms(self, frequency: float, rows: int) -> dict[Layer, tuple[str, ...]]:
+        """Each layer's full-text terms in at least ``frequency`` of its rows or in at least
+        ``rows`` rows, from the statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``
+        and the table's row estimate); none before the first ``ANALYZE``."""
         result = await self.session.execute(
             text(_COMMON_TERMS),
-            {"schema": self.schema, "tables": list(LAYER_TABLES.values()), "frequency": frequency},
+            {
+                "schema": self.schema,
+                "tables": list(LAYER_TABLES.values()),
+                "frequency": frequency,
+                "rows": rows,
+            },
         )
         by_table = {row.tablename: tuple(row.elements) for row in result}
         return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}

@@ -148,6 +148,7 @@ class RetrievalService:
         rrf_k: int = 60,
         ef_search: int = 100,
         common_term_frequency: float = 0.0,
+        common_term_rows: int = 2000,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
     ) -> None:
@@ -159,6 +160,7 @@ class RetrievalService:
         self.rrf_k = rrf_k
         self.ef_search = ef_search
         self.common_term_frequency = common_term_frequency
+        self.common_term_rows = common_term_rows
         self._common_terms: dict[Layer, tuple[str, ...]] | None = None
         self._common_terms_read_at = 0.0
         self.results = result_cache if result_cache is not None else ResultCache(0, 0.0)
@@ -188,7 +190,9 @@ class RetrievalService:
             return None
         now = time.monotonic()
         if self._common_terms is None or now - self._common_terms_read_at > COMMON_TERMS_TTL:
-            self._common_terms = await repository.common_terms(self.common_term_frequency)
+            self._common_terms = await repository.common_terms(
+                self.common_term_frequency, self.common_term_rows
+            )
             self._common_terms_read_at = now
         return self._common_terms
 

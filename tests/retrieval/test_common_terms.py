@@ -70,6 +70,23 @@ async def test_an_uncommon_term_finds_the_rows_and_common_ones_order_them(mf: Me
     ], "forty rows with only the common 'coffee' are not candidates"
 
 
+async def test_a_term_in_enough_rows_is_common_whatever_its_share(database_url: str) -> None:
+    """In a large table 1% is many rows: ``search_common_term_rows`` bounds the lists too."""
+    async with MemFuse(
+        database_url,
+        embedder="none",
+        search_cache_ttl=0.0,
+        search_common_term_frequency=1.0,  # no term is in every row: only the count decides
+        search_common_term_rows=30,
+    ) as mf:
+        ana, _ = await loaded(mf)
+        results = await ana.query("coffee in Porto", top_k=50, **TEXT_ONLY)
+        assert texts(results) == [
+            "Coffee in Porto tasted of caramel.",
+            "The tram in Porto was late.",
+        ]
+
+
 async def test_without_statistics_any_term_matches(mf: MemFuse) -> None:
     ana, _ = await loaded(mf, analyze=False)
     results = await ana.query("coffee in Porto", top_k=50, **TEXT_ONLY)
@@ -137,3 +154,5 @@ async def test_the_setting_is_checked(database_url: str) -> None:
 
     with pytest.raises(ConfigurationError, match="search_common_term_frequency"):
         MemFuse(database_url, search_common_term_frequency=1.5)
+    with pytest.raises(ConfigurationError, match="search_common_term_rows"):
+        MemFuse(database_url, search_common_term_rows=0)
