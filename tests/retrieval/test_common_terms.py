@@ -102,6 +102,15 @@ async def test_a_query_of_common_terms_only_needs_all_of_them(mf: MemFuse) -> No
     assert len(every_common) == COFFEE_ROWS + 1
 
 
+async def test_a_query_of_uncommon_terms_only_matches_any_of_them(mf: MemFuse) -> None:
+    ana, _ = await loaded(mf)
+    results = await ana.query("caramel tram", top_k=50, **TEXT_ONLY)
+    assert sorted(texts(results)) == [
+        "Coffee in Porto tasted of caramel.",
+        "The tram in Porto was late.",
+    ]
+
+
 async def test_stop_words_only_find_nothing(mf: MemFuse) -> None:
     ana, _ = await loaded(mf)
     assert await ana.query("the of and was in", top_k=10, **TEXT_ONLY) == []
