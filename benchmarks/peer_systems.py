@@ -375,12 +375,9 @@ async def open_langgraph(
 
     conninfo = libpq_conninfo(url, SCHEMAS["langgraph"], extension_schema)
     index: PostgresIndexConfig = {"dims": DIMENSION, "embed": embed, "fields": ["text"]}
-    pool: dict[str, Any] = {"min_size": 1, "max_size": PEER_POOL_SIZE}
-    async with AsyncPostgresStore.from_conn_string(
-        conninfo,
-        index=index,
-        pool_config=pool,  # type: ignore[arg-type]
-    ) as store:
+    pool: Any = {"min_size": 1, "max_size": PEER_POOL_SIZE}  # langgraph's PoolConfig TypedDict
+    opened = AsyncPostgresStore.from_conn_string(conninfo, index=index, pool_config=pool)
+    async with opened as store:
         await store.setup()
         config.update(
             api=f"langgraph AsyncPostgresStore.from_conn_string (a psycopg pool of at most "

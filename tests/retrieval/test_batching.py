@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -120,43 +120,46 @@ async def test_a_cancelled_caller_leaves_the_others_their_vectors(model: LocalEm
     assert all(isinstance(outcomes[i], list) for i in (0, 1, 3, 4, 5))
 
 
-@pytest.mark.model
-async def test_concurrent_searches_find_what_lone_ones_find(database_url: str) -> None:
+@pytest.fixture
+async def uncached(database_url: str) -> AsyncIterator[MemFuse]:
+    """The real model and worker, with no result or query-vector cache: every search embeds."""
     async with MemFuse(
         database_url, embedder="local", search_cache_ttl=0.0, query_embedding_cache_size=0
     ) as mf:
-        ana = await mf.init("ana", session="trip")
-        await ana.add([said(text) for text in DIARY])
-        await mf.flush()
-        together = await asyncio.gather(*(ana.query(query, top_k=5) for query in QUERIES))
-        stats = mf.search_stats()
-        assert stats.queries_embedded == len(QUERIES)
-        assert stats.query_model_calls < len(QUERIES), "concurrent queries shared calls"
-        alone = [await ana.query(query, top_k=5) for query in QUERIES]
-        for one, many in zip(alone, together, strict=True):
-            assert [r.id for r in one][:2] == [r.id for r in many][:2]
+        yield mf
 
 
 @pytest.mark.model
-async def test_concurrent_searches_while_the_worker_and_pipeline_write(database_url: str) -> None:
-    async with MemFuse(
-        database_url, embedder="local", search_cache_ttl=0.0, query_embedding_cache_size=0
-    ) as mf:
-        ana = await mf.init("ana", session="trip")
-        ben = await mf.init("ben", session="trip")
-        await ana.add([said(f"Trip {i} to Lisbon went well.") for i in range(20)])
-        await ben.add([said(f"Ben's trip {i} to Lisbon was rainy.") for i in range(20)])
-        ben_ids = {m.id for m in await ben.list_messages(limit=100)}
-        writes = asyncio.gather(
-            *(ana.add([said(f"More about Lisbon, part {i}.")]) for i in range(20))
-        )
-        searches = asyncio.gather(*(ana.query(query, top_k=5) for query in QUERIES))
-        _, found = await asyncio.gather(writes, searches)
-        await mf.flush()
-        for results in found:
-            assert results, "ana's rows are found by full text before their vectors"
-            assert not ben_ids & {i for r in results for i in r.message_ids}
-        assert len(await ana.list_messages(limit=100)) == 40, "no write was lost"
+async def test_concurrent_searches_find_what_lone_ones_find(uncached: MemFuse) -> None:
+    mf = uncached
+    ana = await mf.init("ana", session="trip")
+    await ana.add([said(text) for text in DIARY])
+    await mf.flush()
+    together = await asyncio.gather(*(ana.query(query, top_k=5) for query in QUERIES))
+    stats = mf.search_stats()
+    assert stats.queries_embedded == len(QUERIES)
+    assert stats.query_model_calls < len(QUERIES), "concurrent queries shared calls"
+    alone = [await ana.query(query, top_k=5) for query in QUERIES]
+    for one, many in zip(alone, together, strict=True):
+        assert [r.id for r in one][:2] == [r.id for r in many][:2]
+
+
+@pytest.mark.model
+async def test_concurrent_searches_while_the_worker_and_pipeline_write(uncached: MemFuse) -> None:
+    mf = uncached
+    ana = await mf.init("ana", session="trip")
+    ben = await mf.init("ben", session="trip")
+    await ana.add([said(f"Trip {i} to Lisbon went well.") for i in range(20)])
+    await ben.add([said(f"Ben's trip {i} to Lisbon was rainy.") for i in range(20)])
+    ben_ids = {m.id for m in await ben.list_messages(limit=100)}
+    writes = asyncio.gather(*(ana.add([said(f"More about Lisbon, part {i}.")]) for i in range(20)))
+    searches = asyncio.gather(*(ana.query(query, top_k=5) for query in QUERIES))
+    _, found = await asyncio.gather(writes, searches)
+    await mf.flush()
+    for results in found:
+        assert results, "ana's rows are found by full text before their vectors"
+        assert not ben_ids & {i for r in results for i in r.message_ids}
+    assert len(await ana.list_messages(limit=100)) == 40, "no write was lost"
 
 
 def said(content: str) -> dict[str, object]:
