@@ -6,10 +6,11 @@ generated ``content_tsv`` column. Each is bound to ``user_id`` first, then the o
 session and time filters. Reciprocal rank fusion gives an item ``1 / (rrf_k + rank)`` per list
 that ranked it.
 
-Full text matches any of the query's terms: ``websearch_to_tsquery`` parses the query (quoted
+Full text ranks by all of the query's terms: ``websearch_to_tsquery`` parses the query (quoted
 phrases stay phrases) and its ``&`` become ``|``; rows with more (and rarer-in-them) terms rank
 higher. Questions rarely have every term in one turn: an AND query finds a turn for about one
-LoCoMo question in ten (docs/retrieval.md).
+LoCoMo question in ten (docs/retrieval.md). Which rows a list ranks is bounded by the
+common-terms rule (:func:`_common_terms_match`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ _QUERY_TERMS = f"""query_terms AS (
 )"""
 
 
+_QUOTED_LEXEME = r"'''' || replace(replace(lexeme, E'\\', E'\\\\'), '''', '''''') || ''''"
+"""A lexeme as a tsquery operand, taken as it is (not parsed or stemmed again): quoted, with
+its quotes and backslashes doubled."""
+
+
 def _common_terms_match(layer: Layer) -> str:
     """A CTE ``{layer}_match``: which rows the layer's full-text list ranks.
 
@@ -60,14 +66,13 @@ def _common_terms_match(layer: Layer) -> str:
     SELECT coalesce(rare.query, every.query) AS match
     FROM query_terms AS q
     CROSS JOIN LATERAL (
-        SELECT NULLIF(replace(plainto_tsquery('simple', array_to_string(ARRAY(
-            SELECT lexeme FROM unnest(q.lexemes) AS lexeme
-            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
-        ), ' '))::text, ' & ', ' | '), '')::tsquery AS query
+        SELECT string_agg({_QUOTED_LEXEME}, ' | ')::tsquery AS query
+        FROM unnest(q.lexemes) AS lexeme
+        WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
     ) AS rare
     CROSS JOIN LATERAL (
-        SELECT NULLIF(plainto_tsquery('simple', array_to_string(q.lexemes, ' '))::text, '')::tsquery
-            AS query
+        SELECT string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS query
+        FROM unnest(q.lexemes) AS lexeme
     ) AS every
 )"""
 

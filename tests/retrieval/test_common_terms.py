@@ -111,6 +111,19 @@ async def test_a_query_of_uncommon_terms_only_matches_any_of_them(mf: MemFuse) -
     ]
 
 
+async def test_common_terms_are_matched_as_stored_not_parsed_again(mf: MemFuse) -> None:
+    """'nerve-wracking' is stored as 'nerve-wrack', 'nerv' and 'wrack': requiring all of the
+    query's common terms must require those lexemes, not a re-parsed 'nerve'."""
+    await loaded(mf)
+    exams = await mf.init("ana", session="exams")
+    await exams.add([said(f"A nerve-wracking exam, day {i}.") for i in range(30)])
+    await mf.flush()
+    await mf.analyze()
+    results = await exams.query("nerve-wracking exam", top_k=50, **TEXT_ONLY)
+    assert len(results) == 30
+    assert all("nerve-wracking" in text for text in texts(results))
+
+
 async def test_stop_words_only_find_nothing(mf: MemFuse) -> None:
     ana, _ = await loaded(mf)
     assert await ana.query("the of and was in", top_k=10, **TEXT_ONLY) == []
