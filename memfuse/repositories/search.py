@@ -223,8 +223,11 @@ class SearchRepository:
         ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
         ranks every row with any term.
         """
-        bounded = common_terms is not None and "text" in methods
-        ctes, ranked = self._lists(filters, query_vector, layers, methods, bounded=bounded)
+        if "text" not in methods:
+            common_terms = None
+        ctes, ranked = self._lists(
+            filters, query_vector, layers, methods, bounded=common_terms is not None
+        )
         if not ranked:
             return []
         fused = self._messages(filters) if unit == "message" else self._items()
@@ -242,8 +245,7 @@ ranked AS (
             "rrf_k": rrf_k,
             "limit": limit,
         }
-        if bounded:
-            assert common_terms is not None
+        if common_terms is not None:
             for layer in layers:
                 # One text, not an array: encoding a thousand-element array per search cost
                 # more than the search's own rows. Lexemes never hold a space.

@@ -56,9 +56,9 @@ class QueryBatcher:
     async def _run(self) -> None:
         """Embed what waits, a batch at a time, until nothing does."""
         while self._waiting:
-            batch = [(text, future) for text, future in self._waiting[: self.max_batch]]
+            taken = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            batch = [(text, future) for text, future in batch if not future.done()]
+            batch = [(text, future) for text, future in taken if not future.done()]
             if not batch:
                 continue
             self.calls += 1

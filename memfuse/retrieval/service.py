@@ -147,7 +147,7 @@ class RetrievalService:
         candidates: int = 100,
         rrf_k: int = 60,
         ef_search: int = 100,
-        common_term_frequency: float = 0.0,
+        common_term_frequency: float = 0.01,
         common_term_rows: int = 2000,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
@@ -198,13 +198,14 @@ class RetrievalService:
 
     async def embed_query(self, query: str) -> tuple[float, ...] | None:
         """The query's vector, from the LRU when seen before; ``None`` without an embedder."""
-        if self.embedder is None or self.query_batcher is None:
+        batcher = self.query_batcher
+        if batcher is None:
             return None
-        key = (self.embedder.model_name, query)
+        key = (batcher.embedder.model_name, query)
         cached = self.embeddings.get(key)
         if cached is not None:
             return cached
-        vector = tuple(await self.query_batcher.embed(query))
+        vector = tuple(await batcher.embed(query))
         self.embeddings.put(key, vector)
         return vector
 
@@ -236,7 +237,9 @@ class RetrievalService:
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)
             await repository.tune(self.ef_search if vector is not None else None)
-            common_terms = await self._read_common_terms(repository)
+            common_terms = (
+                await self._read_common_terms(repository) if "text" in request.methods else None
+            )
             rows = await repository.search(
                 filters,
                 unit=request.unit,
