@@ -29,31 +29,44 @@ from memfuse.errors import (
 from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor.performance import Alert, OperationStats, PerformanceMonitor, Regression
+from memfuse.services.api_keys import ApiKeyService
+from memfuse.services.knowledge import KnowledgeService
+from memfuse.services.tenancy import TenancyService
 from memfuse.types import (
+    AgentRow,
+    ApiKeyRow,
     BufferStats,
     Check,
     ChunkData,
     EpisodeRow,
     FactRow,
+    FilterIds,
     HealthReport,
+    KnowledgeRow,
     Layer,
     MemoryScope,
     MessageRow,
     Method,
     Order,
+    Page,
     RetrievalStats,
     Role,
     SearchResult,
+    SessionRow,
     TaskState,
     TaskStatus,
     Unit,
+    UserRow,
     WorkerStats,
 )
 
 __version__ = version("memfuse")
 
 __all__ = [
+    "AgentRow",
     "Alert",
+    "ApiKeyRow",
+    "ApiKeyService",
     "BufferStats",
     "Check",
     "ChunkData",
@@ -70,7 +83,10 @@ __all__ = [
     "FactCandidate",
     "FactExtractor",
     "FactRow",
+    "FilterIds",
     "HealthReport",
+    "KnowledgeRow",
+    "KnowledgeService",
     "Layer",
     "MemFuse",
     "MemfuseError",
@@ -82,6 +98,7 @@ __all__ = [
     "NotFoundError",
     "OperationStats",
     "Order",
+    "Page",
     "PerformanceMonitor",
     "PipelineError",
     "PoolSettings",
@@ -90,10 +107,13 @@ __all__ = [
     "Role",
     "SchemaError",
     "SearchResult",
+    "SessionRow",
     "Settings",
     "TaskState",
     "TaskStatus",
+    "TenancyService",
     "Unit",
+    "UserRow",
     "ValidationError",
     "WorkerStats",
     "__version__",

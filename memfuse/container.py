@@ -32,7 +32,9 @@ from memfuse.layers.processor import LayerProcessor
 from memfuse.monitor.performance import PerformanceMonitor, process_monitor
 from memfuse.retrieval.cache import ResultCache
 from memfuse.retrieval.service import RetrievalService
+from memfuse.services.api_keys import ApiKeyService
 from memfuse.services.changes import AfterCommit
+from memfuse.services.knowledge import KnowledgeService
 from memfuse.services.listing import ListingService
 from memfuse.services.messages import MessageBuffer, MessageService, MessageWriter
 from memfuse.services.queue import EmbeddingQueueService
@@ -367,6 +369,14 @@ class Container(containers.DeclarativeContainer):
         max_chars=settings.provided.max_message_chars,
     )
     listing_service = providers.Singleton(ListingService, session_factory=session_factory)
+    api_key_service = providers.Singleton(ApiKeyService, session_factory=session_factory)
+    knowledge_service = providers.Singleton(
+        KnowledgeService,
+        session_factory=session_factory,
+        monitor=monitor,
+        after_commit=after_commit,
+        max_chars=settings.provided.max_message_chars,
+    )
     queue_service = providers.Singleton(EmbeddingQueueService, session_factory=session_factory)
     retrieval_service = providers.Singleton(
         make_retrieval_service,

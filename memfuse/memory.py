@@ -28,13 +28,15 @@ from memfuse.container import Container, resolve, start, stop
 from memfuse.db import migrate
 from memfuse.db.errors import database_error
 from memfuse.embedding.worker import EmbeddingWorker
-from memfuse.errors import ClosedError, ConfigurationError, ValidationError
+from memfuse.errors import ClosedError, ConfigurationError, NotFoundError, ValidationError
 from memfuse.layers.pipeline import LayerPipeline
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.operations.export import metrics_json, prometheus_text
 from memfuse.operations.health import DEFAULT_MAX_QUEUE_DEPTH, check_health
 from memfuse.operations.telemetry import span
 from memfuse.retrieval.service import RetrievalService, SearchRequest
+from memfuse.services.api_keys import ApiKeyService
+from memfuse.services.knowledge import KnowledgeService
 from memfuse.services.listing import ListingService
 from memfuse.services.messages import MessageService
 from memfuse.services.queue import EmbeddingQueueService
@@ -44,6 +46,7 @@ from memfuse.types import (
     EpisodeRow,
     FactRow,
     HealthReport,
+    KnowledgeRow,
     Layer,
     MemoryScope,
     MessageRow,
@@ -105,6 +108,8 @@ class _Started:
     tenancy: TenancyService
     messages: MessageService
     listing: ListingService
+    knowledge: KnowledgeService
+    api_keys: ApiKeyService
     queue: EmbeddingQueueService
     retrieval: RetrievalService
     pipeline: LayerPipeline
@@ -178,6 +183,8 @@ class MemFuse:
                 tenancy=await resolve(self.container.tenancy_service),
                 messages=await resolve(self.container.message_service),
                 listing=await resolve(self.container.listing_service),
+                knowledge=await resolve(self.container.knowledge_service),
+                api_keys=await resolve(self.container.api_key_service),
                 queue=await resolve(self.container.queue_service),
                 retrieval=await resolve(self.container.retrieval_service),
                 pipeline=await resolve(self.container.pipeline),
@@ -203,6 +210,62 @@ class MemFuse:
     def monitor(self) -> PerformanceMonitor:
         monitor: PerformanceMonitor = self.container.monitor()
         return monitor
+
+    @property
+    def tenancy(self) -> TenancyService:
+        """Users, agents and sessions by id: what a server or an admin tool manages."""
+        return self._parts.tenancy
+
+    @property
+    def knowledge(self) -> KnowledgeService:
+        """Knowledge items by user id (``Memory``'s knowledge methods call the same service)."""
+        return self._parts.knowledge
+
+    @property
+    def api_keys(self) -> ApiKeyService:
+        """Users' API keys for the REST server (hashes at rest, the clear key shown once)."""
+        return self._parts.api_keys
+
+    @_database_call
+    async def session_memory(self, session_id: uuid.UUID) -> Memory:
+        """The :class:`Memory` of an existing session given by id; :class:`NotFoundError` if
+        there is none. Check the session's user before handing it to a caller."""
+        self._check_open()
+        return Memory(self, await self._parts.tenancy.scope_of_session(session_id))
+
+    @_database_call
+    async def search(
+        self,
+        user_id: uuid.UUID,
+        query: str,
+        top_k: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        layers: Sequence[Layer] | None = None,
+        methods: Sequence[Method] | None = None,
+        unit: Unit = "message",
+        agent_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_unembedded: bool = True,
+    ) -> list[SearchResult]:
+        """:meth:`Memory.query` for a user given by id, narrowed by agent and session ids
+        rather than names (ids of another user match nothing)."""
+        self._check_open()
+        request = SearchRequest.build(
+            query,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            layers=layers,
+            methods=methods,
+            unit=unit,
+            since=since,
+            until=until,
+            include_unembedded=include_unembedded,
+        )
+        request = replace(request, agent_id=agent_id, session_id=session_id)
+        return await self._parts.retrieval.search(user_id, request)
 
     @_database_call
     async def init(self, user: str, agent: str | None = None, session: str | None = None) -> Memory:
@@ -433,10 +496,12 @@ class Memory:
         """Search this user's memory (all sessions unless ``session`` names one).
 
         ``top_k`` results (5 by default), or with ``max_tokens`` as many as fit that budget.
-        ``layers`` ("m0", "m1", "m2") and ``methods`` ("vector", "text") choose the lists that
-        are fused; ``unit`` "message" returns messages ranked by all of them, "item" the rows
-        of each layer. ``since``/``until`` bound when things were said. Rows not embedded yet
-        are found by full text unless ``include_unembedded`` is false.
+        ``layers`` ("m0", "m1", "m2", "knowledge") and ``methods`` ("vector", "text") choose the
+        lists that are fused; ``unit`` "message" returns messages ranked by all of them (and
+        knowledge items, which have no messages), "item" the rows of each layer.
+        ``since``/``until`` bound when things were said. Rows not embedded yet are found by full
+        text unless ``include_unembedded`` is false. Knowledge belongs to the user: ``agent``
+        and ``session`` do not narrow it.
         """
         with self._span("memfuse.query") as current:
             request = SearchRequest.build(
@@ -540,6 +605,67 @@ class Memory:
             all_sessions=check_flag(all_sessions, field="all_sessions"),
             include_superseded=check_flag(include_superseded, field="include_superseded"),
         )
+
+    @_memory_call
+    async def add_knowledge(self, items: Sequence[str | Mapping[str, Any]]) -> list[KnowledgeRow]:
+        """Store knowledge items of this user (not of a session), atomically.
+
+        Each item is a text, or a dict with ``content`` and optionally ``namespace`` (a list of
+        labels), ``key`` (an item stored under the same namespace and key is replaced),
+        ``value`` (a JSON object kept as given), ``metadata`` and ``ttl_seconds`` (hidden once
+        expired). Items are embedded like messages and found by :meth:`query` as the
+        ``"knowledge"`` layer. One bad item rejects the call and nothing is written.
+        """
+        return await self._parts.knowledge.add(self.scope.user_id, items)
+
+    @_memory_call
+    async def get_knowledge(self, item_id: uuid.UUID | str) -> KnowledgeRow | None:
+        """The knowledge item with this id, if it is this user's and not expired."""
+        return await self._parts.knowledge.get(
+            self.scope.user_id, parse_message_id(item_id, field="item_id")
+        )
+
+    @_memory_call
+    async def list_knowledge(
+        self,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        order: Order = "desc",
+        namespace_prefix: Sequence[str] | None = None,
+    ) -> list[KnowledgeRow]:
+        """This user's live knowledge items, newest first by default."""
+        page = check_page(limit, offset, order)
+        return await self._parts.knowledge.list_live(
+            self.scope.user_id, page, namespace_prefix=namespace_prefix
+        )
+
+    @_memory_call
+    async def update_knowledge(
+        self,
+        item_id: uuid.UUID | str,
+        *,
+        content: str | None = None,
+        value: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: float | None = None,
+    ) -> KnowledgeRow:
+        """Change a knowledge item; a new content is embedded again."""
+        return await self._parts.knowledge.update(
+            self.scope.user_id,
+            parse_message_id(item_id, field="item_id"),
+            content=content,
+            value=value,
+            metadata=metadata,
+            ttl_seconds=ttl_seconds,
+        )
+
+    @_memory_call
+    async def delete_knowledge(self, item_id: uuid.UUID | str) -> None:
+        """Delete a knowledge item of this user; :class:`NotFoundError` if there is none."""
+        parsed = parse_message_id(item_id, field="item_id")
+        if not await self._parts.knowledge.delete(self.scope.user_id, [parsed]):
+            raise NotFoundError(f"knowledge item {parsed} does not exist")
 
     @_memory_call
     async def delete_session(self) -> None:

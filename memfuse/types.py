@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-Layer = Literal["m0", "m1", "m2"]
-"""M0 messages, M1 episodes, M2 facts."""
+Layer = Literal["m0", "m1", "m2", "knowledge"]
+"""M0 messages, M1 episodes, M2 facts, and knowledge items (stated, not derived)."""
 Method = Literal["vector", "text"]
 """The two kinds of ranked list a search fuses: pgvector KNN and PostgreSQL full text."""
 Unit = Literal["message", "item"]
@@ -48,6 +48,14 @@ class MemoryScope:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterIds:
+    """The ids a query narrows to; ``None`` means not narrowed."""
+
+    agent_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """Which rows of a listing to return: ``limit`` rows after skipping ``offset``."""
 
@@ -57,6 +65,57 @@ class Page:
 
 
 # -- Stored rows, as callers see them --
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """A user (a tenant) as callers see it."""
+
+    id: uuid.UUID
+    name: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """An agent: one user's (``user_id``), or shared by every user (``user_id`` None)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    name: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session (a conversation) of one user, with the agent it talks to."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    name: str
+    message_count: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """A stored key without its secret; ``key`` holds the clear key only right after creation."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str | None
+    prefix: str
+    permissions: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime | None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +186,28 @@ class FactRow:
 
 
 @dataclass(frozen=True, slots=True)
+class KnowledgeRow:
+    """A stored knowledge item as callers see it (without its vector).
+
+    ``namespace`` and ``key`` address it like a key-value store's item; ``value`` is the JSON
+    it was given; ``expires_at`` is when it stops being returned (``None``: never).
+    """
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    content: str
+    namespace: tuple[str, ...]
+    key: str | None
+    value: Any
+    metadata: dict[str, Any]
+    ttl_seconds: float | None
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    embedded: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkData:
     """Text of one session with its scope, lineage to M0 and time span.
 
@@ -180,6 +261,8 @@ class SearchResult:
     token_count: int
     speaker: str | None = None
     embedded: bool = True
+    role: str | None = None
+    """The message's role (``m0`` results only)."""
 
 
 # -- Health and statistics --

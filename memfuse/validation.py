@@ -446,3 +446,123 @@ def check_content(value: object, *, index: int | None, max_chars: int) -> str:
             field="content",
         )
     return check_text(value, index=index, field="content")
+
+
+# -- Knowledge items --
+
+KNOWLEDGE_KEYS = frozenset({"content", "namespace", "key", "value", "metadata", "ttl_seconds"})
+MAX_NAMESPACE_DEPTH = 16
+"""Labels in a knowledge item's namespace."""
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
+"""A hundred years: longer lifetimes are no lifetime (leave ``ttl_seconds`` out)."""
+
+
+class KnowledgeInput(NamedTuple):
+    """One checked knowledge item, as it is written (``value`` and ``metadata`` as JSON)."""
+
+    content: str
+    namespace: tuple[str, ...]
+    key: str | None
+    value_json: str | None
+    metadata_json: str
+    ttl_seconds: float | None
+
+
+def validate_knowledge(
+    items: Sequence[object], *, max_chars: int, field: str = "knowledge"
+) -> list[KnowledgeInput]:
+    """Check every item of one call (a text, or a dict of :data:`KNOWLEDGE_KEYS`); raise
+    :class:`ValidationError` naming the first bad one. Two items of one call may not share a
+    namespace and key: which one should win would be a guess."""
+    if isinstance(items, Mapping | str | bytes) or not isinstance(items, Sequence):
+        raise ValidationError(
+            f"must be a list of texts or dicts, got {type(items).__name__}", field=field
+        )
+    checked = [
+        validate_knowledge_item(item, field=f"{field}[{index}]", max_chars=max_chars)
+        for index, item in enumerate(items)
+    ]
+    seen: set[tuple[tuple[str, ...], str]] = set()
+    for index, item in enumerate(checked):
+        if item.key is None:
+            continue
+        address = (item.namespace, item.key)
+        if address in seen:
+            raise ValidationError(
+                "repeats a namespace and key given earlier in this call", field=f"{field}[{index}]"
+            )
+        seen.add(address)
+    return checked
+
+
+def validate_knowledge_item(raw: object, *, field: str, max_chars: int) -> KnowledgeInput:
+    """One knowledge item: a text, or a dict with ``content`` and optional ``namespace``
+    (labels), ``key``, ``value`` (a JSON object), ``metadata`` and ``ttl_seconds``."""
+    if isinstance(raw, str):
+        raw = {"content": raw}
+    if not isinstance(raw, Mapping):
+        raise ValidationError(f"must be a text or a dict, got {type(raw).__name__}", field=field)
+    if not raw.keys() <= KNOWLEDGE_KEYS:
+        unknown = sorted(str(key) for key in raw if key not in KNOWLEDGE_KEYS)
+        raise ValidationError(
+            f"unknown key (allowed: {', '.join(sorted(KNOWLEDGE_KEYS))})",
+            field=f"{field}.{unknown[0]}",
+        )
+    content = check_knowledge_content(
+        raw.get("content"), field=f"{field}.content", max_chars=max_chars
+    )
+    key = raw.get("key")
+    if key is not None:
+        key = _label(key, field=f"{field}.key")
+    value = raw.get("value")
+    return KnowledgeInput(
+        content,
+        check_namespace(raw.get("namespace"), field=f"{field}.namespace"),
+        key,
+        None if value is None else metadata_json(value, field=f"{field}.value"),
+        metadata_json(raw.get("metadata"), field=f"{field}.metadata"),
+        check_ttl(raw.get("ttl_seconds"), field=f"{field}.ttl_seconds"),
+    )
+
+
+def check_knowledge_content(value: object, *, field: str, max_chars: int) -> str:
+    """A knowledge item's text: what :func:`check_content` asks of a message's."""
+    try:
+        return check_content(value, index=None, max_chars=max_chars)
+    except ValidationError as error:
+        raise ValidationError(str(error).split(": ", 1)[-1], field=field) from None
+
+
+def check_namespace(value: object, *, field: str) -> tuple[str, ...]:
+    """A namespace: a list of non-empty labels without dots' special meaning (any text but
+    NUL and surrogates, at most :data:`MAX_NAME_LENGTH` characters each)."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValidationError(f"must be a list of strings, got {type(value).__name__}", field=field)
+    if len(value) > MAX_NAMESPACE_DEPTH:
+        raise ValidationError(
+            f"has {len(value)} labels, more than {MAX_NAMESPACE_DEPTH}", field=field
+        )
+    return tuple(_label(label, field=f"{field}[{index}]") for index, label in enumerate(value))
+
+
+def _label(value: object, *, field: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValidationError(problem, field=field)
+    return value  # type: ignore[return-value]  # name_problem checked it is a str
+
+
+def check_ttl(value: object, *, field: str) -> float | None:
+    """A time to live in seconds: ``None`` (forever) or a positive finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"must be a number of seconds, got {preview(value)}", field=field)
+    if not 0 < value <= MAX_TTL_SECONDS:  # NaN fails both comparisons
+        raise ValidationError(
+            f"must be more than 0 and at most {MAX_TTL_SECONDS:.0f} seconds, got {value!r}",
+            field=field,
+        )
+    return float(value)

@@ -404,6 +404,11 @@ CALLS_OF_A_MEMORY: dict[str, tuple[Any, ...]] = {
     "delete_message": (uuid.uuid4(),),
     "list_episodes": (),
     "list_facts": (),
+    "add_knowledge": (["too late"],),
+    "get_knowledge": (uuid.uuid4(),),
+    "list_knowledge": (),
+    "update_knowledge": (uuid.uuid4(),),
+    "delete_knowledge": (uuid.uuid4(),),
     "delete_session": (),
     "delete_user": (),
 }

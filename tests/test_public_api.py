@@ -38,6 +38,13 @@ EXPORTED = {
     "MessageRow",
     "EpisodeRow",
     "FactRow",
+    "KnowledgeRow",
+    "UserRow",
+    "AgentRow",
+    "SessionRow",
+    "ApiKeyRow",
+    "Page",
+    "FilterIds",
     "ChunkData",
     "SearchResult",
     "HealthReport",
@@ -52,6 +59,10 @@ EXPORTED = {
     "Unit",
     "Order",
     "Role",
+    # the services ``mf.tenancy``, ``mf.knowledge`` and ``mf.api_keys`` return (servers)
+    "TenancyService",
+    "KnowledgeService",
+    "ApiKeyService",
     # the monitor ``mf.monitor`` returns, and what it reports
     "PerformanceMonitor",
     "OperationStats",
@@ -104,11 +115,17 @@ def test_the_types_of_the_issue_import_from_the_top() -> None:
     assert issubclass(EmbeddingError, memfuse.MemfuseError)
 
 
+BUILT_BY_THE_CONTAINER = {"TenancyService", "KnowledgeService", "ApiKeyService"}
+"""Services a caller reaches through ``MemFuse``'s properties and never builds: their
+``__init__`` takes the container's wiring (session factories, hooks), not caller types."""
+
+
 def _public_members(cls: type) -> dict[str, Any]:
-    """Annotated things a caller touches: public methods, properties and fields, and __init__."""
+    """Annotated things a caller touches: public methods, properties and fields, and __init__
+    (unless the container builds the class)."""
     members: dict[str, Any] = {}
     for name, value in vars(cls).items():
-        if name.startswith("_") and name != "__init__":
+        if name.startswith("_") and (name != "__init__" or cls.__name__ in BUILT_BY_THE_CONTAINER):
             continue
         if isinstance(value, property):
             value = value.fget

@@ -37,7 +37,7 @@ SCHEMA = "memfuse"
 
 VERSION_TABLE = "memfuse_alembic_version"
 TEXT_SEARCH_CONFIG = "english"
-EMBEDDABLE_TABLES = ("messages", "episodes", "facts")
+EMBEDDABLE_TABLES = ("messages", "episodes", "facts", "knowledge")
 DERIVED_LAYERS = ("m1", "m2")
 
 
@@ -169,13 +169,22 @@ class User(Base):
 
 
 class Agent(Base):
-    """An assistant persona of one user; agents of different users never share rows."""
+    """An assistant persona: one user's, or shared by every user (``user_id`` NULL).
+
+    A shared agent is a name only (the REST server's agents, which its clients create before
+    they name a user); memory rows always belong to a user, whichever agent they name.
+    """
 
     __tablename__ = "agents"
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        Index(
+            "uq_agents_name_shared", "name", unique=True, postgresql_where=text("user_id IS NULL")
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _id()
-    user_id: Mapped[uuid.UUID] = _tenant("users")
+    user_id: Mapped[uuid.UUID | None] = _tenant("users", nullable=True)
     name: Mapped[str] = mapped_column(Text, nullable=False)
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
@@ -328,6 +337,74 @@ class Fact(Base):
     updated_at: Mapped[datetime] = _updated_at()
     embedding: Mapped[list[float] | None] = _embedding()
     content_tsv: Mapped[Any] = _content_tsv()
+
+
+class Knowledge(Base):
+    """A knowledge item: something a user or an app states outright ("Alice is allergic to
+    peanuts"), kept per user beside the conversation layers and searched as its own layer.
+
+    ``namespace`` and ``key`` address an item the way a key-value store does (LangGraph's
+    ``BaseStore``: one live item per user, namespace and key); items without a key are plain
+    statements. ``value`` holds the caller's JSON as given; ``content`` is the text that is
+    embedded and full-text indexed. ``expires_at`` (from ``ttl_seconds``) hides an item from
+    every read once passed; a sweep deletes it later.
+    """
+
+    __tablename__ = "knowledge"
+    __table_args__ = (
+        Index(
+            "uq_knowledge_user_id_namespace_key",
+            "user_id",
+            "namespace",
+            "key",
+            unique=True,
+            postgresql_where=text("key IS NOT NULL"),
+        ),
+        Index(None, "user_id", "created_at"),
+        Index(
+            "ix_knowledge_expires_at", "expires_at", postgresql_where=text("expires_at IS NOT NULL")
+        ),
+        CheckConstraint("ttl_seconds IS NULL OR ttl_seconds > 0", name="ttl_positive"),
+        *_memory_indexes("knowledge"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    namespace: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
+    )
+    key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    value: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    ttl_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    embedding: Mapped[list[float] | None] = _embedding()
+    content_tsv: Mapped[Any] = _content_tsv()
+
+
+class ApiKey(Base):
+    """A server API key of one user, stored only as its SHA-256 hash.
+
+    The clear key is shown once, when it is created; ``prefix`` (its first characters) lets a
+    user tell keys apart. A key past ``expires_at`` is refused.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index(None, "user_id"),)
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_hash: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    permissions: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=_EMPTY_OBJECT
+    )
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = _created_at()
 
 
 class LayerProgress(Base):

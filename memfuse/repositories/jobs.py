@@ -41,6 +41,7 @@ from memfuse.db.models import (
     EmbeddingJob,
     Episode,
     Fact,
+    Knowledge,
     Message,
     fact_group,
     message_text,
@@ -53,6 +54,7 @@ MEMORY_TABLES: dict[str, Table] = {
     "messages": cast(Table, Message.__table__),
     "episodes": cast(Table, Episode.__table__),
     "facts": cast(Table, Fact.__table__),
+    "knowledge": cast(Table, Knowledge.__table__),
 }
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from memfuse.types import Page
 
-T = TypeVar("T", bound=tuple[Any, ...])
+T = TypeVar("T")
 
 
 def paginate(

@@ -1,10 +1,10 @@
 """Hybrid search SQL: ranked lists per layer and method, fused by reciprocal rank in one query.
 
-Every list is a materialized CTE of one table (messages = M0, episodes = M1, facts = M2) and one
-method: vector KNN on the HNSW index (``embedding <=> :query_vector``) or full text over the
-generated ``content_tsv`` column. Each is bound to ``user_id`` first, then the optional agent,
-session and time filters. Reciprocal rank fusion gives an item ``1 / (rrf_k + rank)`` per list
-that ranked it.
+Every list is a materialized CTE of one table (messages = M0, episodes = M1, facts = M2,
+knowledge) and one method: vector KNN on the HNSW index (``embedding <=> :query_vector``) or
+full text over the generated ``content_tsv`` column. Each is bound to ``user_id`` first, then
+the optional agent, session and time filters. Reciprocal rank fusion gives an item
+``1 / (rrf_k + rank)`` per list that ranked it.
 
 Full text ranks by all of the query's terms: ``websearch_to_tsquery`` parses the query (quoted
 phrases stay phrases) and its ``&`` become ``|``; rows with more (and rarer-in-them) terms rank
@@ -28,10 +28,33 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from memfuse.db.models import TEXT_SEARCH_CONFIG
 from memfuse.types import Layer, Method, Unit
 
-LAYER_TABLES: Final[dict[Layer, str]] = {"m0": "messages", "m1": "episodes", "m2": "facts"}
-_LINEAGE: Final[dict[Layer, str]] = {"m0": "ARRAY[id]", "m1": "message_ids", "m2": "message_ids"}
-_TIME_FROM: Final[dict[Layer, str]] = {"m0": "created_at", "m1": "ended_at", "m2": "valid_from"}
-_TIME_UNTIL: Final[dict[Layer, str]] = {"m0": "created_at", "m1": "started_at", "m2": "valid_from"}
+LAYER_TABLES: Final[dict[Layer, str]] = {
+    "m0": "messages",
+    "m1": "episodes",
+    "m2": "facts",
+    "knowledge": "knowledge",
+}
+_LINEAGE: Final[dict[Layer, str]] = {
+    "m0": "ARRAY[id]",
+    "m1": "message_ids",
+    "m2": "message_ids",
+    "knowledge": "ARRAY[]::uuid[]",
+}
+_TIME_FROM: Final[dict[Layer, str]] = {
+    "m0": "created_at",
+    "m1": "ended_at",
+    "m2": "valid_from",
+    "knowledge": "created_at",
+}
+_TIME_UNTIL: Final[dict[Layer, str]] = {
+    "m0": "created_at",
+    "m1": "started_at",
+    "m2": "valid_from",
+    "knowledge": "created_at",
+}
+USER_LEVEL: Final[frozenset[Layer]] = frozenset({"knowledge"})
+"""Layers that belong to the user, not to an agent or a session: the agent and session filters
+do not narrow them (a stated fact about the user holds in every session)."""
 
 TEXT_RANK = "ts_rank(content_tsv, q.query, 1)"
 """How full-text matches are ordered within their list: ``ts_rank`` with its length
@@ -116,9 +139,9 @@ class SearchFilters:
         """SQL conditions for rows of ``layer`` (columns prefixed with ``alias.``)."""
         p = f"{alias}." if alias else ""
         conditions = [f"{p}user_id = :user_id"]
-        if self.agent_id is not None:
+        if self.agent_id is not None and layer not in USER_LEVEL:
             conditions.append(f"{p}agent_id = :agent_id")
-        if self.session_id is not None:
+        if self.session_id is not None and layer not in USER_LEVEL:
             conditions.append(f"{p}session_id = :session_id")
         if self.since is not None:
             conditions.append(f"{p}{_TIME_FROM[layer]} >= :since")
@@ -128,6 +151,8 @@ class SearchFilters:
             conditions.append(f"{p}embedding IS NOT NULL")
         if layer == "m2":
             conditions.append(f"{p}valid_to IS NULL")
+        if layer == "knowledge":
+            conditions.append(f"({p}expires_at IS NULL OR {p}expires_at > now())")
         return " AND ".join(conditions)
 
     def parameters(self) -> dict[str, Any]:
@@ -156,6 +181,7 @@ class ScoredRow:
     token_count: int | None
     speaker: str | None
     embedded: bool
+    role: str | None
 
 
 class SearchRepository:
@@ -230,7 +256,11 @@ class SearchRepository:
         )
         if not ranked:
             return []
-        fused = self._messages(filters) if unit == "message" else self._items()
+        fused = (
+            self._messages(filters, knowledge="knowledge" in layers)
+            if unit == "message"
+            else self._items()
+        )
         sql = f"""
 WITH {_QUERY_TERMS},
 {", ".join(ctes)},
@@ -245,6 +275,8 @@ ranked AS (
             "rrf_k": rrf_k,
             "limit": limit,
         }
+        if unit == "message" and "knowledge" in layers:
+            parameters["knowledge_weight"] = max(1, len(layers) - 1)
         if common_terms is not None:
             for layer in layers:
                 # One text, not an array: encoding a thousand-element array per search cost
@@ -267,6 +299,7 @@ ranked AS (
                 token_count,
                 speaker,
                 embedded,
+                role,
             )
             for (
                 layer,
@@ -280,24 +313,57 @@ ranked AS (
                 token_count,
                 speaker,
                 embedded,
+                role,
             ) in result
         ]
 
-    def _messages(self, filters: SearchFilters) -> str:
-        return f"""per_message AS (
+    def _messages(self, filters: SearchFilters, *, knowledge: bool) -> str:
+        """Messages ranked by every list; with ``knowledge``, knowledge items beside them (they
+        have no messages to rank), each scored by its own lists.
+
+        A message collects a score from each message layer that ranks it (its own row, its
+        episode, its facts); a knowledge item only from its one layer. Each knowledge list
+        therefore counts ``:knowledge_weight`` times, the number of message layers searched,
+        so a stated fact that tops both of its lists scores what a message topping every list
+        does.
+        """
+        messages = """SELECT 'm0' AS layer, m.id, scored.score, m.content, m.session_id, m.agent_id,
+       m.created_at AS occurred_at, ARRAY[m.id] AS message_ids, m.token_count,
+       m.name AS speaker, m.embedding IS NOT NULL AS embedded, m.role"""
+        scored = """per_message AS (
     SELECT message_id, list, min(r) AS r
     FROM ranked CROSS JOIN LATERAL unnest(ranked.message_ids) AS message_id
     GROUP BY message_id, list
 ),
 scored AS (
     SELECT message_id, sum(1.0 / (:rrf_k + r)) AS score FROM per_message GROUP BY message_id
-)
-SELECT 'm0' AS layer, m.id, scored.score, m.content, m.session_id, m.agent_id,
-       m.created_at AS occurred_at, ARRAY[m.id] AS message_ids, m.token_count,
-       m.name AS speaker, m.embedding IS NOT NULL AS embedded
-FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
-WHERE {filters.where("m0", "m")}
+)"""
+        source = f"""FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
+WHERE {filters.where("m0", "m")}"""
+        if not knowledge:
+            return f"""{scored}
+{messages}
+{source}
 ORDER BY scored.score DESC, m.created_at, m.seq
+LIMIT :limit"""
+        return f"""{scored},
+knowledge_scored AS (
+    SELECT id, sum(CAST(:knowledge_weight AS numeric) / (:rrf_k + r)) AS score
+    FROM ranked WHERE layer = 'knowledge' GROUP BY id
+),
+fused AS (
+    {messages}, m.seq
+    {source}
+    UNION ALL
+    SELECT 'knowledge', k.id, ks.score, k.content, NULL::uuid, NULL::uuid, k.created_at,
+           ARRAY[]::uuid[], NULL::integer, NULL::text, k.embedding IS NOT NULL, NULL::text,
+           0::bigint
+    FROM knowledge_scored AS ks JOIN "{self.schema}".knowledge AS k ON k.id = ks.id
+)
+SELECT layer, id, score, content, session_id, agent_id, occurred_at, message_ids, token_count,
+       speaker, embedded, role
+FROM fused
+ORDER BY score DESC, occurred_at, seq, id
 LIMIT :limit"""
 
     def _items(self) -> str:
@@ -309,19 +375,21 @@ LIMIT :limit"""
     LIMIT :limit
 )
 SELECT scored.layer, scored.id, scored.score,
-       coalesce(m.content, e.content, f.content) AS content,
+       coalesce(m.content, e.content, f.content, k.content) AS content,
        coalesce(m.session_id, e.session_id, f.session_id) AS session_id,
        coalesce(m.agent_id, e.agent_id, f.agent_id) AS agent_id,
-       coalesce(m.created_at, e.started_at, f.valid_from) AS occurred_at,
+       coalesce(m.created_at, e.started_at, f.valid_from, k.created_at) AS occurred_at,
        CASE scored.layer WHEN 'm0' THEN ARRAY[m.id] WHEN 'm1' THEN e.message_ids
-            ELSE f.message_ids END AS message_ids,
+            WHEN 'm2' THEN f.message_ids ELSE ARRAY[]::uuid[] END AS message_ids,
        coalesce(m.token_count, e.token_count) AS token_count,
        m.name AS speaker,
-       coalesce(m.embedding, e.embedding, f.embedding) IS NOT NULL AS embedded
+       coalesce(m.embedding, e.embedding, f.embedding, k.embedding) IS NOT NULL AS embedded,
+       m.role
 FROM scored
 LEFT JOIN "{s}".messages AS m ON scored.layer = 'm0' AND m.id = scored.id
 LEFT JOIN "{s}".episodes AS e ON scored.layer = 'm1' AND e.id = scored.id
 LEFT JOIN "{s}".facts AS f ON scored.layer = 'm2' AND f.id = scored.id
+LEFT JOIN "{s}".knowledge AS k ON scored.layer = 'knowledge' AND k.id = scored.id
 ORDER BY scored.score DESC, scored.layer, scored.id"""
 
     def _lists(

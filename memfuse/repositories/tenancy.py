@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import Agent, Session, User
 from memfuse.errors import ConflictError
+from memfuse.repositories.paging import paginate
+from memfuse.types import Page
 
 
 class DeletedConcurrentlyError(ConflictError):
@@ -36,6 +39,33 @@ class UserRepository:
 
     async def get_by_name(self, name: str) -> User | None:
         result = await self.session.execute(select(User).where(User.name == name))
+        return result.scalar_one_or_none()
+
+    async def get(self, user_id: uuid.UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def create(self, name: str, metadata: dict[str, Any]) -> User | None:
+        """A new user; ``None`` if the name is taken."""
+        result = await self.session.execute(
+            insert(User)
+            .values(name=name, metadata_=metadata)
+            .on_conflict_do_nothing(index_elements=[User.name])
+            .returning(User)
+        )
+        return result.scalar_one_or_none()
+
+    async def list_page(self, page: Page, *, only: uuid.UUID | None = None) -> list[User]:
+        query = select(User) if only is None else select(User).where(User.id == only)
+        result = await self.session.execute(paginate(query, [User.created_at, User.id], page))
+        return list(result.scalars())
+
+    async def update(self, user_id: uuid.UUID, changes: dict[str, Any]) -> User | None:
+        """Change ``name``/``metadata_``; ``None`` if the user does not exist."""
+        if not changes:
+            return await self.get(user_id)
+        result = await self.session.execute(
+            update(User).where(User.id == user_id).values(changes).returning(User)
+        )
         return result.scalar_one_or_none()
 
     async def get_or_create(self, name: str) -> User:
@@ -112,6 +142,70 @@ class AgentRepository:
             raise DeletedConcurrentlyError(f"agent {name!r} was deleted by a concurrent call")
         return agent
 
+    async def get(self, agent_id: uuid.UUID) -> Agent | None:
+        return await self.session.get(Agent, agent_id)
+
+    async def get_or_create_named(
+        self, user_id: uuid.UUID | None, name: str, metadata: dict[str, Any]
+    ) -> tuple[Agent, bool]:
+        """The agent called ``name`` of ``user_id`` (or shared, for ``None``), created with
+        ``metadata`` if missing; whether it was created."""
+        statement = insert(Agent).values(user_id=user_id, name=name, metadata_=metadata)
+        if user_id is not None:
+            statement = statement.on_conflict_do_nothing(index_elements=[Agent.user_id, Agent.name])
+        else:
+            statement = statement.on_conflict_do_nothing(
+                index_elements=[Agent.name], index_where=Agent.user_id.is_(None)
+            )
+        result = await self.session.execute(statement.returning(Agent))
+        created = result.scalar_one_or_none()
+        if created is not None:
+            return created, True
+        found = await self.find(name=name, visible_to=user_id, shared_only=user_id is None)
+        if not found:
+            raise DeletedConcurrentlyError(f"agent {name!r} was deleted by a concurrent call")
+        return found[0], False
+
+    async def find(
+        self,
+        *,
+        name: str | None = None,
+        visible_to: uuid.UUID | None = None,
+        shared_only: bool = False,
+    ) -> list[Agent]:
+        """Agents by name: shared ones, and ``visible_to``'s own (listed first) unless
+        ``shared_only``."""
+        query = select(Agent)
+        if shared_only or visible_to is None:
+            query = query.where(Agent.user_id.is_(None))
+        else:
+            query = query.where(or_(Agent.user_id.is_(None), Agent.user_id == visible_to))
+        if name is not None:
+            query = query.where(Agent.name == name)
+        query = query.order_by(Agent.user_id.is_(None), Agent.created_at, Agent.id)
+        return list((await self.session.execute(query)).scalars())
+
+    async def update(self, agent_id: uuid.UUID, changes: dict[str, Any]) -> Agent | None:
+        if not changes:
+            return await self.get(agent_id)
+        result = await self.session.execute(
+            update(Agent).where(Agent.id == agent_id).values(changes).returning(Agent)
+        )
+        return result.scalar_one_or_none()
+
+    async def in_use(self, agent_id: uuid.UUID) -> bool:
+        """Whether a session talks to this agent."""
+        result = await self.session.execute(
+            select(Session.id).where(Session.agent_id == agent_id).limit(1)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def delete(self, agent_id: uuid.UUID) -> bool:
+        result = await self.session.execute(
+            delete(Agent).where(Agent.id == agent_id).returning(Agent.id)
+        )
+        return result.scalar_one_or_none() is not None
+
 
 class SessionRepository:
     """Rows of ``sessions``, always within one user.
@@ -132,6 +226,62 @@ class SessionRepository:
     async def get(self, user_id: uuid.UUID, session_id: uuid.UUID) -> Session | None:
         result = await self.session.execute(
             select(Session).where(Session.user_id == user_id, Session.id == session_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def create(
+        self, user_id: uuid.UUID, agent_id: uuid.UUID, name: str, metadata: dict[str, Any]
+    ) -> Session | None:
+        """A new session; ``None`` if the user already has one of this name."""
+        result = await self.session.execute(
+            insert(Session)
+            .values(user_id=user_id, agent_id=agent_id, name=name, metadata_=metadata)
+            .on_conflict_do_nothing(index_elements=[Session.user_id, Session.name])
+            .returning(Session)
+        )
+        return result.scalar_one_or_none()
+
+    async def find(
+        self,
+        *,
+        user_id: uuid.UUID | None,
+        agent_id: uuid.UUID | None = None,
+        name: str | None = None,
+        page: Page,
+    ) -> list[Session]:
+        """Sessions of ``user_id`` (of every user for ``None``), by agent and name."""
+        query = select(Session)
+        if user_id is not None:
+            query = query.where(Session.user_id == user_id)
+        if agent_id is not None:
+            query = query.where(Session.agent_id == agent_id)
+        if name is not None:
+            query = query.where(Session.name == name)
+        result = await self.session.execute(paginate(query, [Session.created_at, Session.id], page))
+        return list(result.scalars())
+
+    async def get_any(self, session_id: uuid.UUID) -> Session | None:
+        """A session by id alone: callers check its ``user_id`` against who is asking."""
+        return await self.session.get(Session, session_id)
+
+    async def names(self, session_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        if not session_ids:
+            return {}
+        result = await self.session.execute(
+            select(Session.id, Session.name).where(Session.id.in_(sorted(set(session_ids))))
+        )
+        return {row.id: row.name for row in result}
+
+    async def update(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, changes: dict[str, Any]
+    ) -> Session | None:
+        if not changes:
+            return await self.get(user_id, session_id)
+        result = await self.session.execute(
+            update(Session)
+            .where(Session.user_id == user_id, Session.id == session_id)
+            .values(changes)
+            .returning(Session)
         )
         return result.scalar_one_or_none()
 

@@ -33,7 +33,7 @@ from memfuse.validation import check_flag, check_text, preview, time_bound
 
 logger = logging.getLogger(__name__)
 
-ALL_LAYERS: tuple[Layer, ...] = ("m0", "m1", "m2")
+ALL_LAYERS: tuple[Layer, ...] = ("m0", "m1", "m2", "knowledge")
 ALL_METHODS: tuple[Method, ...] = ("vector", "text")
 MAX_QUERY_CHARS = 4000
 """Longer queries are cut: the model reads 256 word pieces, and full text gains nothing."""
@@ -280,6 +280,7 @@ def collapse(rows: Sequence[ScoredRow]) -> list[SearchResult]:
                 ),
                 speaker=row.speaker,
                 embedded=row.embedded,
+                role=row.role,
             )
         )
     return results

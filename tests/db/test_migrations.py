@@ -30,6 +30,8 @@ TABLES = {
     "layer_progress",
     "facts",
     "embedding_jobs",
+    "knowledge",
+    "api_keys",
     "embedding_dead_letters",
     "memfuse_alembic_version",
 }
