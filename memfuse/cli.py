@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,8 @@ from memfuse.errors import (
 )
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.operations.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
+
+LOCAL_HOST = "127.0.0.1"
 
 
 def _write(text: str) -> None:
@@ -102,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the benchmark suite, write its JSON (see 'memfuse bench --help')",
         add_help=False,
     )
+    serve = commands.add_parser(
+        "serve", help="run the REST server for the MemFuse SDK (the server extra)"
+    )
+    serve.add_argument("--host", default=LOCAL_HOST, help=f"address (default: {LOCAL_HOST})")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765, the SDK's)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     worker = commands.add_parser("worker", help="run the embedding worker until interrupted")
     worker.add_argument("--concurrency", type=int, help="batches at once (default: setting)")
     worker.add_argument("--batch-size", type=int, help="jobs per batch (default: setting)")
@@ -298,6 +307,72 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
         await stop(container)
 
 
+def serve(settings: Settings, args: argparse.Namespace) -> None:
+    """``memfuse serve``: uvicorn running :func:`memfuse.server.app.create_app`.
+
+    Without ``MEMFUSE_SERVER_API_KEY`` only 127.0.0.1 is served: any other address is refused.
+    Several workers need one database for all: the embedded server, if used, is started here
+    and its URL handed to them.
+    """
+    try:
+        import uvicorn
+
+        from memfuse.server.app import admin_key_from_environment, create_app
+    except ImportError:
+        raise ConfigurationError(
+            "server", "the REST server needs the server extra: pip install 'memfuse[server]'"
+        ) from None
+    from memfuse.memory import MemFuse
+
+    admin_key = admin_key_from_environment()
+    if admin_key is None and args.host != LOCAL_HOST:
+        raise ConfigurationError(
+            "host",
+            f"serving {args.host} without a key would open every user's memory to the network; "
+            f"set MEMFUSE_SERVER_API_KEY or bind to {LOCAL_HOST}",
+        )
+    if args.workers < 1:
+        raise ValidationError("must be at least 1", field="workers")
+    logger = logging.getLogger("memfuse.server")
+    logger.warning(
+        "memfuse serving http://%s:%d/api/v1 (docs at /docs); %s",
+        args.host,
+        args.port,
+        "API keys required" if admin_key else f"no API key: local only ({LOCAL_HOST})",
+    )
+    if args.workers == 1:
+        app = create_app(MemFuse(settings=settings), admin_key=admin_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return
+    with contextlib.ExitStack() as stack:
+        url = settings.database_url
+        if url is None:
+            url = stack.enter_context(_embedded_url(settings))
+        os.environ["MEMFUSE_DATABASE_URL"] = url
+        os.environ["MEMFUSE_SCHEMA"] = settings.schema
+        uvicorn.run(
+            "memfuse.server.app:app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+        )
+
+
+@contextlib.contextmanager
+def _embedded_url(settings: Settings) -> Iterator[str]:
+    """The embedded server's URL while the block runs (started and stopped on this thread's
+    own event loop, outside uvicorn's)."""
+    loop = asyncio.new_event_loop()
+    manager = database_url_for(settings)
+    try:
+        yield loop.run_until_complete(manager.__aenter__())
+    finally:
+        loop.run_until_complete(manager.__aexit__(None, None, None))
+        loop.close()
+
+
 BENCH_NEEDS_CHECKOUT = (
     "`memfuse bench` runs from a source checkout (the benchmarks are not in the wheel): "
     "clone the repository and run pip install -e '.[bench,local]' there"
@@ -360,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_eval_report(asyncio.run(run_eval(settings, args)), args.output)
         elif args.command == "worker":
             asyncio.run(run_worker(settings, args))
+        elif args.command == "serve":
+            serve(settings, args)
         elif args.command == "bench":
             suite = benchmark_suite()
             if suite is None:

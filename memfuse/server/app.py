@@ -1,0 +1,85 @@
+"""The ASGI app: ``create_app()`` builds it around one :class:`~memfuse.memory.MemFuse`.
+
+The lifespan starts the ``MemFuse`` (the app's own, or a host's that is not started yet) and
+closes it only if the app made it. A supervised sweep deletes expired knowledge items every
+:data:`SWEEP_SECONDS` (reads already hide them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from memfuse.background import SupervisedTask
+from memfuse.memory import MemFuse
+from memfuse.server import agents, api_keys, health, knowledge, messages, sessions, users
+from memfuse.server.envelope import install_error_handlers
+from memfuse.server.limits import MAX_BODY_BYTES, BodyLimit
+
+API_PREFIX = "/api/v1"
+ADMIN_KEY_VARIABLE = "MEMFUSE_SERVER_API_KEY"
+SWEEP_SECONDS = 60.0
+
+
+def admin_key_from_environment() -> str | None:
+    return os.environ.get(ADMIN_KEY_VARIABLE) or None
+
+
+def create_app(
+    memfuse: MemFuse | None = None,
+    *,
+    admin_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The REST API over ``memfuse`` (a new ``MemFuse()`` from the environment when None).
+
+    ``admin_key`` None serves without keys: only for a server bound to 127.0.0.1, which
+    ``memfuse serve`` enforces; a host that mounts this app enforces it itself.
+    """
+    owned = memfuse is None
+    target = memfuse if memfuse is not None else MemFuse()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await target.start()
+        sweep = SupervisedTask("knowledge_sweep", _sweep(target), target.monitor)
+        sweep.start()
+        try:
+            yield
+        finally:
+            await sweep.stop()
+            if owned:
+                await target.close()
+
+    app = FastAPI(
+        title="memfuse",
+        summary="Long-term memory for LLM apps, over the MemFuse REST API",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redirect_slashes=False,
+    )
+    app.state.memfuse = target
+    app.state.admin_key = admin_key
+    install_error_handlers(app)
+    for module in (health, users, agents, sessions, messages, knowledge, api_keys):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _sweep(memfuse: MemFuse) -> Callable[[], Awaitable[None]]:
+    async def loop() -> None:
+        while True:
+            await memfuse.knowledge.sweep_expired()
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    return loop
+
+
+def app_from_environment() -> FastAPI:
+    """The factory ``memfuse serve`` hands uvicorn (each worker process builds its own)."""
+    return create_app(admin_key=admin_key_from_environment())
