@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from memfuse.errors import ConflictError
 from memfuse.server.auth import Principal, memfuse_of, principal
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.shapes import session_json
@@ -68,10 +69,20 @@ async def list_sessions(
 @router.post("/", status_code=201, include_in_schema=False)
 async def create_session(request: Request, caller: Caller, body: SessionCreate) -> JSONResponse:
     """A new session; without a name, one is made up and returned."""
+    """201 with a new session; 200 with the user's session of that name if it talks to the
+    same agent (the SDK's look-up-then-create may race), 409 if to another."""
     caller.require_user(body.user_id)
-    session = await memfuse_of(request).tenancy.create_session(
-        body.user_id, body.agent_id, name=body.name, metadata=body.metadata
-    )
+    tenancy = memfuse_of(request).tenancy
+    try:
+        session = await tenancy.create_session(
+            body.user_id, body.agent_id, name=body.name, metadata=body.metadata
+        )
+    except ConflictError:
+        page = Page(limit=1, offset=0, newest_first=False)
+        found = await tenancy.find_sessions(user_id=body.user_id, name=body.name, page=page)
+        if not found or found[0].agent_id != body.agent_id:
+            raise
+        return success({"session": session_json(found[0])}, "session exists")
     return success({"session": session_json(session)}, "session created", 201)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from memfuse.errors import ConflictError
 from memfuse.server.auth import Principal, memfuse_of, principal
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.limits import MAX_TEXT_CHARS, MAX_TOP_K
@@ -60,10 +61,19 @@ async def list_users(
 @router.post("", status_code=201)
 @router.post("/", status_code=201, include_in_schema=False)
 async def create_user(request: Request, caller: Caller, body: UserBody) -> JSONResponse:
+    """Get-or-create by name: 201 with a new user, 200 with the existing one. The SDK's
+    ``init()`` looks a user up, then creates it; two clients doing so at once both create."""
     caller.require_admin("creating a user")
     if body.name is None:
         raise ApiError(400, "a user needs a name", field="name")
-    user = await memfuse_of(request).tenancy.create_user(body.name, _metadata(body))
+    tenancy = memfuse_of(request).tenancy
+    try:
+        user = await tenancy.create_user(body.name, _metadata(body))
+    except ConflictError:
+        existing = await tenancy.find_user(body.name)
+        if existing is None:  # deleted meanwhile
+            raise
+        return success({"user": user_json(existing)}, "user exists")
     return success({"user": user_json(user)}, "user created", 201)
 
 

@@ -54,7 +54,8 @@ async def test_init_twice_gets_the_same_user_and_agent(client: httpx.AsyncClient
     assert unnamed["session"]["name"] and unnamed["session"]["id"] != first["session"]["id"]
     repeat = await client.post("/agents", json={"name": "agent_default"})
     assert ok(repeat)["agent"]["id"] == first["agent_id"]
-    failed(await client.post("/users", json={"name": "alice"}), 409)
+    existing = ok(await client.post("/users", json={"name": "alice"}))  # get-or-create: 200
+    assert existing["user"]["id"] == first["user_id"]
 
 
 async def test_messages_keep_roles_metadata_and_order(client: httpx.AsyncClient) -> None:
