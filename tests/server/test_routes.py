@@ -8,8 +8,10 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from memfuse.memory import MemFuse
+from memfuse.server.app import create_app
 from tests.server.envelopes import failed, ok
 
 
@@ -212,3 +214,17 @@ async def test_concurrent_writers_with_the_worker_running(
         assert len(items) == 4
         memory = await mf.session_memory(uuid.UUID(scope["session"]["id"]))
         assert all(row.embedded for row in await memory.list_messages(limit=100))
+
+
+async def test_an_unexpected_error_is_a_500_envelope_without_a_trace(
+    mf: MemFuse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(user_id: uuid.UUID) -> None:
+        raise RuntimeError("secret internals: /srv/app.py line 12")
+
+    monkeypatch.setattr(mf.tenancy, "get_user", broken)
+    transport = httpx.ASGITransport(app=create_app(mf), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
+        response = await client.get(f"/users/{uuid.uuid4()}")
+    message = failed(response, 500)
+    assert message == "internal server error" and "secret" not in response.text
