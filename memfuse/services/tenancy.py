@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memfuse.db.models import Agent, Session, User
@@ -45,6 +48,18 @@ def _session_row(session: Session) -> SessionRow:
         session.created_at,
         session.updated_at,
     )
+
+
+@asynccontextmanager
+async def _renaming(kind: str, changes: Mapping[str, Any]) -> AsyncIterator[None]:
+    """A rename that a concurrent rename to the same name beat to the unique index is a
+    :class:`ConflictError`, as the check before it would have said."""
+    try:
+        yield
+    except IntegrityError as error:
+        if not isinstance(error.orig, asyncpg.UniqueViolationError) and "unique" not in str(error):
+            raise
+        raise ConflictError(f"{kind} {changes.get('name')!r} already exists") from None
 
 
 def _changes(name: object, metadata: Mapping[str, Any] | None, *, kind: str) -> dict[str, Any]:
@@ -193,7 +208,7 @@ class TenancyService:
     ) -> UserRow:
         """Rename a user or replace its metadata; memory rows keep pointing at it by id."""
         changes = _changes(name, metadata, kind="name")
-        async with self._session_factory.begin() as db:
+        async with _renaming("user", changes), self._session_factory.begin() as db:
             users = UserRepository(db)
             if "name" in changes:
                 taken = await users.get_by_name(changes["name"])
@@ -246,7 +261,7 @@ class TenancyService:
         self, agent_id: uuid.UUID, *, name: object = None, metadata: Mapping[str, Any] | None = None
     ) -> AgentRow:
         changes = _changes(name, metadata, kind="name")
-        async with self._session_factory.begin() as db:
+        async with _renaming("agent", changes), self._session_factory.begin() as db:
             agents = AgentRepository(db)
             current = await agents.get(agent_id)
             if current is None:
@@ -335,7 +350,7 @@ class TenancyService:
         metadata: Mapping[str, Any] | None = None,
     ) -> SessionRow:
         changes = _changes(name, metadata, kind="name")
-        async with self._session_factory.begin() as db:
+        async with _renaming("session", changes), self._session_factory.begin() as db:
             sessions = SessionRepository(db)
             if "name" in changes:
                 taken = await sessions.get_by_name(user_id, changes["name"])

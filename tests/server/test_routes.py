@@ -228,3 +228,27 @@ async def test_an_unexpected_error_is_a_500_envelope_without_a_trace(
         response = await client.get(f"/users/{uuid.uuid4()}")
     message = failed(response, 500)
     assert message == "internal server error" and "secret" not in response.text
+
+
+async def test_concurrent_renames_to_one_name_conflict_cleanly(client: httpx.AsyncClient) -> None:
+    """Two users renamed to the same name at once: one wins, the other gets 409 (not a 500)."""
+    ids = [
+        ok(await client.post("/users", json={"name": f"u{n}"}), 201)["user"]["id"] for n in range(6)
+    ]
+    responses = await asyncio.gather(
+        *(client.put(f"/users/{user_id}", json={"name": "same"}) for user_id in ids)
+    )
+    assert sorted(response.status_code for response in responses) == [200] + [409] * 5
+
+
+async def test_openapi_docs_describe_every_resource(client: httpx.AsyncClient) -> None:
+    assert (await client.get("http://memfuse.test/docs")).status_code == 200
+    paths = (await client.get("http://memfuse.test/openapi.json")).json()["paths"]
+    for path in (
+        "/api/v1/users/{user_id}/query",
+        "/api/v1/sessions/{session_id}/messages",
+        "/api/v1/users/{user_id}/knowledge",
+        "/api/v1/users/{user_id}/api-keys",
+        "/api/v1/agents",
+    ):
+        assert path in paths
