@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=LOCAL_HOST, help=f"address (default: {LOCAL_HOST})")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765, the SDK's)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    mcp = commands.add_parser("mcp", help="run the MCP server on stdio (the mcp extra)")
+    mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    mcp.add_argument("--host", default=LOCAL_HOST, help=f"with --http (default: {LOCAL_HOST})")
+    mcp.add_argument("--port", type=int, default=8766, help="with --http (default: 8766)")
+    mcp.add_argument("--user", help="serve this user only (default: any user, 'default' first)")
+    mcp.add_argument("--agent", help="the agent memories are stored with (default: default)")
+    mcp.add_argument("--session", default="mcp", help="the default session (default: mcp)")
     worker = commands.add_parser("worker", help="run the embedding worker until interrupted")
     worker.add_argument("--concurrency", type=int, help="batches at once (default: setting)")
     worker.add_argument("--batch-size", type=int, help="jobs per batch (default: setting)")
@@ -367,6 +374,35 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def run_mcp(settings: Settings, args: argparse.Namespace) -> None:
+    """``memfuse mcp``: the MCP server on stdio, or streamable HTTP with ``--http`` (the key
+    rules of ``memfuse serve``: local only without ``MEMFUSE_SERVER_API_KEY``)."""
+    try:
+        from memfuse.integrations import mcp
+    except ImportError:
+        raise ConfigurationError(
+            "mcp", "the MCP server needs the mcp extra: pip install 'memfuse[mcp]'"
+        ) from None
+    from memfuse.memory import MemFuse
+
+    options: dict[str, Any] = {"fixed_user": args.user, "agent": args.agent}
+    options["session"] = args.session
+    memfuse = MemFuse(settings=settings)
+    if not args.http:
+        asyncio.run(mcp.serve_stdio(memfuse, **options))
+        return
+    admin_key = os.environ.get("MEMFUSE_SERVER_API_KEY") or None
+    if admin_key is None and args.host != LOCAL_HOST:
+        raise ConfigurationError(
+            "host",
+            f"serving {args.host} without a key would open every user's memory to the network; "
+            f"set MEMFUSE_SERVER_API_KEY or bind to {LOCAL_HOST}",
+        )
+    asyncio.run(
+        mcp.serve_http(memfuse, host=args.host, port=args.port, admin_key=admin_key, **options)
+    )
+
+
 @contextlib.contextmanager
 def _embedded_url(settings: Settings) -> Iterator[str]:
     """The embedded server's URL while the block runs (started and stopped on this thread's
@@ -444,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_worker(settings, args))
         elif args.command == "serve":
             serve(settings, args)
+        elif args.command == "mcp":
+            run_mcp(settings, args)
         elif args.command == "bench":
             suite = benchmark_suite()
             if suite is None:

@@ -1,0 +1,1 @@
+"""Doors into memfuse from other frameworks: MCP, LangGraph."""
