@@ -33,7 +33,10 @@ SCHEMAS = {
     "memfuse": "bench_peers_memfuse",
     "mem0": "bench_peers_mem0",
     "langgraph": "bench_peers_langgraph",
+    "memfuse_store": "bench_peers_memfuse_store",
 }
+"""``memfuse_store`` is memfuse's LangGraph store (``MemFuseStore``) on LangGraph's workload:
+the line to read beside ``langgraph`` (issue 17)."""
 SYSTEMS = tuple(SCHEMAS)
 SCHEMA_OF_MEMFUSE = SCHEMAS["memfuse"]
 MEM0_COLLECTION = "bench_peers_mem0_turns"
@@ -207,6 +210,60 @@ class LangGraphSystem:
         return {
             "items": await count_rows(self.url, f"SELECT count(*) FROM {schema}.store"),
             "vectors": await count_rows(self.url, f"SELECT count(*) FROM {schema}.store_vectors"),
+        }
+
+
+@dataclass(slots=True)
+class MemfuseStoreSystem:
+    """``MemFuseStore`` doing exactly what :class:`LangGraphSystem` does with LangGraph's."""
+
+    mf: MemFuse
+    store: Any
+    url: str
+
+    async def prepare(self, turns: Sequence[Turn]) -> None:
+        return None
+
+    async def add(self, turn: Turn) -> None:
+        await self.store.aput(
+            ("locomo", turn.user), str(turn.id), {"text": turn.text, "session": turn.session}
+        )
+
+    async def settle(self) -> None:
+        """Until every item has its vector (the worker embeds in the background)."""
+        schema = SCHEMAS["memfuse_store"]
+        query = f"SELECT count(*) FROM {schema}.knowledge WHERE embedding IS NULL"
+        connection = await asyncpg.connect(**asyncpg_connect_args(self.url))
+        try:
+            while await connection.fetchval(query):  # noqa: ASYNC110 - the worker's progress
+                await asyncio.sleep(0.02)
+        finally:
+            await connection.close()
+
+    async def finish(self) -> None:
+        await self.mf.flush()
+        await self.mf.analyze()
+
+    async def search(self, user: str, question: str) -> Sequence[Retrieved]:
+        items = await self.store.asearch(
+            ("locomo", user), query=question, limit=RESULTS_PER_QUESTION
+        )
+        return [Hit(str(item.value["text"]), (uuid.UUID(str(item.key)),)) for item in items]
+
+    async def forget_queries(self) -> None:
+        (await resolve(self.mf.container.retrieval_service)).embeddings.clear()
+
+    def counters(self) -> dict[str, int]:
+        stats = self.mf.search_stats()
+        return {"query_embedding_cache_hits": stats.query_embedding_cache_hits}
+
+    async def checks(self) -> dict[str, Any]:
+        schema = SCHEMAS["memfuse_store"]
+        return {
+            "items": await count_rows(self.url, f"SELECT count(*) FROM {schema}.knowledge"),
+            "vectors": await count_rows(
+                self.url, f"SELECT count(*) FROM {schema}.knowledge WHERE embedding IS NOT NULL"
+            ),
         }
 
 
@@ -396,11 +453,30 @@ async def open_langgraph(
         yield LangGraphSystem(store, url, calls)
 
 
+@asynccontextmanager
+async def open_memfuse_store(url: str, config: dict[str, Any]) -> AsyncIterator[System]:
+    from memfuse.integrations.langgraph import MemFuseStore
+
+    options: dict[str, Any] = {"schema": SCHEMAS["memfuse_store"], "search_cache_ttl": 0.0}
+    async with MemFuse(url, embedder="local", **options) as mf:
+        store = MemFuseStore(mf, user_label=1, index_fields=["text"])
+        config.update(
+            api="memfuse.integrations.langgraph.MemFuseStore(mf, user_label=1, "
+            "index_fields=['text']): aput(('locomo', user), turn_id, {'text', 'session'}); "
+            "asearch(('locomo', user), query=q, limit=200)",
+            options={"embedder": "local", **options},
+            search="memfuse's fused search (vector + full text) over the knowledge layer",
+        )
+        yield MemfuseStoreSystem(mf, store, url)
+
+
 def opener(
     name: str, url: str, config: dict[str, Any], extension_schema: str
 ) -> AbstractAsyncContextManager[System]:
     if name == "memfuse":
         return open_memfuse(url, config)
+    if name == "memfuse_store":
+        return open_memfuse_store(url, config)
     if name == "mem0":
         return open_mem0(url, config, extension_schema)
     return open_langgraph(url, config, extension_schema)

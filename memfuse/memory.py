@@ -58,7 +58,13 @@ from memfuse.types import (
     Unit,
     WorkerStats,
 )
-from memfuse.validation import check_flag, check_page, parse_message_id
+from memfuse.validation import (
+    check_flag,
+    check_namespace,
+    check_page,
+    check_value_filter,
+    parse_message_id,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -249,9 +255,13 @@ class MemFuse:
         since: datetime | None = None,
         until: datetime | None = None,
         include_unembedded: bool = True,
+        knowledge_namespace: Sequence[str] | None = None,
+        knowledge_filter: Mapping[str, Any] | None = None,
     ) -> list[SearchResult]:
         """:meth:`Memory.query` for a user given by id, narrowed by agent and session ids
-        rather than names (ids of another user match nothing)."""
+        rather than names (ids of another user match nothing). Knowledge items may be narrowed
+        to a namespace prefix and to values matching ``knowledge_filter`` (field -> value or
+        ``{"$gt": ...}``-style operators, as LangGraph's stores filter)."""
         self._check_open()
         request = SearchRequest.build(
             query,
@@ -264,7 +274,13 @@ class MemFuse:
             until=until,
             include_unembedded=include_unembedded,
         )
-        request = replace(request, agent_id=agent_id, session_id=session_id)
+        request = replace(
+            request,
+            agent_id=agent_id,
+            session_id=session_id,
+            knowledge_namespace=check_namespace(knowledge_namespace, field="knowledge_namespace"),
+            knowledge_filter=check_value_filter(knowledge_filter),
+        )
         return await self._parts.retrieval.search(user_id, request)
 
     @_database_call

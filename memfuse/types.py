@@ -205,6 +205,7 @@ class KnowledgeRow:
     created_at: datetime
     updated_at: datetime
     embedded: bool
+    indexed: bool = True
 
 
 @dataclass(frozen=True, slots=True)

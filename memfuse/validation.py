@@ -450,7 +450,9 @@ def check_content(value: object, *, index: int | None, max_chars: int) -> str:
 
 # -- Knowledge items --
 
-KNOWLEDGE_KEYS = frozenset({"content", "namespace", "key", "value", "metadata", "ttl_seconds"})
+KNOWLEDGE_KEYS = frozenset(
+    {"content", "namespace", "key", "value", "metadata", "ttl_seconds", "indexed"}
+)
 MAX_NAMESPACE_DEPTH = 16
 """Labels in a knowledge item's namespace."""
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
@@ -466,6 +468,7 @@ class KnowledgeInput(NamedTuple):
     value_json: str | None
     metadata_json: str
     ttl_seconds: float | None
+    indexed: bool = True
 
 
 def validate_knowledge(
@@ -497,7 +500,8 @@ def validate_knowledge(
 
 def validate_knowledge_item(raw: object, *, field: str, max_chars: int) -> KnowledgeInput:
     """One knowledge item: a text, or a dict with ``content`` and optional ``namespace``
-    (labels), ``key``, ``value`` (a JSON object), ``metadata`` and ``ttl_seconds``."""
+    (labels), ``key``, ``value`` (a JSON object), ``metadata``, ``ttl_seconds`` and ``indexed``
+    (false: neither embedded nor full-text indexed)."""
     if isinstance(raw, str):
         raw = {"content": raw}
     if not isinstance(raw, Mapping):
@@ -522,6 +526,7 @@ def validate_knowledge_item(raw: object, *, field: str, max_chars: int) -> Knowl
         None if value is None else metadata_json(value, field=f"{field}.value"),
         metadata_json(raw.get("metadata"), field=f"{field}.metadata"),
         check_ttl(raw.get("ttl_seconds"), field=f"{field}.ttl_seconds"),
+        check_flag(raw.get("indexed", True), field=f"{field}.indexed"),
     )
 
 
@@ -566,3 +571,13 @@ def check_ttl(value: object, *, field: str) -> float | None:
             field=field,
         )
     return float(value)
+
+
+def check_value_filter(value: object, *, field: str = "filter") -> str | None:
+    """A JSON value filter (:mod:`memfuse.db.value_filter`) as canonical JSON, or ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"must be a dict, got {type(value).__name__}", field=field)
+    text = metadata_json(value, field=field)
+    return json.dumps(json.loads(text), sort_keys=True)

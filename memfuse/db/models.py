@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Computed,
     DateTime,
@@ -94,6 +95,13 @@ _MESSAGE_TSVECTOR = (
     f"coalesce(name || '{SPEAKER_SEPARATOR}', '') || content)"
 )
 """A message is searched as :func:`message_text` reads it (migration 0004 holds a copy)."""
+
+
+KNOWLEDGE_TSVECTOR = (
+    f"CASE WHEN indexed THEN to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, content) "
+    "ELSE ''::tsvector END"
+)
+"""A knowledge item is full-text indexed only when ``indexed`` (migration 0007 holds a copy)."""
 
 
 class Base(DeclarativeBase):
@@ -347,7 +355,9 @@ class Knowledge(Base):
     ``BaseStore``: one live item per user, namespace and key); items without a key are plain
     statements. ``value`` holds the caller's JSON as given; ``content`` is the text that is
     embedded and full-text indexed. ``expires_at`` (from ``ttl_seconds``) hides an item from
-    every read once passed; a sweep deletes it later.
+    every read once passed; a sweep deletes it later. An item stored with ``indexed`` false
+    (LangGraph's ``index=False``) is neither embedded nor full-text indexed: it is found by
+    namespace, key and value only.
     """
 
     __tablename__ = "knowledge"
@@ -379,10 +389,11 @@ class Knowledge(Base):
     metadata_: Mapped[dict[str, Any]] = _metadata()
     ttl_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    indexed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     embedding: Mapped[list[float] | None] = _embedding()
-    content_tsv: Mapped[Any] = _content_tsv()
+    content_tsv: Mapped[Any] = _content_tsv(KNOWLEDGE_TSVECTOR)
 
 
 class ApiKey(Base):

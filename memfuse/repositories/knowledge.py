@@ -8,15 +8,17 @@ An item is live until its ``expires_at``: reads see live items only, and
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import Knowledge
+from memfuse.db.value_filter import value_filter_sql
 from memfuse.repositories.paging import paginate
 from memfuse.types import KnowledgeRow, Page
 from memfuse.validation import KnowledgeInput
@@ -34,6 +36,7 @@ _COLUMNS = (
     Knowledge.created_at,
     Knowledge.updated_at,
     Knowledge.embedding.is_not(None).label("embedded"),
+    Knowledge.indexed,
 )
 
 
@@ -61,6 +64,7 @@ def _row(row: Row[Any]) -> KnowledgeRow:
         created_at=row.created_at,
         updated_at=row.updated_at,
         embedded=row.embedded,
+        indexed=row.indexed,
     )
 
 
@@ -89,6 +93,7 @@ class KnowledgeRepository:
                 "metadata": func.cast(literal(item.metadata_json), Knowledge.metadata_.type),
                 "ttl_seconds": item.ttl_seconds,
                 "expires_at": _expiry(item.ttl_seconds) if item.ttl_seconds is not None else None,
+                "indexed": item.indexed,
             }
             for item_id, item in zip(ids, items, strict=True)
         ]
@@ -102,6 +107,7 @@ class KnowledgeRepository:
                 "metadata": statement.excluded.metadata,
                 "ttl_seconds": statement.excluded.ttl_seconds,
                 "expires_at": statement.excluded.expires_at,
+                "indexed": statement.excluded.indexed,
             },
         )
         result = await self.session.execute(statement.returning(*_COLUMNS))
@@ -136,17 +142,49 @@ class KnowledgeRepository:
         return None if row is None else _row(row)
 
     async def list_live(
-        self, user_id: uuid.UUID, page: Page, *, namespace_prefix: Sequence[str] = ()
+        self,
+        user_id: uuid.UUID,
+        page: Page,
+        *,
+        namespace_prefix: Sequence[str] = (),
+        value_filter: str | None = None,
+        by_update: bool = False,
     ) -> list[KnowledgeRow]:
-        """A page of the user's live items by creation time, within a namespace prefix."""
+        """A page of the user's live items by creation time (``by_update``: by the time of
+        their last change), within a namespace prefix, whose value matches ``value_filter``
+        (JSON of a :func:`~memfuse.db.value_filter.value_filter_sql` filter)."""
         query = select(*_COLUMNS).where(Knowledge.user_id == user_id, live())
         if namespace_prefix:
             depth = len(namespace_prefix)
             query = query.where(Knowledge.namespace[1:depth] == list(namespace_prefix))
-        result = await self.session.execute(
-            paginate(query, [Knowledge.created_at, Knowledge.id], page)
-        )
+        if value_filter is not None:
+            clause, parameters = value_filter_sql(
+                json.loads(value_filter), column="value", prefix="value_filter"
+            )
+            query = query.where(text(clause).bindparams(**parameters))
+        moment = Knowledge.updated_at if by_update else Knowledge.created_at
+        result = await self.session.execute(paginate(query, [moment, Knowledge.id], page))
         return [_row(row) for row in result]
+
+    async def get_many(
+        self, user_id: uuid.UUID, item_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, KnowledgeRow]:
+        """The user's live items among ``item_ids``."""
+        if not item_ids:
+            return {}
+        result = await self.session.execute(
+            select(*_COLUMNS).where(
+                Knowledge.user_id == user_id, Knowledge.id.in_(sorted(set(item_ids))), live()
+            )
+        )
+        return {row.id: _row(row) for row in result}
+
+    async def namespaces(self, user_id: uuid.UUID) -> list[tuple[str, ...]]:
+        """The distinct namespaces of the user's live items."""
+        result = await self.session.execute(
+            select(Knowledge.namespace).where(Knowledge.user_id == user_id, live()).distinct()
+        )
+        return [tuple(namespace) for namespace in result.scalars()]
 
     async def update(
         self,

@@ -16,6 +16,7 @@ common-terms rule (:func:`_common_terms_match`).
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import TEXT_SEARCH_CONFIG
+from memfuse.db.value_filter import value_filter_sql
 from memfuse.types import Layer, Method, Unit
 
 LAYER_TABLES: Final[dict[Layer, str]] = {
@@ -134,6 +136,11 @@ class SearchFilters:
     since: datetime | None = None
     until: datetime | None = None
     embedded_only: bool = False
+    knowledge_namespace: tuple[str, ...] = ()
+    """Knowledge items under this namespace prefix only."""
+    knowledge_filter: str | None = None
+    """Knowledge items whose value matches these conditions (JSON of a
+    :func:`~memfuse.db.value_filter.value_filter_sql` filter)."""
 
     def where(self, layer: Layer, alias: str = "") -> str:
         """SQL conditions for rows of ``layer`` (columns prefixed with ``alias.``)."""
@@ -153,7 +160,17 @@ class SearchFilters:
             conditions.append(f"{p}valid_to IS NULL")
         if layer == "knowledge":
             conditions.append(f"({p}expires_at IS NULL OR {p}expires_at > now())")
+            if self.knowledge_namespace:
+                depth = len(self.knowledge_namespace)
+                conditions.append(f"{p}namespace[1:{depth}] = CAST(:knowledge_namespace AS text[])")
+            if self.knowledge_filter is not None:
+                conditions.append(self._value_filter(f"{p}value")[0])
         return " AND ".join(conditions)
+
+    def _value_filter(self, column: str) -> tuple[str, dict[str, Any]]:
+        return value_filter_sql(
+            json.loads(self.knowledge_filter or "{}"), column=column, prefix="knowledge_filter"
+        )
 
     def parameters(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -163,6 +180,10 @@ class SearchFilters:
             "since": self.since,
             "until": self.until,
         }
+        if self.knowledge_namespace:
+            values["knowledge_namespace"] = list(self.knowledge_namespace)
+        if self.knowledge_filter is not None:
+            values.update(self._value_filter("value")[1])
         return {key: value for key, value in values.items() if value is not None}
 
 

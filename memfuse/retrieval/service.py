@@ -59,6 +59,9 @@ class SearchRequest:
     since: datetime | None = None
     until: datetime | None = None
     include_unembedded: bool = True
+    knowledge_namespace: tuple[str, ...] = ()
+    knowledge_filter: str | None = None
+    """Canonical JSON (sorted keys) of the knowledge items' value filter: hashable."""
 
     @classmethod
     def build(
@@ -226,6 +229,8 @@ class RetrievalService:
             since=request.since,
             until=request.until,
             embedded_only=not request.include_unembedded,
+            knowledge_namespace=request.knowledge_namespace,
+            knowledge_filter=request.knowledge_filter,
         )
         # SearchRequest.build sets top_k whenever there is no budget.
         if request.max_tokens is not None:

@@ -24,6 +24,7 @@ from memfuse.validation import (
     check_knowledge_content,
     check_namespace,
     check_ttl,
+    check_value_filter,
     metadata_json,
     validate_knowledge,
 )
@@ -74,11 +75,44 @@ class KnowledgeService:
             return await KnowledgeRepository(db).get_by_key(user_id, checked_namespace, key)
 
     async def list_live(
-        self, user_id: uuid.UUID, page: Page, *, namespace_prefix: object = None
+        self,
+        user_id: uuid.UUID,
+        page: Page,
+        *,
+        namespace_prefix: object = None,
+        value_filter: Mapping[str, Any] | None = None,
+        by_update: bool = False,
     ) -> list[KnowledgeRow]:
+        """A page of live items, within a namespace prefix, whose value matches the filter
+        (field -> value or ``{"$gt": ...}``-style operators)."""
         prefix = check_namespace(namespace_prefix, field="namespace_prefix")
+        checked_filter = check_value_filter(value_filter)
         async with self._session_factory() as db:
-            return await KnowledgeRepository(db).list_live(user_id, page, namespace_prefix=prefix)
+            return await KnowledgeRepository(db).list_live(
+                user_id,
+                page,
+                namespace_prefix=prefix,
+                value_filter=checked_filter,
+                by_update=by_update,
+            )
+
+    async def get_many(
+        self, user_id: uuid.UUID, item_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, KnowledgeRow]:
+        async with self._session_factory() as db:
+            return await KnowledgeRepository(db).get_many(user_id, item_ids)
+
+    async def namespaces(self, user_id: uuid.UUID) -> list[tuple[str, ...]]:
+        async with self._session_factory() as db:
+            return await KnowledgeRepository(db).namespaces(user_id)
+
+    async def refresh_ttl(self, user_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> None:
+        """Restart the lifetime of these items (those with a TTL): a read that refreshes."""
+        if not item_ids:
+            return
+        async with self._session_factory.begin() as db:
+            await self._lock_user(db, user_id)
+            await KnowledgeRepository(db).refresh_ttl(user_id, item_ids)
 
     async def update(
         self,

@@ -2,9 +2,10 @@
 
 ``knowledge`` holds what a user or an app states outright, per user, beside the conversation
 layers: embedded and full-text indexed through the same queue triggers as messages, episodes
-and facts, and searched as its own layer. ``namespace`` + ``key`` address an item as a
-key-value store does (one live item per user, namespace and key), ``value`` keeps the caller's
-JSON, ``ttl_seconds``/``expires_at`` let it expire.
+and facts (unless stored with ``indexed`` false), and searched as its own layer.
+``namespace`` + ``key`` address an item as a key-value store does (one live item per user,
+namespace and key), ``value`` keeps the caller's JSON, ``ttl_seconds``/``expires_at`` let it
+expire.
 
 ``api_keys`` holds the server's per-user keys as SHA-256 hashes only.
 
@@ -28,6 +29,11 @@ from sqlalchemy.dialects import postgresql
 
 from memfuse.db.migrate import DIMENSION_KEY, migration_options
 from memfuse.db.vector import Vector
+
+KNOWLEDGE_TSVECTOR = (
+    "CASE WHEN indexed THEN to_tsvector('english'::regconfig, content) ELSE ''::tsvector END"
+)
+"""A copy of memfuse.db.models.KNOWLEDGE_TSVECTOR as of this revision."""
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -98,13 +104,14 @@ def upgrade() -> None:
         ),
         sa.Column("ttl_seconds", sa.Float(), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("indexed", sa.Boolean(), nullable=False, server_default=sa.text("true")),
         _timestamp("created_at"),
         _timestamp("updated_at"),
         sa.Column("embedding", Vector(dimension), nullable=True),
         sa.Column(
             "content_tsv",
             postgresql.TSVECTOR(),
-            sa.Computed("to_tsvector('english'::regconfig, content)", persisted=True),
+            sa.Computed(KNOWLEDGE_TSVECTOR, persisted=True),
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name="pk_knowledge"),
@@ -146,21 +153,41 @@ def upgrade() -> None:
         postgresql_using="gin",
     )
     # The same triggers as the other memory tables (0001, 0005, 0006).
+    # updated_at is the item's last change by a caller: not its vector's arrival, nor a read
+    # that restarts its TTL (LangGraph's stores keep it so).
     op.execute(f"""
-        CREATE TRIGGER knowledge_touch_updated_at BEFORE UPDATE ON "{s}".knowledge
+        CREATE TRIGGER knowledge_touch_updated_at
+        BEFORE UPDATE OF content, value, metadata, namespace, key, ttl_seconds, indexed
+        ON "{s}".knowledge
         FOR EACH ROW EXECUTE FUNCTION "{s}".touch_updated_at()""")
     op.execute(f"""
-        CREATE TRIGGER knowledge_clear_stale_embedding BEFORE UPDATE OF content ON "{s}".knowledge
-        FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
+        CREATE TRIGGER knowledge_clear_stale_embedding
+        BEFORE UPDATE OF content, indexed ON "{s}".knowledge
+        FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content OR NOT NEW.indexed)
         EXECUTE FUNCTION "{s}".clear_stale_embedding()""")
+    # As enqueue_embedding_rows (0006), for indexed items only.
+    op.execute(f"""
+        CREATE FUNCTION "{s}".enqueue_knowledge_rows() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM new_rows WHERE embedding IS NULL AND indexed) THEN
+                INSERT INTO "{s}".embedding_jobs (table_name, row_id)
+                SELECT TG_TABLE_NAME, n.id FROM new_rows AS n
+                WHERE n.embedding IS NULL AND n.indexed;
+            END IF;
+            RETURN NULL;
+        END
+        $$""")
     op.execute(f"""
         CREATE TRIGGER knowledge_enqueue_on_insert AFTER INSERT ON "{s}".knowledge
         REFERENCING NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION "{s}".enqueue_embedding_rows()""")
+        FOR EACH STATEMENT EXECUTE FUNCTION "{s}".enqueue_knowledge_rows()""")
     op.execute(f"""
         CREATE TRIGGER knowledge_enqueue_on_content_change
-        AFTER UPDATE OF content ON "{s}".knowledge
-        FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
+        AFTER UPDATE OF content, indexed ON "{s}".knowledge
+        FOR EACH ROW WHEN (
+            NEW.indexed AND (OLD.content IS DISTINCT FROM NEW.content OR NOT OLD.indexed)
+        )
         EXECUTE FUNCTION "{s}".enqueue_embedding()""")
     op.execute(f"""
         CREATE TRIGGER knowledge_drop_embedding_jobs AFTER DELETE ON "{s}".knowledge
@@ -215,3 +242,4 @@ def downgrade() -> None:
     op.execute(f"DELETE FROM \"{s}\".embedding_dead_letters WHERE table_name = 'knowledge'")
     _replace_table_known(s, QUEUED_BEFORE)
     op.drop_table("knowledge", schema=s)
+    op.execute(f'DROP FUNCTION "{s}".enqueue_knowledge_rows()')
