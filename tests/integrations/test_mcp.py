@@ -4,14 +4,19 @@ assistant would call them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -137,3 +142,37 @@ async def test_a_server_fixed_to_one_user_refuses_others(database_url: str) -> N
         assert "serves user 'alice' only" in refused
         listed = await call(client, "get_memories")
         assert json.dumps(listed).count("Alice likes tea") == 1
+
+
+async def test_http_transport_requires_the_admin_key(database_url: str) -> None:
+    """``memfuse mcp --http``: 401 without the key; with it, an MCP client lists the tools."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = "mcp-admin-key-0123456789abcdef"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MEMFUSE_SERVER_API_KEY": key}
+    command = ["-m", "memfuse.cli", "--database-url", database_url, "mcp", "--http"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command, "--port", str(port), env=env, cwd=CHECKOUT
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            for _ in range(600):
+                try:
+                    refused = await http.post(url, json={})
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.2)
+            assert refused.status_code == 401
+            wrong = await http.post(url, json={}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        # The SDK's HTTP transport takes its own httpx2 client, here carrying the key.
+        authorized = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        transport = streamable_http_client(url, http_client=authorized)
+        async with authorized, Client(transport) as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert tools == TOOLS
+    finally:
+        process.terminate()
+        await process.wait()
