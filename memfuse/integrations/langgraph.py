@@ -172,7 +172,9 @@ class MemFuseStore(BaseStore):
             return []
         knowledge = self.memfuse.knowledge
         found: list[SearchItem] = []
-        seen: set[uuid.UUID] = set()  # the ids of ``found``, in order below
+        expiring: list[uuid.UUID] = []  # items with a TTL, which a read may refresh
+        seen: set[uuid.UUID] = set()
+        offset = op.offset
         if op.query and any(character.isalnum() for character in op.query):
             results = await self.memfuse.search(
                 user_id,
@@ -189,9 +191,9 @@ class MemFuseStore(BaseStore):
                 if row is not None:
                     found.append(_search_item(row, result.score))
                     seen.add(row.id)
+                    if row.ttl_seconds is not None:
+                        expiring.append(row.id)
             offset = 0 if results else op.offset
-        else:
-            offset = op.offset
         if len(found) < op.limit:  # without a query, or items the query did not rank
             page = Page(limit=op.limit - len(found) + len(seen), offset=offset, newest_first=True)
             listed = await knowledge.list_live(
@@ -205,8 +207,10 @@ class MemFuseStore(BaseStore):
                 if row.id not in seen and len(found) < op.limit:
                     found.append(_search_item(row, None))
                     seen.add(row.id)
-        if op.refresh_ttl and seen:
-            await knowledge.refresh_ttl(user_id, sorted(seen))
+                    if row.ttl_seconds is not None:
+                        expiring.append(row.id)
+        if op.refresh_ttl and expiring:
+            await knowledge.refresh_ttl(user_id, expiring)
         return found
 
     async def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:

@@ -237,7 +237,10 @@ class RetrievalService:
             fetch = min(MAX_TOP_K, max(self.candidates, request.max_tokens // MIN_RESULT_TOKENS))
         else:
             fetch = cast(int, request.top_k)
+        candidates = self.candidates
         if request.unit == "item":
+            # Each list can contribute at most its candidates: rank as many as are returned.
+            candidates = max(candidates, min(fetch, MAX_TOP_K))
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)
@@ -252,7 +255,7 @@ class RetrievalService:
                 query_vector=vector,
                 layers=request.layers,
                 methods=request.methods,
-                candidates=self.candidates,
+                candidates=candidates,
                 rrf_k=self.rrf_k,
                 limit=fetch,
                 common_terms=common_terms,
