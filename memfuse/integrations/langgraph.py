@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -50,6 +51,8 @@ from langgraph.store.base.embed import get_text_at_path, tokenize_path
 from memfuse.errors import ConflictError, MemfuseError, NotFoundError, ValidationError
 from memfuse.memory import MemFuse
 from memfuse.types import KnowledgeRow, Page
+
+logger = logging.getLogger(__name__)
 
 WHOLE_VALUE = "$"
 MINUTE = 60.0
@@ -244,8 +247,10 @@ class MemFuseStore(BaseStore):
 
         async def sweep_forever() -> None:
             while True:
-                with contextlib.suppress(MemfuseError):  # away: the next round tries again
+                try:
                     await self.sweep_ttl()
+                except Exception:  # the database away, a lost connection: next round retries
+                    logger.warning("MemFuseStore's TTL sweep failed; retrying", exc_info=True)
                 await asyncio.sleep(seconds)
 
         self._sweeper = asyncio.create_task(sweep_forever(), name="memfuse-store-ttl-sweeper")

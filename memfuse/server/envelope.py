@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from memfuse.db.errors import database_error
 from memfuse.errors import (
     ClosedError,
     ConflictError,
@@ -107,5 +108,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        translated = database_error(error, request.app.state.memfuse.settings.database_url)
+        if translated is not None:  # the database is unreachable: 503, as the facade says
+            return await memfuse_error(request, translated)
         logger.exception("%s %s failed", request.method, request.url.path)
         return failure(500, "internal server error")

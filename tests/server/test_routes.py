@@ -252,3 +252,16 @@ async def test_openapi_docs_describe_every_resource(client: httpx.AsyncClient) -
         "/api/v1/agents",
     ):
         assert path in paths
+
+
+async def test_an_unreachable_database_is_a_503(
+    mf: MemFuse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(user_id: uuid.UUID) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(mf.tenancy, "get_user", refused)
+    transport = httpx.ASGITransport(app=create_app(mf), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
+        response = await client.get(f"/users/{uuid.uuid4()}")
+    assert "database unavailable" in failed(response, 503)
