@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -258,7 +259,7 @@ async def test_an_unreachable_database_is_a_503(
     mf: MemFuse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def refused(user_id: uuid.UUID) -> None:
-        raise ConnectionRefusedError(111, "Connection refused")
+        raise asyncpg.CannotConnectNowError("the database system is shutting down")
 
     monkeypatch.setattr(mf.tenancy, "get_user", refused)
     transport = httpx.ASGITransport(app=create_app(mf), raise_app_exceptions=False)
