@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from memfuse.config import PoolSettings, Settings, load_settings
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for
-from memfuse.db.engines import create_engine, schema_execution_options
+from memfuse.db.engines import create_engine, schema_execution_options, warm_up
 from memfuse.db.errors import database_error
 from memfuse.errors import (
     ConfigurationError,
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=LOCAL_HOST, help=f"address (default: {LOCAL_HOST})")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765, the SDK's)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    serve.add_argument(
+        "--no-warmup", action="store_true", help="do not open the pool's connections at start"
+    )
     mcp = commands.add_parser("mcp", help="run the MCP server on stdio (the mcp extra)")
     mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
     mcp.add_argument("--host", default=LOCAL_HOST, help=f"with --http (default: {LOCAL_HOST})")
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
     worker.add_argument(
         "--requeue-dead-letters", action="store_true", help="re-queue dead letters, then exit"
+    )
+    worker.add_argument(
+        "--no-warmup", action="store_true", help="do not open the pool's connections at start"
     )
     return parser
 
@@ -294,6 +300,8 @@ async def run_worker(settings: Settings, args: argparse.Namespace) -> None:
     container.settings.override(providers.Object(replace(settings, worker_enabled=True)))
     await start(container)
     try:
+        if not args.no_warmup:
+            await warm_up(await resolve(container.engine), settings.pool.pool_size)
         worker = await resolve(container.embedding_worker)
         if worker is None:
             raise ConfigurationError("embedder", "the worker needs an embedder (not 'none')")
@@ -337,6 +345,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     if settings.pool.pool_size == PoolSettings().pool_size:  # not configured: a server's
         settings = replace(settings, pool=replace(settings.pool, pool_size=SERVER_POOL_SIZE))
+    settings = replace(settings, pool_warmup=not args.no_warmup)
     admin_key = admin_key_from_environment()
     if admin_key is None and args.host != LOCAL_HOST:
         raise ConfigurationError(
@@ -364,6 +373,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         os.environ["MEMFUSE_DATABASE_URL"] = url
         os.environ["MEMFUSE_SCHEMA"] = settings.schema
         os.environ["MEMFUSE_POOL_SIZE"] = str(settings.pool.pool_size)
+        os.environ["MEMFUSE_POOL_WARMUP"] = "true" if settings.pool_warmup else "false"
         uvicorn.run(
             "memfuse.server.app:app_from_environment",
             factory=True,

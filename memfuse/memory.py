@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -26,6 +27,7 @@ from memfuse.buffer import WriteBuffer
 from memfuse.config import Settings, load_settings
 from memfuse.container import Container, resolve, start, stop
 from memfuse.db import migrate
+from memfuse.db.engines import warm_up
 from memfuse.db.errors import database_error
 from memfuse.embedding.worker import EmbeddingWorker
 from memfuse.errors import ClosedError, ConfigurationError, NotFoundError, ValidationError
@@ -155,6 +157,8 @@ class MemFuse:
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
         self._running: _Started | None = None
+        self._health_lock = asyncio.Lock()
+        self._health_cache: dict[int, tuple[float, HealthReport]] = {}
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -185,6 +189,9 @@ class MemFuse:
                 )
             else:
                 await migrate.require_head(engine, self.settings.schema)
+            if self.settings.pool_warmup:
+                seconds = await warm_up(engine, self.settings.pool.pool_size)
+                self.monitor.record("pool_warmup", seconds * 1000.0)
             running = _Started(
                 tenancy=await resolve(self.container.tenancy_service),
                 messages=await resolve(self.container.message_service),
@@ -322,10 +329,16 @@ class MemFuse:
         await self._parts.retrieval.analyze()
 
     @_database_call
-    async def health(self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH) -> HealthReport:
+    async def health(
+        self, *, max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH, max_age: float | None = None
+    ) -> HealthReport:
         """Database, pgvector, schema revision, vector dimension, queue, dead letters and
         pipeline failures, one check each (``report.ok``, ``report.to_dict()`` for an
-        endpoint). Never raises for a failing check."""
+        endpoint). Never raises for a failing check.
+
+        A report at most ``max_age`` seconds old (default: the ``health_cache_seconds``
+        setting, 0: always fresh) is returned again instead of checking anew; concurrent
+        callers share one check. Each check run is timed as the monitor's ``health_check``."""
         self._parts  # noqa: B018  (refused unless started and open)
         if (
             not isinstance(max_queue_depth, int)
@@ -336,13 +349,23 @@ class MemFuse:
                 f"must be a whole number, 0 or more, got {max_queue_depth!r}",
                 field="max_queue_depth",
             )
-        return await check_health(
-            await resolve(self.container.engine),
-            schema=self.settings.schema,
-            embedder=await resolve(self.container.embedder),
-            max_queue_depth=max_queue_depth,
-            tasks=self.task_states(),
-        )
+        age = self.settings.health_cache_seconds if max_age is None else max_age
+        if isinstance(age, bool) or not isinstance(age, int | float) or not age >= 0:
+            raise ValidationError(f"must be seconds, 0 or more, got {age!r}", field="max_age")
+        async with self._health_lock:
+            cached = self._health_cache.get(max_queue_depth)
+            if cached is not None and time.monotonic() - cached[0] <= age:
+                return cached[1]
+            with self.monitor.track_operation("health_check"):
+                report = await check_health(
+                    await resolve(self.container.engine),
+                    schema=self.settings.schema,
+                    embedder=await resolve(self.container.embedder),
+                    max_queue_depth=max_queue_depth,
+                    tasks=self.task_states(),
+                )
+            self._health_cache[max_queue_depth] = (time.monotonic(), report)
+            return report
 
     def task_states(self) -> list[TaskState]:
         """Each background task of this instance: the write buffer's flusher, the pipeline's

@@ -140,6 +140,9 @@ class Settings:
     search_cache_ttl: float = 30.0
     search_cache_size: int = 1000
     query_embedding_cache_size: int = 1024
+    # Health checks and start-up (issue 18; docs/operations.md).
+    health_cache_seconds: float = 0.0
+    pool_warmup: bool = False
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
@@ -218,7 +221,12 @@ class Settings:
         for name in ("worker_poll_interval", "worker_lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("search_cache_ttl", "search_cache_size", "query_embedding_cache_size"):
+        for name in (
+            "search_cache_ttl",
+            "search_cache_size",
+            "query_embedding_cache_size",
+            "health_cache_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(
                     name, f"must be 0 (off) or more, got {getattr(self, name)}"

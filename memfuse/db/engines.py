@@ -9,6 +9,7 @@ in gets the codec and statement timing but is never disposed by memfuse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -174,6 +175,20 @@ def install_vector_codec(
                 event.remove(target, name, hook)
 
     return remove
+
+
+async def warm_up(engine: AsyncEngine, connections: int) -> float:
+    """Open ``connections`` pooled connections at once (each registers pgvector's codec and
+    runs ``SELECT 1``), then return them to the pool: the first requests find them ready.
+    Seconds it took."""
+    started = time.perf_counter()
+    async with contextlib.AsyncExitStack() as stack:
+        opened = await asyncio.gather(
+            *(stack.enter_async_context(engine.connect()) for _ in range(connections))
+        )
+        for connection in opened:
+            await connection.execute(text("SELECT 1"))
+    return time.perf_counter() - started
 
 
 class EngineRegistry:

@@ -36,6 +36,7 @@ DEFAULT_THRESHOLDS_MS: Mapping[str, float] = MappingProxyType(
         "m2_operation": 150.0,
         "buffer_flush": 50.0,
         "service_access": 10.0,
+        "health_check": 1000.0,
     }
 )
 """Latency budgets (ms); a sample above its budget raises an :class:`Alert`."""

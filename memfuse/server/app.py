@@ -23,6 +23,8 @@ from memfuse.server.limits import MAX_BODY_BYTES, BodyLimit
 API_PREFIX = "/api/v1"
 ADMIN_KEY_VARIABLE = "MEMFUSE_SERVER_API_KEY"
 SWEEP_SECONDS = 60.0
+HEALTH_MAX_AGE = 5.0
+"""Seconds a readiness report is served again before the checks run anew."""
 
 
 def admin_key_from_environment() -> str | None:
@@ -34,6 +36,7 @@ def create_app(
     *,
     admin_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    health_max_age: float = HEALTH_MAX_AGE,
 ) -> FastAPI:
     """The REST API over ``memfuse`` (a new ``MemFuse()`` from the environment when None).
 
@@ -64,9 +67,11 @@ def create_app(
     )
     app.state.memfuse = target
     app.state.admin_key = admin_key
+    app.state.health_max_age = health_max_age
     install_error_handlers(app)
     for module in (health, users, agents, sessions, messages, knowledge, api_keys):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.metrics_router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 

@@ -266,3 +266,29 @@ async def test_an_unreachable_database_is_a_503(
     async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
         response = await client.get(f"/users/{uuid.uuid4()}")
     assert "database unavailable" in failed(response, 503)
+
+
+async def test_liveness_readiness_and_metrics(client: httpx.AsyncClient) -> None:
+    no_key = {"Authorization": ""}
+    assert ok(await client.get("/health/live", headers=no_key)) == {"status": "ok"}
+    ready = ok(await client.get("/health/ready", headers=no_key))
+    names = {check["name"] for check in ready["checks"]}
+    assert {"database", "schema", "queue", "dead letters", "background"} <= names
+    metrics_url = "http://memfuse.test/metrics"
+    failed(await client.get(metrics_url, headers=no_key), 401)
+    text = (await client.get(metrics_url)).text
+    assert "memfuse_operation_calls_total" in text and 'operation="health_check"' in text
+
+
+async def test_readiness_names_the_failed_checks(
+    client: httpx.AsyncClient, mf: MemFuse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memfuse.types import Check, HealthReport
+
+    async def failing(**options: object) -> HealthReport:
+        return HealthReport((Check("database", True, "ok"), Check("queue", False, "too deep")), 0)
+
+    monkeypatch.setattr(mf, "health", failing)
+    message = failed(await client.get("/health/ready"), 503, "queue")
+    assert "queue" in message
+    assert ok(await client.get("/health/live"))["status"] == "ok"

@@ -1,0 +1,45 @@
+"""Cached health checks and pool warm-up (issue 18): what a server's probes and first requests
+rely on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from memfuse.errors import ValidationError
+from memfuse.memory import MemFuse
+
+
+async def test_a_recent_report_is_served_again_and_callers_share_a_check(
+    database_url: str,
+) -> None:
+    async with MemFuse(database_url, embedder="none", pipeline_auto=False) as mf:
+        first = await mf.health(max_age=60)
+        assert first.ok
+        assert await mf.health(max_age=60) is first
+        together = await asyncio.gather(*(mf.health(max_age=0) for _ in range(5)))
+        assert all(report.ok for report in together)
+        stats = mf.monitor.stats("health_check")
+        assert stats is not None and 2 <= stats.count <= 6  # one per fresh check, never 0
+        fresh = await mf.health()  # health_cache_seconds defaults to 0: always fresh
+        assert fresh is not first
+        with pytest.raises(ValidationError):
+            await mf.health(max_age=-1)
+
+
+async def test_the_setting_sets_the_default_age(database_url: str) -> None:
+    async with MemFuse(
+        database_url, embedder="none", pipeline_auto=False, health_cache_seconds=60
+    ) as mf:
+        assert await mf.health() is await mf.health()
+
+
+async def test_warm_up_opens_the_pool_before_the_first_request(database_url: str) -> None:
+    async with MemFuse(database_url, embedder="none", pipeline_auto=False, pool_warmup=True) as mf:
+        [stats] = mf.container.engine_registry().stats().values()
+        assert stats.checked_in >= mf.settings.pool.pool_size
+        assert mf.monitor.stats("pool_warmup") is not None
+    async with MemFuse(database_url, embedder="none", pipeline_auto=False) as cold:
+        [stats] = cold.container.engine_registry().stats().values()
+        assert stats.checked_in < cold.settings.pool.pool_size
