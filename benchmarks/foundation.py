@@ -29,7 +29,7 @@ from benchmarks.harness import run_benchmark
 from memfuse.config import PoolSettings, Settings
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import Container, resolve, start, stop
-from memfuse.db.engines import EngineRegistry, create_engine
+from memfuse.db.engines import EngineRegistry, create_engine, warm_up
 from memfuse.monitor import PerformanceMonitor, instrument_engine
 from memfuse.monitor.performance import percentile
 
@@ -160,12 +160,40 @@ async def measure(url: str, rounds: int, ops: int) -> dict[str, Any]:
         ops,
     )
     await stop(container)
+    results["first_request"] = await first_request(url, rounds * 5)
     remove_hooks()
     for engine in (no_ping, bare, hooked):
         await engine.dispose()
     await registry.dispose_all()
     await raw_pool.close()
     return results
+
+
+async def first_request(url: str, samples: int) -> dict[str, Any]:
+    """The first ``SELECT 1`` through a new engine (pool of 5, pgvector's codec registered on
+    connect), with and without :func:`memfuse.db.engines.warm_up` before it, interleaved."""
+    latencies: dict[str, list[float]] = {"cold": [], "warmed": []}
+    for _ in range(samples):
+        for kind in ("cold", "warmed"):
+            engine = create_engine(url, PoolSettings(pool_pre_ping=True))
+            try:
+                if kind == "warmed":
+                    await warm_up(engine, PoolSettings().pool_size)
+                started = time.perf_counter()
+                async with engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+                latencies[kind].append((time.perf_counter() - started) * 1000.0)
+            finally:
+                await engine.dispose()
+    cold, warmed = summary(latencies["cold"]), summary(latencies["warmed"])
+    result = {
+        "samples": samples,
+        "cold": cold,
+        "warmed": warmed,
+        "warmed_p50_ratio_vs_cold": round(warmed["p50_ms"] / cold["p50_ms"], 3),
+    }
+    print(f"first_request: {json.dumps(result)}", flush=True)  # noqa: T201 - benchmark output
+    return result
 
 
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:

@@ -64,6 +64,9 @@ def foundation_keys(results: Results) -> Results:
         "service_access_p99_ms": _ms(
             results["service_access"]["container_resolve_tenancy_service"]["p99_ms"]
         ),
+        "first_request_p50_ms_cold": _ms(results["first_request"]["cold"]["p50_ms"]),
+        "first_request_p50_ms_warmed": _ms(results["first_request"]["warmed"]["p50_ms"]),
+        "first_request_warmed_ratio_vs_cold": results["first_request"]["warmed_p50_ratio_vs_cold"],
     }
 
 
