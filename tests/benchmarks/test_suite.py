@@ -29,6 +29,9 @@ async def test_foundation_keys_come_from_a_measured_run(database_url: str) -> No
         "asyncpg_pool_acquire_p50_ms",
         "asyncpg_pool_acquire_p99_ms",
         "service_access_p99_ms",
+        "first_request_p50_ms_cold",
+        "first_request_p50_ms_warmed",
+        "first_request_warmed_ratio_vs_cold",
     }
     assert all(value > 0 for value in keys.values())
     assert keys["pool_checkout_p99_ms"] >= keys["pool_checkout_p50_ms"]
