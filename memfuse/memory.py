@@ -419,7 +419,9 @@ class MemFuse:
     async def metrics_text(self) -> str:
         """The same in Prometheus' text format (needs the ``metrics`` extra)."""
         await self._refresh_gauges()
-        return prometheus_text(self.monitor, self.container.engine_registry().stats())
+        return prometheus_text(
+            self.monitor, self.container.engine_registry().stats(), self.task_states()
+        )
 
     async def _refresh_gauges(self) -> None:
         worker = self._parts.worker

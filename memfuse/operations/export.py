@@ -5,18 +5,21 @@ the recent window's p50/p95/p99), ``memfuse_operation_calls_total`` and
 ``memfuse_operation_errors_total``; each monitor gauge as ``memfuse_<name>``, each counter as
 ``memfuse_<name>_total``; per engine ``memfuse_pool_size``, ``memfuse_pool_checked_out``,
 ``memfuse_pool_overflow`` and ``memfuse_pool_connections_opened_total``, labelled by the masked
-URL.
+URL; ``memfuse_operation_threshold_ms{operation}`` (each operation's latency budget) and
+``memfuse_background_task_up{task}`` (1 running, 0 restarting or stopped). The Grafana dashboard
+and alert rules in docs/dashboards/ query these names (a test checks each is exported).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from memfuse.db.engines import EngineStats
 from memfuse.errors import ConfigurationError
 from memfuse.monitor.performance import PerformanceMonitor
+from memfuse.types import TaskState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -32,7 +35,11 @@ def metrics_json(monitor: PerformanceMonitor, pools: Mapping[str, EngineStats]) 
     }
 
 
-def prometheus_text(monitor: PerformanceMonitor, pools: Mapping[str, EngineStats]) -> str:
+def prometheus_text(
+    monitor: PerformanceMonitor,
+    pools: Mapping[str, EngineStats],
+    tasks: Sequence[TaskState] = (),
+) -> str:
     """The same figures in Prometheus' text exposition format."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -43,14 +50,16 @@ def prometheus_text(monitor: PerformanceMonitor, pools: Mapping[str, EngineStats
 
     class _Collector:
         def collect(self) -> Iterator[Metric]:
-            return _metrics(monitor, pools)
+            return _metrics(monitor, pools, tasks)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())
     return generate_latest(registry).decode()
 
 
-def _metrics(monitor: PerformanceMonitor, pools: Mapping[str, EngineStats]) -> Iterator[Metric]:
+def _metrics(
+    monitor: PerformanceMonitor, pools: Mapping[str, EngineStats], tasks: Sequence[TaskState]
+) -> Iterator[Metric]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     duration = GaugeMetricFamily(
@@ -74,6 +83,22 @@ def _metrics(monitor: PerformanceMonitor, pools: Mapping[str, EngineStats]) -> I
         calls.add_metric([name], stats.count)
         errors.add_metric([name], stats.errors)
     yield from (duration, calls, errors)
+    threshold = GaugeMetricFamily(
+        "memfuse_operation_threshold_ms",
+        "The latency budget of an operation, in milliseconds (alerts compare p95 with it)",
+        labels=["operation"],
+    )
+    for name, budget in monitor.thresholds.items():
+        threshold.add_metric([name], budget)
+    yield threshold
+    up = GaugeMetricFamily(
+        "memfuse_background_task_up",
+        "1 while a background task runs, 0 while it restarts or is stopped",
+        labels=["task"],
+    )
+    for task in tasks:
+        up.add_metric([task.name], 1.0 if task.status == "running" else 0.0)
+    yield up
     for name, level in monitor.gauges().items():
         yield GaugeMetricFamily(f"memfuse_{_safe(name)}", f"memfuse gauge {name}", value=level)
     for name, total in monitor.counters().items():
