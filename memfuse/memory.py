@@ -264,6 +264,7 @@ class MemFuse:
         include_unembedded: bool = True,
         knowledge_namespace: Sequence[str] | None = None,
         knowledge_filter: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """:meth:`Memory.query` for a user given by id, narrowed by agent and session ids
         rather than names (ids of another user match nothing). Knowledge items may be narrowed
@@ -280,6 +281,7 @@ class MemFuse:
             since=since,
             until=until,
             include_unembedded=include_unembedded,
+            explain=explain,
         )
         request = replace(
             request,
@@ -533,6 +535,7 @@ class Memory:
         since: datetime | None = None,
         until: datetime | None = None,
         include_unembedded: bool = True,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """Search this user's memory (all sessions unless ``session`` names one).
 
@@ -542,7 +545,8 @@ class Memory:
         knowledge items, which have no messages), "item" the rows of each layer.
         ``since``/``until`` bound when things were said. Rows not embedded yet are found by full
         text unless ``include_unembedded`` is false. Knowledge belongs to the user: ``agent``
-        and ``session`` do not narrow it.
+        and ``session`` do not narrow it. ``explain`` fills each result's ``ranks``: its rank in
+        every list that ranked it, the answer to "why did it return this?".
         """
         with self._span("memfuse.query") as current:
             request = SearchRequest.build(
@@ -555,6 +559,7 @@ class Memory:
                 since=since,
                 until=until,
                 include_unembedded=include_unembedded,
+                explain=explain,
             )
             if current is not None:
                 current.set_attributes(_query_attributes(request, agent, session))

@@ -19,7 +19,7 @@ import functools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -203,6 +203,8 @@ class ScoredRow:
     speaker: str | None
     embedded: bool
     role: str | None
+    ranks: dict[str, int] | None = None
+    """With ``explain``: the item's rank in each list that ranked it (``"m0_vector": 3``)."""
 
 
 class SearchRepository:
@@ -261,6 +263,7 @@ class SearchRepository:
         rrf_k: int,
         limit: int,
         common_terms: Mapping[Layer, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> list[ScoredRow]:
         """The best ``limit`` results of the fused lists, best first.
 
@@ -278,9 +281,9 @@ class SearchRepository:
         if not ranked:
             return []
         fused = (
-            self._messages(filters, knowledge="knowledge" in layers)
+            self._messages(filters, knowledge="knowledge" in layers, explain=explain)
             if unit == "message"
-            else self._items()
+            else self._items(explain=explain)
         )
         sql = f"""
 WITH {_QUERY_TERMS},
@@ -306,6 +309,12 @@ ranked AS (
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
         result = await self.session.execute(_statement(sql), parameters)
+        if explain:
+            return [
+                replace(scored, score=float(scored.score), ranks=dict(row[-1]))
+                for row in result
+                for scored in (ScoredRow(*row[:-1]),)  # the columns, then the ranks
+            ]
         # Positional: both fused selects list these columns in this order (ScoredRow's).
         return [
             ScoredRow(
@@ -338,7 +347,7 @@ ranked AS (
             ) in result
         ]
 
-    def _messages(self, filters: SearchFilters, *, knowledge: bool) -> str:
+    def _messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool) -> str:
         """Messages ranked by every list; with ``knowledge``, knowledge items beside them (they
         have no messages to rank), each scored by its own lists.
 
@@ -357,10 +366,17 @@ ranked AS (
     GROUP BY message_id, list
 ),
 scored AS (
-    SELECT message_id, sum(1.0 / (:rrf_k + r)) AS score FROM per_message GROUP BY message_id
+    SELECT message_id, sum(1.0 / (:rrf_k + r)) AS score{ranks} FROM per_message
+    GROUP BY message_id
 )"""
+        ranks = ", jsonb_object_agg(list, r) AS ranks" if explain else ""
+        scored = scored.replace("{ranks}", ranks)
+        if explain:
+            messages += ", scored.ranks"
         source = f"""FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
 WHERE {filters.where("m0", "m")}"""
+        ks_ranks = ", ks.ranks" if explain else ""
+        fused_ranks = ", ranks" if explain else ""
         if not knowledge:
             return f"""{scored}
 {messages}
@@ -369,7 +385,7 @@ ORDER BY scored.score DESC, m.created_at, m.seq
 LIMIT :limit"""
         return f"""{scored},
 knowledge_scored AS (
-    SELECT id, sum(CAST(:knowledge_weight AS numeric) / (:rrf_k + r)) AS score
+    SELECT id, sum(CAST(:knowledge_weight AS numeric) / (:rrf_k + r)) AS score{ranks}
     FROM ranked WHERE layer = 'knowledge' GROUP BY id
 ),
 fused AS (
@@ -377,20 +393,22 @@ fused AS (
     {source}
     UNION ALL
     SELECT 'knowledge', k.id, ks.score, k.content, NULL::uuid, NULL::uuid, k.created_at,
-           ARRAY[]::uuid[], NULL::integer, NULL::text, k.embedding IS NOT NULL, NULL::text,
-           0::bigint
+           ARRAY[]::uuid[], NULL::integer, NULL::text, k.embedding IS NOT NULL,
+           NULL::text{ks_ranks}, 0::bigint
     FROM knowledge_scored AS ks JOIN "{self.schema}".knowledge AS k ON k.id = ks.id
 )
 SELECT layer, id, score, content, session_id, agent_id, occurred_at, message_ids, token_count,
-       speaker, embedded, role
+       speaker, embedded, role{fused_ranks}
 FROM fused
 ORDER BY score DESC, occurred_at, seq, id
 LIMIT :limit"""
 
-    def _items(self) -> str:
+    def _items(self, *, explain: bool) -> str:
         s = self.schema
+        ranks = ", jsonb_object_agg(list, r) AS ranks" if explain else ""
+        selected_ranks = ",\n       scored.ranks" if explain else ""
         return f"""scored AS (
-    SELECT layer, id, sum(1.0 / (:rrf_k + r)) AS score
+    SELECT layer, id, sum(1.0 / (:rrf_k + r)) AS score{ranks}
     FROM ranked GROUP BY layer, id
     ORDER BY score DESC, layer, id
     LIMIT :limit
@@ -405,7 +423,7 @@ SELECT scored.layer, scored.id, scored.score,
        coalesce(m.token_count, e.token_count) AS token_count,
        m.name AS speaker,
        coalesce(m.embedding, e.embedding, f.embedding, k.embedding) IS NOT NULL AS embedded,
-       m.role
+       m.role{selected_ranks}
 FROM scored
 LEFT JOIN "{s}".messages AS m ON scored.layer = 'm0' AND m.id = scored.id
 LEFT JOIN "{s}".episodes AS e ON scored.layer = 'm1' AND e.id = scored.id

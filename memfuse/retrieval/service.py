@@ -62,6 +62,7 @@ class SearchRequest:
     knowledge_namespace: tuple[str, ...] = ()
     knowledge_filter: str | None = None
     """Canonical JSON (sorted keys) of the knowledge items' value filter: hashable."""
+    explain: bool = False
 
     @classmethod
     def build(
@@ -76,6 +77,7 @@ class SearchRequest:
         since: object = None,
         until: object = None,
         include_unembedded: object = True,
+        explain: object = False,
     ) -> SearchRequest:
         """Check every option; raise ``ValidationError`` naming the bad one."""
         if not isinstance(query, str):
@@ -107,6 +109,7 @@ class SearchRequest:
             since=since,
             until=until,
             include_unembedded=include_unembedded,
+            explain=check_flag(explain, field="explain"),
         )
 
 
@@ -259,6 +262,7 @@ class RetrievalService:
                 rrf_k=self.rrf_k,
                 limit=fetch,
                 common_terms=common_terms,
+                explain=request.explain,
             )
         results = tuple(fit(collapse(rows), request.top_k, request.max_tokens))
         self.results.put(user_id, request, results, generation)
@@ -289,6 +293,7 @@ def collapse(rows: Sequence[ScoredRow]) -> list[SearchResult]:
                 speaker=row.speaker,
                 embedded=row.embedded,
                 role=row.role,
+                ranks=row.ranks,
             )
         )
     return results

@@ -129,6 +129,11 @@ def result_json(
             "session_name": session_names.get(result.session_id) if result.session_id else None,
             "scope": scope,
             "level": RESULT_LEVELS[result.layer],
-            "retrieval": {"layer": result.layer, "method": "hybrid", "speaker": result.speaker},
+            "retrieval": {
+                "layer": result.layer,
+                "method": "hybrid",
+                "speaker": result.speaker,
+                **({"ranks": result.ranks} if result.ranks is not None else {}),
+            },
         },
     }

@@ -119,6 +119,8 @@ class QueryBody(BaseModel):
     include_messages: bool = True
     include_knowledge: bool = True
     metadata: dict[str, Any] | None = None
+    explain: bool = False
+    """memfuse's: each result's rank in every fused list, in ``metadata.retrieval.ranks``."""
 
 
 STORE_METHODS: dict[str | None, tuple[Method, ...]] = {
@@ -164,6 +166,7 @@ async def query(
         layers=layers,
         methods=STORE_METHODS[body.store_type],
         agent_id=body.agent_id,
+        explain=body.explain,
     )
     names = await memfuse.tenancy.session_names(
         [result.session_id for result in results if result.session_id is not None]

@@ -234,3 +234,34 @@ async def test_a_query_that_is_not_text_is_refused(database_url: str) -> None:
         ana = await mf.init("ana")
         with pytest.raises(ValidationError, match="string"):
             await ana.query(None)  # type: ignore[arg-type]
+
+
+async def test_explain_gives_each_result_its_rank_in_every_list(database_url: str) -> None:
+    """``explain=True``: the score is the sum of 1 / (k + rank) over the lists that ranked it."""
+    from memfuse.memory import MemFuse
+
+    async with MemFuse(database_url, embedder="none", pipeline_auto=False) as mf:
+        memory = await mf.init("alice", session="s")
+        await memory.add(
+            [
+                {"role": "user", "content": "The lighthouse keeper painted the door red."},
+                {"role": "user", "content": "Nothing about anything here."},
+            ]
+        )
+        await memory.add_knowledge(["The lighthouse is on a rocky island."])
+        await mf.flush()
+        results = await memory.query("lighthouse", explain=True, methods=["text"])
+        assert {result.layer for result in results} == {"m0", "knowledge"}
+        k = mf.settings.search_rrf_k
+        for result in results:
+            assert result.ranks
+            lists_weight = 3 if result.layer == "knowledge" else 1  # knowledge lists, weighted
+            expected = sum(lists_weight / (k + rank) for rank in result.ranks.values())
+            assert abs(result.score - expected) < 1e-9
+        message = next(result for result in results if result.layer == "m0")
+        assert set(message.ranks or {}) <= {"m0_text", "m1_text", "m2_text"}
+        assert "m0_text" in (message.ranks or {})
+        plain = await memory.query("lighthouse", methods=["text"])
+        assert [r.id for r in plain] == [r.id for r in results] and plain[0].ranks is None
+        items = await memory.query("lighthouse", explain=True, unit="item", methods=["text"])
+        assert all(result.ranks for result in items)

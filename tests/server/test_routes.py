@@ -135,7 +135,13 @@ async def test_knowledge_crud_and_query_with_scope_tags(
     assert item["type"] == "message" and item["role"] == "user"
     assert item["metadata"]["session_name"] == "dinner" and item["metadata"]["level"] == 0
 
-    found = ok(await client.post(f"/users/{user_id}/query", json={"query": "vegetarian diet"}))
+    explained = {"query": "vegetarian diet", "explain": True}
+    found = ok(await client.post(f"/users/{user_id}/query", json=explained))
+    assert found["results"][0]["metadata"]["retrieval"]["ranks"]
+    assert set(found["results"][0]["metadata"]["retrieval"]["ranks"]) <= {
+        "knowledge_vector",
+        "knowledge_text",
+    }
     top = found["results"][0]
     assert top["type"] == "knowledge" and top["id"] == ids[0] and top["metadata"]["scope"] is None
 
