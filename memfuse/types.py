@@ -267,8 +267,7 @@ class SearchResult:
     ranks: dict[str, int] | None = None
     """With ``query(..., explain=True)``: the rank this result had in each list that ranked it
     (``"m1_vector": 2`` - for a message, the best rank of its own row, episodes or facts in
-    that list); ``score`` is the sum of ``1 / (search_rrf_k + rank)`` over them (knowledge
-    lists weighted, docs/retrieval.md)."""
+    that list); ``score`` is the sum of ``1 / (search_rrf_k + rank)`` over them."""
 
 
 # -- Health and statistics --

@@ -396,6 +396,12 @@ class PerformanceMonitor:
             snapshot = self._snapshot(operation, data)
         return self._build_stats(snapshot)
 
+    def history(self, operation: str) -> list[float]:
+        """The recent samples of ``operation`` in ms, oldest first (the percentiles' window)."""
+        with self._lock:
+            data = self._ops.get(operation)
+            return [] if data is None else list(data.history)
+
     def all_stats(self) -> dict[str, OperationStats]:
         """Statistics for every recorded operation, keyed and ordered by name."""
         with self._lock:

@@ -299,8 +299,6 @@ ranked AS (
             "rrf_k": rrf_k,
             "limit": limit,
         }
-        if unit == "message" and "knowledge" in layers:
-            parameters["knowledge_weight"] = max(1, len(layers) - 1)
         if common_terms is not None:
             for layer in layers:
                 # One text, not an array: encoding a thousand-element array per search cost
@@ -351,11 +349,10 @@ ranked AS (
         """Messages ranked by every list; with ``knowledge``, knowledge items beside them (they
         have no messages to rank), each scored by its own lists.
 
-        A message collects a score from each message layer that ranks it (its own row, its
-        episode, its facts); a knowledge item only from its one layer. Each knowledge list
-        therefore counts ``:knowledge_weight`` times, the number of message layers searched,
-        so a stated fact that tops both of its lists scores what a message topping every list
-        does.
+        Every list counts once, knowledge lists too. A knowledge item is ranked by its own
+        layer only, so with few items one tops its vector list whatever the query (a layer of
+        one item ranks it first); weighting its lists up made such an item outrank relevant
+        messages (docs/retrieval.md).
         """
         messages = """SELECT 'm0' AS layer, m.id, scored.score, m.content, m.session_id, m.agent_id,
        m.created_at AS occurred_at, ARRAY[m.id] AS message_ids, m.token_count,
@@ -385,7 +382,7 @@ ORDER BY scored.score DESC, m.created_at, m.seq
 LIMIT :limit"""
         return f"""{scored},
 knowledge_scored AS (
-    SELECT id, sum(CAST(:knowledge_weight AS numeric) / (:rrf_k + r)) AS score{ranks}
+    SELECT id, sum(1.0 / (:rrf_k + r)) AS score{ranks}
     FROM ranked WHERE layer = 'knowledge' GROUP BY id
 ),
 fused AS (

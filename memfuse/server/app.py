@@ -12,11 +12,21 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 
 from memfuse.background import SupervisedTask
 from memfuse.memory import MemFuse
-from memfuse.server import agents, api_keys, health, knowledge, messages, sessions, users
+from memfuse.server import (
+    agents,
+    api_keys,
+    health,
+    inspector,
+    knowledge,
+    messages,
+    sessions,
+    users,
+)
 from memfuse.server.envelope import install_error_handlers
 from memfuse.server.limits import MAX_BODY_BYTES, BodyLimit
 
@@ -72,6 +82,13 @@ def create_app(
     for module in (health, users, agents, sessions, messages, knowledge, api_keys):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.metrics_router)
+    app.include_router(inspector.router)
+    app.mount(f"{inspector.PREFIX}/static", inspector.static, name="inspector-static")
+
+    @app.exception_handler(inspector.SignIn)
+    async def sign_in(request: Request, error: inspector.SignIn) -> RedirectResponse:
+        return RedirectResponse(f"{inspector.PREFIX}/login", status_code=303)
+
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 

@@ -50,19 +50,32 @@ def memfuse_of(request: Request) -> MemFuse:
     return memfuse
 
 
+KEY_COOKIE = "memfuse_key"
+"""The inspector's sign-in cookie (HttpOnly, SameSite=Strict): a browser cannot send headers."""
+
+
 async def principal(request: Request) -> Principal:
-    """The FastAPI dependency every route but the health check takes."""
+    """The FastAPI dependency every route but the health checks takes."""
     admin_key: str | None = request.app.state.admin_key
     if admin_key is None:
         return ADMIN
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
+    if not header:
+        key, scheme = request.cookies.get(KEY_COOKIE, ""), "bearer"
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-    if hmac.compare_digest(key.encode(), admin_key.encode()):
+    found = await principal_of_key(request, key)
+    if found is None:
+        raise ApiError(401, "invalid or expired API key")
+    return found
+
+
+async def principal_of_key(request: Request, key: str) -> Principal | None:
+    """Who ``key`` is: the admin (constant-time comparison), a user, or nobody."""
+    admin_key: str | None = request.app.state.admin_key
+    if admin_key is None or hmac.compare_digest(key.encode(), admin_key.encode()):
         return ADMIN
     user_id = await memfuse_of(request).api_keys.user_of(key)
-    if user_id is None:
-        raise ApiError(401, "invalid or expired API key")
-    return Principal(user_id)
+    return None if user_id is None else Principal(user_id)

@@ -255,8 +255,7 @@ async def test_explain_gives_each_result_its_rank_in_every_list(database_url: st
         k = mf.settings.search_rrf_k
         for result in results:
             assert result.ranks
-            lists_weight = 3 if result.layer == "knowledge" else 1  # knowledge lists, weighted
-            expected = sum(lists_weight / (k + rank) for rank in result.ranks.values())
+            expected = sum(1 / (k + rank) for rank in result.ranks.values())
             assert abs(result.score - expected) < 1e-9
         message = next(result for result in results if result.layer == "m0")
         assert set(message.ranks or {}) <= {"m0_text", "m1_text", "m2_text"}

@@ -137,13 +137,10 @@ async def test_knowledge_crud_and_query_with_scope_tags(
 
     explained = {"query": "vegetarian diet", "explain": True}
     found = ok(await client.post(f"/users/{user_id}/query", json=explained))
-    assert found["results"][0]["metadata"]["retrieval"]["ranks"]
-    assert set(found["results"][0]["metadata"]["retrieval"]["ranks"]) <= {
-        "knowledge_vector",
-        "knowledge_text",
-    }
-    top = found["results"][0]
-    assert top["type"] == "knowledge" and top["id"] == ids[0] and top["metadata"]["scope"] is None
+    top = next(item for item in found["results"] if item["type"] == "knowledge")
+    assert top["metadata"]["retrieval"]["ranks"]
+    assert set(top["metadata"]["retrieval"]["ranks"]) <= {"knowledge_vector", "knowledge_text"}
+    assert top["id"] == ids[0] and top["metadata"]["scope"] is None
 
     update = {"knowledge_ids": ids, "new_knowledge": ["Alice is vegan"]}
     ok(await client.put(knowledge, json=update))
