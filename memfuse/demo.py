@@ -114,3 +114,8 @@ async def run_demo(settings: Settings, write: Callable[[str], None]) -> None:
 
         write("\nperformance monitor:")
         write(mf.monitor.report())
+        write(
+            "\nto browse this memory and see why each search result was returned: "
+            "pip install 'memfuse[server]', run `memfuse serve`, and open "
+            "http://127.0.0.1:8765/inspector/"
+        )

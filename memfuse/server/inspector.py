@@ -33,7 +33,7 @@ static = StaticFiles(directory=HERE / "static")
 PAGE = Page(limit=500, offset=0, newest_first=False)
 SEARCH_RESULTS = 20
 CHART_WINDOW = 20
-"""Samples per point of an operation's p50/p95 line."""
+"""Samples per point of an operation's p50/p95 line, at most (fewer for short histories)."""
 
 
 async def viewer(request: Request) -> Principal:
@@ -180,14 +180,15 @@ async def monitor(request: Request, caller: Viewer) -> HTMLResponse:
 
 def _chart(samples: list[float], width: int = 260, height: int = 48) -> str:
     """An inline SVG of the rolling p50 and p95 over the samples (oldest left)."""
-    points = [
-        samples[start : start + CHART_WINDOW]
-        for start in range(0, max(len(samples) - CHART_WINDOW + 1, 1), max(CHART_WINDOW // 2, 1))
-    ]
     if not samples:
         return ""
-    p50 = [statistics.median(window) for window in points]
-    p95 = [sorted(window)[min(len(window) - 1, int(len(window) * 0.95))] for window in points]
+    window = max(1, min(CHART_WINDOW, len(samples) // 12))
+    points = [
+        samples[start : start + window]
+        for start in range(0, len(samples) - window + 1, max(window // 2, 1))
+    ]
+    p50 = [statistics.median(chunk) for chunk in points]
+    p95 = [sorted(chunk)[min(len(chunk) - 1, int(len(chunk) * 0.95))] for chunk in points]
     top = max(p95) or 1.0
     step = width / max(len(points) - 1, 1)
 

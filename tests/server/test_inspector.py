@@ -21,6 +21,16 @@ from tests.server.envelopes import ADMIN_KEY
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REQUIRED = bool(os.environ.get("MEMFUSE_REQUIRE_BROWSER"))
+"""Set by .ci/run, which installs Debian's Chromium: there a missing browser fails the run."""
+
+
+def need_chromium() -> str:
+    if CHROMIUM is None:
+        if REQUIRED:
+            pytest.fail("MEMFUSE_REQUIRE_BROWSER is set and no chromium is installed")
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    return CHROMIUM
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -71,12 +81,11 @@ def shot(name: str) -> Path | None:
 
 
 async def test_browse_search_and_monitor_as_the_admin(site: str, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    chromium = need_chromium()
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         await page.goto(f"{site}/")
         assert page.url.endswith("/inspector/login")  # no key yet
@@ -106,8 +115,8 @@ async def test_browse_search_and_monitor_as_the_admin(site: str, tmp_path: Path)
         await page.wait_for_selector("#results")
         headers = await page.locator("#results th").all_inner_texts()
         assert any(header.endswith(("_vector", "_text")) for header in headers)
-        first = await page.locator("#results tbody tr").first.inner_text()
-        assert "Lisbon" in first or "Porto" in first
+        top3 = await page.locator("#results tbody tr").all_inner_texts()
+        assert any("Lisbon" in row for row in top3[:3]), top3
         assert await page.locator("#results tr.kept").count() >= 1
         ranks = await page.locator("#results td[data-list]").all_inner_texts()
         assert any(rank.strip().isdigit() for rank in ranks)
@@ -123,8 +132,7 @@ async def test_browse_search_and_monitor_as_the_admin(site: str, tmp_path: Path)
 
 
 async def test_a_user_key_sees_only_its_user(site: str, mf: MemFuse) -> None:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    chromium = need_chromium()
     from playwright.async_api import async_playwright
 
     alice = await mf.tenancy.find_user("alice")
@@ -133,7 +141,7 @@ async def test_a_user_key_sees_only_its_user(site: str, mf: MemFuse) -> None:
     key = (await mf.api_keys.create(alice.id)).key
     assert key is not None
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = await browser.new_page()
         await page.goto(f"{site}/login")
         await page.fill("#key", key)
