@@ -49,6 +49,28 @@ OFFLINE_LLM_URL = "http://127.0.0.1:9/v1"
 """Where mem0's unused LLM client would send requests: the loopback discard port."""
 
 
+async def wait_until_none(url: str, query: str) -> None:
+    """Until ``query`` (a count of rows still waiting for their vector) returns 0."""
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        while await connection.fetchval(query):  # noqa: ASYNC110 - the worker's progress
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+
+
+async def store_put(store: Any, turn: Turn) -> None:
+    """A turn into a LangGraph store, as both store systems write it."""
+    await store.aput(
+        ("locomo", turn.user), str(turn.id), {"text": turn.text, "session": turn.session}
+    )
+
+
+async def store_search(store: Any, user: str, question: str) -> Sequence[Retrieved]:
+    items = await store.asearch(("locomo", user), query=question, limit=RESULTS_PER_QUESTION)
+    return [Hit(str(item.value["text"]), (uuid.UUID(str(item.key)),)) for item in items]
+
+
 @dataclass(slots=True)
 class MemfuseSystem:
     mf: MemFuse
@@ -70,13 +92,9 @@ class MemfuseSystem:
 
     async def settle(self) -> None:
         """Until every message has its vector (the worker embeds in the background)."""
-        connection = await asyncpg.connect(**asyncpg_connect_args(self.url))
-        query = f"SELECT count(*) FROM {SCHEMA_OF_MEMFUSE}.messages WHERE embedding IS NULL"
-        try:
-            while await connection.fetchval(query):  # noqa: ASYNC110 - the worker's progress
-                await asyncio.sleep(0.02)
-        finally:
-            await connection.close()
+        await wait_until_none(
+            self.url, f"SELECT count(*) FROM {SCHEMA_OF_MEMFUSE}.messages WHERE embedding IS NULL"
+        )
 
     async def finish(self) -> None:
         """Until M1 and M2 are done and every row is embedded (``flush()``), then fresh
@@ -183,9 +201,7 @@ class LangGraphSystem:
         return None
 
     async def add(self, turn: Turn) -> None:
-        await self.store.aput(
-            ("locomo", turn.user), str(turn.id), {"text": turn.text, "session": turn.session}
-        )
+        await store_put(self.store, turn)
 
     async def settle(self) -> None:
         return None
@@ -194,10 +210,7 @@ class LangGraphSystem:
         return None
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:
-        items = await self.store.asearch(
-            ("locomo", user), query=question, limit=RESULTS_PER_QUESTION
-        )
-        return [Hit(str(item.value["text"]), (uuid.UUID(str(item.key)),)) for item in items]
+        return await store_search(self.store, user, question)
 
     async def forget_queries(self) -> None:
         return None  # no query cache
@@ -225,30 +238,21 @@ class MemfuseStoreSystem:
         return None
 
     async def add(self, turn: Turn) -> None:
-        await self.store.aput(
-            ("locomo", turn.user), str(turn.id), {"text": turn.text, "session": turn.session}
-        )
+        await store_put(self.store, turn)
 
     async def settle(self) -> None:
         """Until every item has its vector (the worker embeds in the background)."""
         schema = SCHEMAS["memfuse_store"]
-        query = f"SELECT count(*) FROM {schema}.knowledge WHERE embedding IS NULL"
-        connection = await asyncpg.connect(**asyncpg_connect_args(self.url))
-        try:
-            while await connection.fetchval(query):  # noqa: ASYNC110 - the worker's progress
-                await asyncio.sleep(0.02)
-        finally:
-            await connection.close()
+        await wait_until_none(
+            self.url, f"SELECT count(*) FROM {schema}.knowledge WHERE embedding IS NULL"
+        )
 
     async def finish(self) -> None:
         await self.mf.flush()
         await self.mf.analyze()
 
     async def search(self, user: str, question: str) -> Sequence[Retrieved]:
-        items = await self.store.asearch(
-            ("locomo", user), query=question, limit=RESULTS_PER_QUESTION
-        )
-        return [Hit(str(item.value["text"]), (uuid.UUID(str(item.key)),)) for item in items]
+        return await store_search(self.store, user, question)
 
     async def forget_queries(self) -> None:
         (await resolve(self.mf.container.retrieval_service)).embeddings.clear()
