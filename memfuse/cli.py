@@ -21,8 +21,9 @@ from dependency_injector import providers
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from memfuse.config import PoolSettings, Settings, load_settings
+from memfuse.config.urls import engine_key
 from memfuse.db import migrate
-from memfuse.db.embedded import database_url_for
+from memfuse.db.embedded import database_url_for, default_data_dir
 from memfuse.db.engines import create_engine, schema_execution_options, warm_up
 from memfuse.db.errors import database_error
 from memfuse.errors import (
@@ -32,8 +33,10 @@ from memfuse.errors import (
 )
 from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.operations.health import DEFAULT_MAX_QUEUE_DEPTH, check_health, memory_statistics
+from memfuse.types import Check, HealthReport
 
 LOCAL_HOST = "127.0.0.1"
+DOCTOR_CACHE_SECONDS = 5.0
 SERVER_POOL_SIZE = 20
 """``memfuse serve``'s pool size unless one is configured: concurrent requests beyond the pool
 open and close overflow connections per request (8 clients adding at once: 101 requests/s
@@ -81,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when more embedding jobs wait (default: %(default)s)",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--cached",
+        type=float,
+        nargs="?",
+        const=DOCTOR_CACHE_SECONDS,
+        metavar="SECONDS",
+        help="reuse a report of the same database at most this old (default: "
+        f"{DOCTOR_CACHE_SECONDS:g}), kept in the data directory",
+    )
     stats = commands.add_parser(
         "stats", help="what the schema holds, and this process's monitor report"
     )
@@ -210,16 +222,27 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
-    """Print one line per check; True when all passed. Needs no model loaded."""
+    """Print one line per check; True when all passed. Needs no model loaded.
+
+    ``--cached``: a probe that runs ``doctor`` every second checks the database once per
+    interval; the report is kept as JSON in the data directory, keyed by database and schema.
+    """
     from memfuse.container import make_embedder
 
-    async with command_engine(settings) as engine:
-        report = await check_health(
-            engine.execution_options(**schema_execution_options(settings.schema)),
-            schema=settings.schema,
-            embedder=make_embedder(settings),
-            max_queue_depth=args.max_queue_depth,
-        )
+    cache = (settings.data_dir or default_data_dir()) / "doctor-cache.json"
+    key = f"{engine_key(settings.database_url or 'embedded')}|{settings.schema}"
+    key += f"|{args.max_queue_depth}"
+    report = _cached_report(cache, key, args.cached) if args.cached is not None else None
+    if report is None:
+        async with command_engine(settings) as engine:
+            report = await check_health(
+                engine.execution_options(**schema_execution_options(settings.schema)),
+                schema=settings.schema,
+                embedder=make_embedder(settings),
+                max_queue_depth=args.max_queue_depth,
+            )
+        if args.cached is not None:
+            _store_report(cache, key, report)
     if args.json:
         _write(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -227,6 +250,33 @@ async def run_doctor(settings: Settings, args: argparse.Namespace) -> bool:
             _write(line)
         _write("healthy" if report.ok else "unhealthy: see the FAIL lines")
     return report.ok
+
+
+def _cached_report(path: Path, key: str, max_age: float) -> HealthReport | None:
+    """The stored report for ``key`` if at most ``max_age`` seconds old."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    entry = stored.get(key) if isinstance(stored, dict) else None
+    if not isinstance(entry, dict) or time.time() - float(entry.get("at", 0)) > max_age:
+        return None
+    report = entry["report"]
+    checks = tuple(Check(**check) for check in report["checks"])
+    return HealthReport(checks, float(report["seconds"]))
+
+
+def _store_report(path: Path, key: str, report: HealthReport) -> None:
+    try:
+        stored = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        stored = {}
+    stored = stored if isinstance(stored, dict) else {}
+    stored[key] = {"at": time.time(), "report": report.to_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(stored, default=str))
+    temporary.replace(path)  # atomic: a concurrent doctor reads the old or the new file
 
 
 async def run_stats(settings: Settings, args: argparse.Namespace) -> None:

@@ -346,3 +346,19 @@ def test_serve_refuses_a_public_address_without_a_key(
     error = capsys.readouterr().err
     assert error.startswith("memfuse: ") and "MEMFUSE_SERVER_API_KEY" in error
     assert error.count("\n") == 1
+
+
+def test_doctor_cached_reuses_a_recent_report(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe running ``doctor --cached`` every second checks the database once per interval."""
+    monkeypatch.setenv("MEMFUSE_DATA_DIR", str(tmp_path))
+    command = ["--database-url", database_url, "doctor", "--json", "--cached", "60"]
+    assert main(["--database-url", database_url, "db", "upgrade"]) == 0
+    assert main(command) in (0, 1)
+    cache = tmp_path / "doctor-cache.json"
+    first = json.loads(cache.read_text())
+    assert main(command) in (0, 1)
+    assert json.loads(cache.read_text()) == first  # served from the file, not checked again
+    assert main([*command[:-1], "0"]) in (0, 1)
+    assert json.loads(cache.read_text()) != first  # too old for 0 seconds: checked again

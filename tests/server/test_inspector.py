@@ -31,6 +31,8 @@ def need_chromium() -> str:
             pytest.fail("MEMFUSE_REQUIRE_BROWSER is set and no chromium is installed")
         pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
     return CHROMIUM
+
+
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
