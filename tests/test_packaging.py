@@ -114,3 +114,14 @@ async def run(
     return await asyncio.to_thread(
         subprocess.run, command, cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
+
+
+def test_the_wheel_carries_the_inspectors_templates_and_stylesheet(wheel: Path) -> None:
+    names = set(names_in(wheel))
+    files = {
+        f"memfuse/server/{path.relative_to(ROOT / 'memfuse' / 'server').as_posix()}"
+        for folder in ("templates", "static")
+        for path in (ROOT / "memfuse" / "server" / folder).iterdir()
+    }
+    assert {"memfuse/server/templates/search.html", "memfuse/server/static/inspector.css"} <= files
+    assert files <= names
