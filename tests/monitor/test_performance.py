@@ -288,6 +288,7 @@ def test_default_thresholds_match_documented_values() -> None:
         "m2_operation": 150.0,
         "buffer_flush": 50.0,
         "service_access": 10.0,
+        "health_check": 1000.0,
     }
     assert dict(DEFAULT_THRESHOLDS_MS) == expected
     assert PerformanceMonitor().thresholds == expected
