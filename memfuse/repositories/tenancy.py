@@ -145,6 +145,18 @@ class AgentRepository:
     async def get(self, agent_id: uuid.UUID) -> Agent | None:
         return await self.session.get(Agent, agent_id)
 
+    async def lock(self, agent_id: uuid.UUID, *, exclusive: bool = False) -> Agent | None:
+        """The agent, locked until commit: shared key lock to start a session with it
+        (deleting it then waits), ``exclusive`` to delete it (starting a session then waits,
+        and finds it gone)."""
+        query = select(Agent).where(Agent.id == agent_id)
+        query = (
+            query.with_for_update()
+            if exclusive
+            else query.with_for_update(read=True, key_share=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
     async def get_or_create_named(
         self, user_id: uuid.UUID | None, name: str, metadata: dict[str, Any]
     ) -> tuple[Agent, bool]:

@@ -284,6 +284,8 @@ class TenancyService:
         it would delete those sessions' memory, perhaps of many users)."""
         async with self._session_factory.begin() as db:
             agents = AgentRepository(db)
+            if await agents.lock(agent_id, exclusive=True) is None:
+                raise NotFoundError(f"agent {agent_id} does not exist")
             if await agents.in_use(agent_id):
                 raise ConflictError(
                     f"agent {agent_id} has sessions; delete them (or their users) first"
@@ -306,7 +308,7 @@ class TenancyService:
         async with self._session_factory.begin() as db:
             if not await UserRepository(db).lock([user_id]):
                 raise NotFoundError(f"user {user_id} does not exist")
-            agent = await AgentRepository(db).get(agent_id)
+            agent = await AgentRepository(db).lock(agent_id)  # a deletion waits, or won
             if agent is None or agent.user_id not in (None, user_id):
                 raise NotFoundError(f"agent {agent_id} does not exist")
             session = await SessionRepository(db).create(

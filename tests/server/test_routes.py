@@ -295,3 +295,28 @@ async def test_readiness_names_the_failed_checks(
     message = failed(await client.get("/health/ready"), 503, "queue")
     assert "queue" in message
     assert ok(await client.get("/health/live"))["status"] == "ok"
+
+
+async def test_deleting_an_agent_while_sessions_start_with_it(
+    client: httpx.AsyncClient, mf: MemFuse
+) -> None:
+    """A deletion and session creations race: each creation either committed first (then the
+    deletion is refused, 409) or finds the agent gone (404); nothing is lost, nothing is 500."""
+    for round_number in range(5):
+        user_id = ok(await client.post("/users", json={"name": f"racer{round_number}"}), 201)[
+            "user"
+        ]["id"]
+        agent = ok(await client.post("/agents", json={"name": f"temp{round_number}"}), 201)
+        agent_id = agent["agent"]["id"]
+        creations = [
+            client.post("/sessions", json={"user_id": user_id, "agent_id": agent_id})
+            for _ in range(4)
+        ]
+        *created, deleted = await asyncio.gather(*creations, client.delete(f"/agents/{agent_id}"))
+        statuses = sorted(response.status_code for response in created)
+        assert set(statuses) <= {201, 404} and deleted.status_code in (200, 409)
+        sessions = ok(await client.get(f"/sessions?user_id={user_id}"))["sessions"]
+        if deleted.status_code == 200:
+            assert sessions == [] and 201 not in statuses
+        else:
+            assert len(sessions) == statuses.count(201) >= 1
