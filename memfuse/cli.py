@@ -20,7 +20,13 @@ from typing import Any
 from dependency_injector import providers
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memfuse.config import PoolSettings, Settings, load_settings
+from memfuse.config import (
+    SERVER_ADMIN_KEY_VARIABLE,
+    PoolSettings,
+    Settings,
+    load_settings,
+    server_admin_key,
+)
 from memfuse.config.urls import engine_key
 from memfuse.db import migrate
 from memfuse.db.embedded import database_url_for, default_data_dir
@@ -386,7 +392,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     try:
         import uvicorn
 
-        from memfuse.server.app import admin_key_from_environment, create_app
+        from memfuse.server.app import create_app
     except ImportError:
         raise ConfigurationError(
             "server", "the REST server needs the server extra: pip install 'memfuse[server]'"
@@ -396,13 +402,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.pool.pool_size == PoolSettings().pool_size:  # not configured: a server's
         settings = replace(settings, pool=replace(settings.pool, pool_size=SERVER_POOL_SIZE))
     settings = replace(settings, pool_warmup=not args.no_warmup)
-    admin_key = admin_key_from_environment()
-    if admin_key is None and args.host != LOCAL_HOST:
-        raise ConfigurationError(
-            "host",
-            f"serving {args.host} without a key would open every user's memory to the network; "
-            f"set MEMFUSE_SERVER_API_KEY or bind to {LOCAL_HOST}",
-        )
+    admin_key = server_admin_key()
+    refuse_public_without_key(args.host, admin_key)
     if args.workers < 1:
         raise ValidationError("must be at least 1", field="workers")
     logger = logging.getLogger("memfuse.server")
@@ -434,6 +435,16 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def refuse_public_without_key(host: str, admin_key: str | None) -> None:
+    """Without a key, a server binds to 127.0.0.1 only: anything else is refused."""
+    if admin_key is None and host != LOCAL_HOST:
+        raise ConfigurationError(
+            "host",
+            f"serving {host} without a key would open every user's memory to the network; "
+            f"set {SERVER_ADMIN_KEY_VARIABLE} or bind to {LOCAL_HOST}",
+        )
+
+
 def run_mcp(settings: Settings, args: argparse.Namespace) -> None:
     """``memfuse mcp``: the MCP server on stdio, or streamable HTTP with ``--http`` (the key
     rules of ``memfuse serve``: local only without ``MEMFUSE_SERVER_API_KEY``)."""
@@ -451,13 +462,8 @@ def run_mcp(settings: Settings, args: argparse.Namespace) -> None:
     if not args.http:
         asyncio.run(mcp.serve_stdio(memfuse, **options))
         return
-    admin_key = os.environ.get("MEMFUSE_SERVER_API_KEY") or None
-    if admin_key is None and args.host != LOCAL_HOST:
-        raise ConfigurationError(
-            "host",
-            f"serving {args.host} without a key would open every user's memory to the network; "
-            f"set MEMFUSE_SERVER_API_KEY or bind to {LOCAL_HOST}",
-        )
+    admin_key = server_admin_key()
+    refuse_public_without_key(args.host, admin_key)
     asyncio.run(
         mcp.serve_http(memfuse, host=args.host, port=args.port, admin_key=admin_key, **options)
     )

@@ -430,22 +430,25 @@ def validate_message(raw: object, *, index: int, max_chars: int) -> MessageInput
     )
 
 
-def check_content(value: object, *, index: int | None, max_chars: int) -> str:
-    """A message's text: a non-empty string of at most ``max_chars`` storable characters."""
+def check_content(
+    value: object, *, index: int | None, max_chars: int, field: str = "content"
+) -> str:
+    """A message's (or knowledge item's) text: a non-empty string of at most ``max_chars``
+    storable characters."""
     if not isinstance(value, str):
         raise ValidationError(
-            f"must be a string, got {type(value).__name__}", index=index, field="content"
+            f"must be a string, got {type(value).__name__}", index=index, field=field
         )
     if not value or value.isspace():  # what ``not value.strip()`` says, without the copy
-        raise ValidationError("must not be empty", index=index, field="content")
+        raise ValidationError("must not be empty", index=index, field=field)
     if len(value) > max_chars:
         raise ValidationError(
             f"is {len(value)} characters, more than the limit of {max_chars} "
             "(setting max_message_chars)",
             index=index,
-            field="content",
+            field=field,
         )
-    return check_text(value, index=index, field="content")
+    return check_text(value, index=index, field=field)
 
 
 # -- Knowledge items --
@@ -512,8 +515,8 @@ def validate_knowledge_item(raw: object, *, field: str, max_chars: int) -> Knowl
             f"unknown key (allowed: {', '.join(sorted(KNOWLEDGE_KEYS))})",
             field=f"{field}.{unknown[0]}",
         )
-    content = check_knowledge_content(
-        raw.get("content"), field=f"{field}.content", max_chars=max_chars
+    content = check_content(
+        raw.get("content"), index=None, max_chars=max_chars, field=f"{field}.content"
     )
     key = raw.get("key")
     if key is not None:
@@ -528,14 +531,6 @@ def validate_knowledge_item(raw: object, *, field: str, max_chars: int) -> Knowl
         check_ttl(raw.get("ttl_seconds"), field=f"{field}.ttl_seconds"),
         check_flag(raw.get("indexed", True), field=f"{field}.indexed"),
     )
-
-
-def check_knowledge_content(value: object, *, field: str, max_chars: int) -> str:
-    """A knowledge item's text: what :func:`check_content` asks of a message's."""
-    try:
-        return check_content(value, index=None, max_chars=max_chars)
-    except ValidationError as error:
-        raise ValidationError(str(error).split(": ", 1)[-1], field=field) from None
 
 
 def check_namespace(value: object, *, field: str) -> tuple[str, ...]:

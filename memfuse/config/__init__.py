@@ -306,6 +306,16 @@ _TOP_LEVEL_KEYS = frozenset(_SETTINGS_ENV) | {"database_url"}
 _POSTGRES_KEYS = frozenset({"host", "port", "database", "user", "password"})
 
 
+SERVER_ADMIN_KEY_VARIABLE = "MEMFUSE_SERVER_API_KEY"
+"""The admin key of ``memfuse serve`` and ``memfuse mcp --http``: never a setting, so it is
+never in a config file, a ``repr`` or a log line."""
+
+
+def server_admin_key() -> str | None:
+    """The servers' admin key from the environment, if set."""
+    return os.environ.get(SERVER_ADMIN_KEY_VARIABLE) or None
+
+
 def load_settings(
     config_file: str | Path | None = None,
     *,

@@ -108,7 +108,7 @@ class MemFuseStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """:meth:`abatch` from another thread, on the loop the store runs on."""
-        loop = self._loop or getattr(self.memfuse, "_loop", None)
+        loop = self._loop  # set by the first async call
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -255,12 +255,6 @@ class KnowledgeRepository:
         )
         return result.scalar_one_or_none() is not None
 
-    async def delete_all(self, user_id: uuid.UUID) -> int:
-        result = await self.session.execute(
-            delete(Knowledge).where(Knowledge.user_id == user_id).returning(Knowledge.id)
-        )
-        return len(result.all())
-
     async def delete_expired(self, limit: int) -> list[uuid.UUID]:
         """Delete up to ``limit`` expired items of any user; the owners of those deleted."""
         expired = (

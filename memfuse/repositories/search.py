@@ -120,6 +120,10 @@ _TUNE_PLAN_AND_HNSW = text(
 )
 
 
+_RANKS = ", jsonb_object_agg(list, r) AS ranks"
+"""With ``explain``: each fused row's rank in every list that ranked it."""
+
+
 @functools.lru_cache(maxsize=256)
 def _statement(sql: str) -> TextClause:
     """One parsed statement per distinct SQL (the options a search uses), reused."""
@@ -354,10 +358,13 @@ ranked AS (
         one item ranks it first); weighting its lists up made such an item outrank relevant
         messages (docs/retrieval.md).
         """
-        messages = """SELECT 'm0' AS layer, m.id, scored.score, m.content, m.session_id, m.agent_id,
-       m.created_at AS occurred_at, ARRAY[m.id] AS message_ids, m.token_count,
-       m.name AS speaker, m.embedding IS NOT NULL AS embedded, m.role"""
-        scored = """per_message AS (
+        ranks, message_ranks, ks_ranks, fused_ranks = (
+            (_RANKS, ", scored.ranks", ", ks.ranks", ", ranks") if explain else ("", "", "", "")
+        )
+        messages = f"""SELECT 'm0' AS layer, m.id, scored.score, m.content, m.session_id,
+       m.agent_id, m.created_at AS occurred_at, ARRAY[m.id] AS message_ids, m.token_count,
+       m.name AS speaker, m.embedding IS NOT NULL AS embedded, m.role{message_ranks}"""
+        scored = f"""per_message AS (
     SELECT message_id, list, min(r) AS r
     FROM ranked CROSS JOIN LATERAL unnest(ranked.message_ids) AS message_id
     GROUP BY message_id, list
@@ -366,14 +373,8 @@ scored AS (
     SELECT message_id, sum(1.0 / (:rrf_k + r)) AS score{ranks} FROM per_message
     GROUP BY message_id
 )"""
-        ranks = ", jsonb_object_agg(list, r) AS ranks" if explain else ""
-        scored = scored.replace("{ranks}", ranks)
-        if explain:
-            messages += ", scored.ranks"
         source = f"""FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
 WHERE {filters.where("m0", "m")}"""
-        ks_ranks = ", ks.ranks" if explain else ""
-        fused_ranks = ", ranks" if explain else ""
         if not knowledge:
             return f"""{scored}
 {messages}
@@ -402,7 +403,7 @@ LIMIT :limit"""
 
     def _items(self, *, explain: bool) -> str:
         s = self.schema
-        ranks = ", jsonb_object_agg(list, r) AS ranks" if explain else ""
+        ranks = _RANKS if explain else ""
         selected_ranks = ",\n       scored.ranks" if explain else ""
         return f"""scored AS (
     SELECT layer, id, sum(1.0 / (:rrf_k + r)) AS score{ranks}

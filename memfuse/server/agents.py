@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from memfuse.server.auth import Principal, memfuse_of, principal
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.limits import MAX_TEXT_CHARS
-from memfuse.server.shapes import DESCRIPTION, agent_json
+from memfuse.server.shapes import agent_json, metadata_with_description
 from memfuse.types import AgentRow
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -28,15 +28,6 @@ class AgentBody(BaseModel):
     name: str | None = Field(default=None, max_length=255)
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] | None = None
-
-
-def _metadata(body: AgentBody, current: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    if body.metadata is None and body.description is None:
-        return None
-    merged = dict(body.metadata) if body.metadata is not None else dict(current or {})
-    if body.description is not None:
-        merged[DESCRIPTION] = body.description
-    return merged
 
 
 async def _visible(request: Request, caller: Caller, agent_id: uuid.UUID) -> AgentRow:
@@ -67,7 +58,9 @@ async def create_agent(request: Request, caller: Caller, body: AgentBody) -> JSO
     if body.name is None:
         raise ApiError(400, "an agent needs a name", field="name")
     agent, created = await memfuse_of(request).tenancy.get_or_create_agent(
-        body.name, user_id=caller.user_id, metadata=_metadata(body)
+        body.name,
+        user_id=caller.user_id,
+        metadata=metadata_with_description(body.metadata, body.description),
     )
     if created:
         return success({"agent": agent_json(agent)}, "agent created", 201)
@@ -87,7 +80,9 @@ async def update_agent(
     agent = await _visible(request, caller, agent_id)
     _writable(caller, agent)
     updated = await memfuse_of(request).tenancy.update_agent(
-        agent_id, name=body.name, metadata=_metadata(body, agent.metadata)
+        agent_id,
+        name=body.name,
+        metadata=metadata_with_description(body.metadata, body.description, agent.metadata),
     )
     return success({"agent": agent_json(updated)}, "agent updated")
 

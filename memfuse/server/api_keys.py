@@ -9,8 +9,8 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from memfuse.server.auth import Principal, memfuse_of, principal
-from memfuse.server.envelope import ApiError, success
+from memfuse.server.auth import Principal, memfuse_of, principal, reachable_user
+from memfuse.server.envelope import success
 from memfuse.server.shapes import api_key_json
 
 router = APIRouter(prefix="/users/{user_id}/api-keys", tags=["api keys"])
@@ -24,16 +24,10 @@ class ApiKeyCreate(BaseModel):
     expires_at: str | None = Field(default=None, max_length=64)
 
 
-async def _check_user(request: Request, caller: Principal, user_id: uuid.UUID) -> None:
-    caller.require_user(user_id)
-    if await memfuse_of(request).tenancy.get_user(user_id) is None:
-        raise ApiError(404, f"user {user_id} does not exist")
-
-
 @router.get("")
 @router.get("/", include_in_schema=False)
 async def list_keys(request: Request, caller: Caller, user_id: uuid.UUID) -> JSONResponse:
-    await _check_user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
     keys = await memfuse_of(request).api_keys.list_for(user_id)
     return success({"api_keys": [api_key_json(key) for key in keys]}, "api keys listed")
 
@@ -47,7 +41,7 @@ async def create_key(
     body: Annotated[ApiKeyCreate | None, Body()] = None,
 ) -> JSONResponse:
     """A new key for the user; the response holds the clear key, which is not kept."""
-    await _check_user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
     options = body or ApiKeyCreate()
     key = await memfuse_of(request).api_keys.create(
         user_id,
@@ -63,6 +57,6 @@ async def create_key(
 async def delete_key(
     request: Request, caller: Caller, user_id: uuid.UUID, key_id: uuid.UUID
 ) -> JSONResponse:
-    await _check_user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
     await memfuse_of(request).api_keys.revoke(user_id, key_id)
     return success({"key_id": key_id}, "api key deleted")

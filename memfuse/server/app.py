@@ -8,7 +8,6 @@ closes it only if the app made it. A supervised sweep deletes expired knowledge 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -16,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from memfuse.background import SupervisedTask
+from memfuse.config import server_admin_key
 from memfuse.memory import MemFuse
 from memfuse.server import (
     agents,
@@ -31,14 +31,9 @@ from memfuse.server.envelope import install_error_handlers
 from memfuse.server.limits import MAX_BODY_BYTES, BodyLimit
 
 API_PREFIX = "/api/v1"
-ADMIN_KEY_VARIABLE = "MEMFUSE_SERVER_API_KEY"
 SWEEP_SECONDS = 60.0
 HEALTH_MAX_AGE = 5.0
 """Seconds a readiness report is served again before the checks run anew."""
-
-
-def admin_key_from_environment() -> str | None:
-    return os.environ.get(ADMIN_KEY_VARIABLE) or None
 
 
 def create_app(
@@ -104,4 +99,4 @@ def _sweep(memfuse: MemFuse) -> Callable[[], Awaitable[None]]:
 
 def app_from_environment() -> FastAPI:
     """The factory ``memfuse serve`` hands uvicorn (each worker process builds its own)."""
-    return create_app(admin_key=admin_key_from_environment())
+    return create_app(admin_key=server_admin_key())

@@ -17,6 +17,7 @@ from fastapi import Request
 
 from memfuse.memory import MemFuse
 from memfuse.server.envelope import ApiError
+from memfuse.types import UserRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,15 @@ ADMIN = Principal(None)
 def memfuse_of(request: Request) -> MemFuse:
     memfuse: MemFuse = request.app.state.memfuse
     return memfuse
+
+
+async def reachable_user(request: Request, caller: Principal, user_id: uuid.UUID) -> UserRow:
+    """The user, if it exists and the caller may reach it; 404 otherwise (either way)."""
+    caller.require_user(user_id)
+    user = await memfuse_of(request).tenancy.get_user(user_id)
+    if user is None:
+        raise ApiError(404, f"user {user_id} does not exist")
+    return user
 
 
 KEY_COOKIE = "memfuse_key"

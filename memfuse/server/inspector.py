@@ -21,7 +21,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from memfuse.server.auth import KEY_COOKIE, Principal, memfuse_of, principal, principal_of_key
+from memfuse.server.auth import (
+    KEY_COOKIE,
+    Principal,
+    memfuse_of,
+    principal,
+    principal_of_key,
+    reachable_user,
+)
 from memfuse.server.envelope import ApiError
 from memfuse.types import Page, SearchResult
 
@@ -79,11 +86,8 @@ async def users(request: Request, caller: Viewer) -> HTMLResponse:
 
 @router.get("/users/{user_id}", response_class=HTMLResponse)
 async def user(request: Request, caller: Viewer, user_id: uuid.UUID) -> HTMLResponse:
-    caller.require_user(user_id)
+    row = await reachable_user(request, caller, user_id)
     memfuse = memfuse_of(request)
-    row = await memfuse.tenancy.get_user(user_id)
-    if row is None:
-        raise ApiError(404, f"user {user_id} does not exist")
     sessions = await memfuse.tenancy.find_sessions(user_id=user_id, page=PAGE)
     agents = {
         agent.id: agent.name for agent in await memfuse.tenancy.find_agents(visible_to=user_id)
@@ -124,11 +128,8 @@ async def search(
     max_tokens: Annotated[int, Query(ge=1, le=100_000)] = 500,
 ) -> HTMLResponse:
     """The search as ``query()`` runs it, with every result's ranks and the budget's verdict."""
-    caller.require_user(user_id)
+    row = await reachable_user(request, caller, user_id)
     memfuse = memfuse_of(request)
-    row = await memfuse.tenancy.get_user(user_id)
-    if row is None:
-        raise ApiError(404, f"user {user_id} does not exist")
     results: list[SearchResult] = []
     kept: set[uuid.UUID] = set()
     if q.strip():

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from memfuse.memory import MemFuse
-from memfuse.server.auth import Principal, memfuse_of, principal
+from memfuse.server.auth import Principal, memfuse_of, principal, reachable_user
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.limits import MAX_ITEMS
 from memfuse.server.shapes import knowledge_json
@@ -38,26 +38,18 @@ class KnowledgeUpdate(BaseModel):
     new_knowledge: list[str] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
-async def _user(request: Request, caller: Principal, user_id: uuid.UUID) -> MemFuse:
-    caller.require_user(user_id)
-    memfuse = memfuse_of(request)
-    if await memfuse.tenancy.get_user(user_id) is None:
-        raise ApiError(404, f"user {user_id} does not exist")
-    return memfuse
-
-
 async def _existing(
     memfuse: MemFuse, user_id: uuid.UUID, ids: list[uuid.UUID]
 ) -> list[KnowledgeRow]:
-    rows = []
+    """The user's live items with these ids, in order (one query); 404 naming the first
+    missing one."""
+    found = await memfuse.knowledge.get_many(user_id, ids)
     for index, item_id in enumerate(ids):
-        row = await memfuse.knowledge.get(user_id, item_id)
-        if row is None:
+        if item_id not in found:
             raise ApiError(
                 404, f"knowledge item {item_id} does not exist", field=f"knowledge_ids[{index}]"
             )
-        rows.append(row)
-    return rows
+    return [found[item_id] for item_id in ids]
 
 
 @router.get("")
@@ -68,7 +60,8 @@ async def list_knowledge(
     limit: Annotated[int, Query(ge=1, le=MAX_ITEMS)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JSONResponse:
-    memfuse = await _user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
+    memfuse = memfuse_of(request)
     page = Page(limit=limit, offset=offset, newest_first=False)
     rows = await memfuse.knowledge.list_live(user_id, page)
     return success({"knowledge": [knowledge_json(row) for row in rows]}, "knowledge listed")
@@ -78,7 +71,8 @@ async def list_knowledge(
 async def add_knowledge(
     request: Request, caller: Caller, user_id: uuid.UUID, body: KnowledgeAdd
 ) -> JSONResponse:
-    memfuse = await _user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
+    memfuse = memfuse_of(request)
     rows = await memfuse.knowledge.add(user_id, body.knowledge)
     ids = [row.id for row in rows]
     return success({"knowledge_ids": ids}, f"{len(ids)} knowledge items added", 201)
@@ -88,9 +82,10 @@ async def add_knowledge(
 async def read_knowledge(
     request: Request, caller: Caller, user_id: uuid.UUID, body: KnowledgeIds
 ) -> JSONResponse:
-    memfuse = await _user(request, caller, user_id)
-    rows = [await memfuse.knowledge.get(user_id, item_id) for item_id in body.knowledge_ids]
-    found = [knowledge_json(row) for row in rows if row is not None]
+    await reachable_user(request, caller, user_id)
+    memfuse = memfuse_of(request)
+    rows = await memfuse.knowledge.get_many(user_id, body.knowledge_ids)
+    found = [knowledge_json(rows[item_id]) for item_id in body.knowledge_ids if item_id in rows]
     return success({"knowledge": found}, f"{len(found)} knowledge items read")
 
 
@@ -100,7 +95,8 @@ async def update_knowledge(
 ) -> JSONResponse:
     if len(body.knowledge_ids) != len(body.new_knowledge):
         raise ApiError(400, "give one new text per knowledge id", field="new_knowledge")
-    memfuse = await _user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
+    memfuse = memfuse_of(request)
     await _existing(memfuse, user_id, body.knowledge_ids)
     for item_id, content in zip(body.knowledge_ids, body.new_knowledge, strict=True):
         await memfuse.knowledge.update(user_id, item_id, content=content)
@@ -111,7 +107,8 @@ async def update_knowledge(
 async def delete_knowledge(
     request: Request, caller: Caller, user_id: uuid.UUID, body: KnowledgeIds
 ) -> JSONResponse:
-    memfuse = await _user(request, caller, user_id)
+    await reachable_user(request, caller, user_id)
+    memfuse = memfuse_of(request)
     await _existing(memfuse, user_id, body.knowledge_ids)
     deleted = await memfuse.knowledge.delete(user_id, body.knowledge_ids)
     return success({"knowledge_ids": deleted}, "knowledge deleted")

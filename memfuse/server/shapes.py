@@ -22,6 +22,21 @@ RESULT_TYPES = {"m0": "message", "m1": "chunk", "m2": "fact", "knowledge": "know
 RESULT_LEVELS = {"m0": 0, "m1": 1, "m2": 2, "knowledge": None}
 
 
+def metadata_with_description(
+    metadata: dict[str, Any] | None,
+    description: str | None,
+    current: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The metadata to store for a body's ``metadata`` and ``description`` (the SDK's field,
+    kept under :data:`DESCRIPTION`); ``None`` when the body changes neither."""
+    if metadata is None and description is None:
+        return None
+    merged = dict(metadata) if metadata is not None else dict(current or {})
+    if description is not None:
+        merged[DESCRIPTION] = description
+    return merged
+
+
 def user_json(user: UserRow) -> dict[str, Any]:
     return {
         "id": user.id,

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from memfuse.errors import ConflictError
-from memfuse.server.auth import Principal, memfuse_of, principal
+from memfuse.server.auth import Principal, memfuse_of, principal, reachable_user
 from memfuse.server.envelope import ApiError, success
 from memfuse.server.limits import MAX_TEXT_CHARS, MAX_TOP_K
-from memfuse.server.shapes import DESCRIPTION, result_json, user_json
+from memfuse.server.shapes import metadata_with_description, result_json, user_json
 from memfuse.types import Layer, Method, Page
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -24,17 +24,6 @@ class UserBody(BaseModel):
     name: str | None = Field(default=None, max_length=255)
     description: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] | None = None
-
-
-def _metadata(body: UserBody, current: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    if body.metadata is None and body.description is None:
-        return None
-    merged = dict(current or {})
-    if body.metadata is not None:
-        merged = dict(body.metadata)
-    if body.description is not None:
-        merged[DESCRIPTION] = body.description
-    return merged
 
 
 @router.get("")
@@ -68,7 +57,9 @@ async def create_user(request: Request, caller: Caller, body: UserBody) -> JSONR
         raise ApiError(400, "a user needs a name", field="name")
     tenancy = memfuse_of(request).tenancy
     try:
-        user = await tenancy.create_user(body.name, _metadata(body))
+        user = await tenancy.create_user(
+            body.name, metadata_with_description(body.metadata, body.description)
+        )
     except ConflictError:
         existing = await tenancy.find_user(body.name)
         if existing is None:  # deleted meanwhile
@@ -79,10 +70,7 @@ async def create_user(request: Request, caller: Caller, body: UserBody) -> JSONR
 
 @router.get("/{user_id}")
 async def get_user(request: Request, caller: Caller, user_id: uuid.UUID) -> JSONResponse:
-    caller.require_user(user_id)
-    user = await memfuse_of(request).tenancy.get_user(user_id)
-    if user is None:
-        raise ApiError(404, f"user {user_id} does not exist")
+    user = await reachable_user(request, caller, user_id)
     return success({"user": user_json(user)}, "user found")
 
 
@@ -90,13 +78,11 @@ async def get_user(request: Request, caller: Caller, user_id: uuid.UUID) -> JSON
 async def update_user(
     request: Request, caller: Caller, user_id: uuid.UUID, body: UserBody
 ) -> JSONResponse:
-    caller.require_user(user_id)
-    tenancy = memfuse_of(request).tenancy
-    current = await tenancy.get_user(user_id)
-    if current is None:
-        raise ApiError(404, f"user {user_id} does not exist")
-    user = await tenancy.update_user(
-        user_id, name=body.name, metadata=_metadata(body, current.metadata)
+    current = await reachable_user(request, caller, user_id)
+    user = await memfuse_of(request).tenancy.update_user(
+        user_id,
+        name=body.name,
+        metadata=metadata_with_description(body.metadata, body.description, current.metadata),
     )
     return success({"user": user_json(user)}, "user updated")
 
@@ -139,10 +125,8 @@ async def query(
 ) -> JSONResponse:
     """Search the user's memory. ``session_id`` tags results ``in_session`` or
     ``cross_session`` (it does not filter, as the SDK documents); ``agent_id`` filters."""
-    caller.require_user(user_id)
+    await reachable_user(request, caller, user_id)
     memfuse = memfuse_of(request)
-    if await memfuse.tenancy.get_user(user_id) is None:
-        raise ApiError(404, f"user {user_id} does not exist")
     if body.session_id is not None:
         session = await memfuse.tenancy.get_session(body.session_id)
         if session is None or session.user_id != user_id:

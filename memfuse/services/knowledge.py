@@ -21,7 +21,7 @@ from memfuse.repositories.tenancy import UserRepository
 from memfuse.services.changes import AfterCommit
 from memfuse.types import KnowledgeRow, Page
 from memfuse.validation import (
-    check_knowledge_content,
+    check_content,
     check_namespace,
     check_ttl,
     check_value_filter,
@@ -68,11 +68,9 @@ class KnowledgeService:
     async def get_by_key(
         self, user_id: uuid.UUID, namespace: object, key: object
     ) -> KnowledgeRow | None:
-        checked_namespace = check_namespace(namespace, field="namespace")
-        if not isinstance(key, str):
-            raise ValidationError(f"must be a string, got {type(key).__name__}", field="key")
+        checked_namespace, checked_key = _address(namespace, key)
         async with self._session_factory() as db:
-            return await KnowledgeRepository(db).get_by_key(user_id, checked_namespace, key)
+            return await KnowledgeRepository(db).get_by_key(user_id, checked_namespace, checked_key)
 
     async def list_live(
         self,
@@ -128,7 +126,7 @@ class KnowledgeService:
         checked_content = (
             None
             if content is None
-            else check_knowledge_content(content, field="content", max_chars=self.max_chars)
+            else check_content(content, index=None, max_chars=self.max_chars)
         )
         value_json = None if value is None else metadata_json(value, field="value")
         changed_metadata = None if metadata is None else metadata_json(metadata)
@@ -159,12 +157,12 @@ class KnowledgeService:
         return deleted
 
     async def delete_by_key(self, user_id: uuid.UUID, namespace: object, key: object) -> bool:
-        checked_namespace = check_namespace(namespace, field="namespace")
-        if not isinstance(key, str):
-            raise ValidationError(f"must be a string, got {type(key).__name__}", field="key")
+        checked_namespace, checked_key = _address(namespace, key)
         async with self._session_factory.begin() as db:
             await self._lock_user(db, user_id)
-            deleted = await KnowledgeRepository(db).delete_by_key(user_id, checked_namespace, key)
+            deleted = await KnowledgeRepository(db).delete_by_key(
+                user_id, checked_namespace, checked_key
+            )
         if deleted:
             self._after_commit(user_id)
         return deleted
@@ -185,3 +183,10 @@ class KnowledgeService:
     async def _lock_user(db: AsyncSession, user_id: uuid.UUID) -> None:
         if not await UserRepository(db).lock([user_id]):
             raise NotFoundError(f"user {user_id} does not exist")
+
+
+def _address(namespace: object, key: object) -> tuple[tuple[str, ...], str]:
+    """A namespace and key that address one item (as the key-value stores give them)."""
+    if not isinstance(key, str):
+        raise ValidationError(f"must be a string, got {type(key).__name__}", field="key")
+    return check_namespace(namespace, field="namespace"), key
