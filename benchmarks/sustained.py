@@ -52,7 +52,7 @@ QUEUE_SQL: Final = f"SELECT count(*) FROM {SCHEMA}.embedding_jobs"
 EMBEDDED_SQL: Final = f"""
 SELECT (SELECT count(*) FROM {SCHEMA}.messages WHERE embedding IS NOT NULL)
      + (SELECT count(*) FROM {SCHEMA}.episodes WHERE embedding IS NOT NULL)
-     + (SELECT count(*) FROM {SCHEMA}.facts WHERE embedding IS NOT NULL)
+     + (SELECT count(*) FROM {SCHEMA}.fact_groups)
 """
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from dependency_injector import providers
@@ -21,3 +22,10 @@ async def memfuse_with_model(
     container.embedder.override(providers.Object(model))
     async with MemFuse(url, container=container, embedder="local", **settings) as mf:
         yield mf
+
+
+def close_to(a: Sequence[float], b: Sequence[float]) -> bool:
+    """The same text's vector, whatever pass or precision made it (a worker's batch may run in
+    bfloat16, a query in float32): cosine >= 0.9999; different texts sit far below."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))) >= 0.9999

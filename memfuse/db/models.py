@@ -282,7 +282,10 @@ class Episode(Base):
 
 
 class Fact(Base):
-    """M2: one atomic fact with lineage; a newer contradicting fact closes ``valid_to``."""
+    """M2: one atomic fact with lineage; a newer contradicting fact closes ``valid_to``.
+
+    A fact has no vector of its own: its group's (:class:`FactGroup`) stands for it.
+    """
 
     __tablename__ = "facts"
     __table_args__ = (
@@ -304,11 +307,11 @@ class Fact(Base):
             unique=True,
             postgresql_where=text("valid_to IS NULL"),
         ),
-        Index(None, "session_id"),
+        Index(None, "session_id", "group_no"),
         Index(None, "agent_id"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
         CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity_range"),
-        *_memory_indexes("facts"),
+        Index("ix_facts_content_tsv_gin", "content_tsv", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -340,11 +343,46 @@ class Fact(Base):
         ForeignKey(f"{SCHEMA}.facts.id", ondelete="SET NULL"),
         nullable=True,
     )
+    group_no: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    """The fact group of its first source message (:func:`fact_group`)."""
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
-    embedding: Mapped[list[float] | None] = _embedding()
     content_tsv: Mapped[Any] = _content_tsv()
+
+
+class FactGroup(Base):
+    """The one stored vector of a fact group: the facts of a session whose first source message
+    is one of the same :data:`FACT_GROUP_MESSAGES` consecutive messages, embedded as one text.
+
+    The embedding worker creates the row when it writes the vector, and writes it only while
+    the group's text is the one it embedded; the M2 vector list ranks groups, then their live
+    facts. Deleting a session's facts deletes its groups.
+    """
+
+    __tablename__ = "fact_groups"
+    __table_args__ = (
+        Index(None, "user_id"),
+        Index(None, "agent_id"),
+        Index(
+            "ix_fact_groups_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    group_no: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[uuid.UUID] = _tenant("users")
+    agent_id: Mapped[uuid.UUID | None] = _tenant("agents", nullable=True)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    embedding: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
 
 
 class Knowledge(Base):

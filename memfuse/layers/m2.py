@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from memfuse.db.models import fact_group
 from memfuse.layers.extractors.base import FactCandidate, FactExtractor
 from memfuse.repositories.facts import Closure, FactRepository, LiveFact, NewFact
 from memfuse.repositories.jobs import JobRepository
@@ -58,6 +59,7 @@ def plan_facts(
 ) -> FactPlan:
     """Apply the duplicate and supersession rules to candidates, in message order."""
     times = {chunk.message_ids[0]: chunk.ended_at for chunk in extracted.messages}
+    seqs = {chunk.message_ids[0]: chunk.first_seq for chunk in extracted.messages}
     slots: dict[str, list[LiveFact]] = {}
     for live in live_facts:
         slots.setdefault(live.fact_key, []).append(live)
@@ -84,6 +86,7 @@ def plan_facts(
             confidence=candidate.confidence,
             occurred_at=candidate.occurred_at,
             message_ids=lineage,
+            group_no=fact_group(seqs[lineage[0]]),
             valid_from=valid_from,
             metadata={},
         )

@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from memfuse.db import migrate
 from memfuse.db.errors import describe_unavailable, is_unavailable
-from memfuse.db.models import Episode, Fact, Message, Session, User, listener_name
+from memfuse.db.models import Episode, Fact, FactGroup, Message, Session, User, listener_name
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import MemfuseError
+from memfuse.repositories.facts import FACT_EMBEDDED
 from memfuse.repositories.jobs import JobRepository, QueueCounts
 from memfuse.repositories.progress import ProgressRepository
 from memfuse.types import Check, HealthReport, TaskState
@@ -227,7 +228,8 @@ async def memory_statistics(engine: AsyncEngine) -> dict[str, int]:
                     count(Episode, Episode.embedding.is_not(None)).label("episodes_embedded"),
                     count(Fact, Fact.valid_to.is_(None)).label("facts_live"),
                     count(Fact, Fact.valid_to.is_not(None)).label("facts_superseded"),
-                    count(Fact, Fact.embedding.is_not(None)).label("facts_embedded"),
+                    count(Fact, FACT_EMBEDDED).label("facts_embedded"),
+                    count(FactGroup).label("fact_groups"),
                 )
             )
         ).one()

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from memfuse.db.models import Episode, Fact
+from memfuse.db.models import Episode, Fact, FactGroup
 from memfuse.repositories.paging import paginate
 from memfuse.types import FactRow, Page
 
@@ -46,6 +46,7 @@ class NewFact:
     confidence: float
     occurred_at: datetime | None
     message_ids: tuple[uuid.UUID, ...]
+    group_no: int
     valid_from: datetime
     metadata: dict[str, Any]
 
@@ -62,6 +63,7 @@ class NewFact:
             "confidence": self.confidence,
             "occurred_at": self.occurred_at,
             "message_ids": list(self.message_ids),
+            "group_no": self.group_no,
             "valid_from": self.valid_from,
             "metadata": self.metadata,
         }
@@ -86,6 +88,12 @@ class LiveFact:
 
 
 _TABLE = cast(Table, Fact.__table__)
+FACT_EMBEDDED = (
+    exists()
+    .where(FactGroup.session_id == Fact.session_id, FactGroup.group_no == Fact.group_no)
+    .correlate(Fact)
+)
+"""A fact is embedded when its group's vector is stored."""
 _COLUMNS = (
     Fact.id,
     Fact.user_id,
@@ -104,7 +112,7 @@ _COLUMNS = (
     Fact.superseded_by,
     Fact.metadata_.label("metadata"),
     Fact.created_at,
-    Fact.embedding.is_not(None).label("embedded"),
+    FACT_EMBEDDED.label("embedded"),
 )
 
 
@@ -210,7 +218,8 @@ class FactRepository:
         )
 
     async def delete_for_session(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-        """Delete a session's facts and repair the slots they were part of.
+        """Delete a session's facts, then their groups' vectors, and repair the slots they were
+        part of.
 
         A fact that one of them had closed is then closed by its next newer fact of the same
         slot, or live again if none is left; so each slot keeps exactly one live fact.
@@ -230,6 +239,11 @@ class FactRepository:
         )
         await self.session.execute(
             delete(Fact).where(Fact.user_id == user_id, Fact.session_id == session_id)
+        )
+        await self.session.execute(
+            delete(FactGroup).where(
+                FactGroup.user_id == user_id, FactGroup.session_id == session_id
+            )
         )
         await self.rechain_slots(user_id, keys)
 

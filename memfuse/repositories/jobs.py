@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import (
-    ColumnElement,
     Select,
     Table,
     and_,
@@ -33,14 +32,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import (
-    FACT_GROUP_MESSAGES,
     EmbeddingDeadLetter,
     EmbeddingJob,
     Episode,
     Fact,
+    FactGroup,
     Knowledge,
     Message,
     fact_group,
@@ -91,16 +91,23 @@ class RowText:
 
 
 @dataclass(frozen=True, slots=True)
+class FactText:
+    """A fact's content, the text of its group (what its vector is made of), and its group."""
+
+    content: str
+    text: str
+    user_id: uuid.UUID
+    agent_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    group_no: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueueCounts:
     """How much work the queue holds."""
 
     depth: int
     dead_letters: int
-
-
-def _fact_group(seq: ColumnElement[int]) -> ColumnElement[int]:
-    """:func:`~memfuse.db.models.fact_group` in SQL (integer division)."""
-    return (seq - 1) // FACT_GROUP_MESSAGES
 
 
 class JobRepository:
@@ -165,8 +172,10 @@ class JobRepository:
             if not ids:
                 continue
             if table_name == "facts":
-                for row_id, (content, text) in (await self.fact_group_texts(ids)).items():
-                    found[(table_name, row_id)] = RowText(table_name, row_id, content, text)
+                for row_id, fact in (await self.fact_group_texts(ids)).items():
+                    found[(table_name, row_id)] = RowText(
+                        table_name, row_id, fact.content, fact.text
+                    )
                 continue
             named = table_name == "messages"
             columns = [table.c.id, table.c.content, *([table.c.name] if named else [])]
@@ -176,19 +185,15 @@ class JobRepository:
                 found[(table_name, row.id)] = RowText(table_name, row.id, row.content, text)
         return found
 
-    async def fact_group_texts(
-        self, fact_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, tuple[str, str]]:
-        """Each fact's content, and the text it is embedded as: the contents of every fact of
-        its session whose first source message is in the same group of
-        :data:`~memfuse.db.models.FACT_GROUP_MESSAGES` consecutive messages, one per line, in
-        message order (its own content alone without a source message).
+    async def fact_group_texts(self, fact_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, FactText]:
+        """Each fact's content, group, and the text it is embedded as: the contents of every
+        fact of its group (same session and ``group_no``, see
+        :data:`~memfuse.db.models.FACT_GROUP_MESSAGES`), one per line, in message order.
 
         Measured on LoCoMo (docs/benchmarks.md#which-vectors-earn-their-cost): one vector for
         the facts of four messages keeps recall with an eighth of the texts of one per fact.
         """
         facts = FACTS.alias("fact")
-        source = MESSAGES.alias("source")
         siblings = FACTS.alias("sibling")
         sibling_source = MESSAGES.alias("sibling_source")
         group_text = func.string_agg(
@@ -198,18 +203,38 @@ class JobRepository:
             ),
         )
         result = await self.session.execute(
-            select(facts.c.id, facts.c.content, group_text.label("group_text"))
+            select(
+                facts.c.id,
+                facts.c.content,
+                facts.c.user_id,
+                facts.c.agent_id,
+                facts.c.session_id,
+                facts.c.group_no,
+                group_text.label("group_text"),
+            )
             .select_from(
-                facts.outerjoin(source, source.c.id == facts.c.message_ids[1]).outerjoin(
-                    siblings.join(sibling_source, sibling_source.c.id == siblings.c.message_ids[1]),
+                facts.outerjoin(
+                    siblings.outerjoin(
+                        sibling_source, sibling_source.c.id == siblings.c.message_ids[1]
+                    ),
                     (siblings.c.session_id == facts.c.session_id)
-                    & (_fact_group(sibling_source.c.seq) == _fact_group(source.c.seq)),
+                    & (siblings.c.group_no == facts.c.group_no),
                 )
             )
             .where(facts.c.id.in_(fact_ids))
-            .group_by(facts.c.id, facts.c.content)
+            .group_by(facts.c.id)
         )
-        return {row.id: (row.content, row.group_text or row.content) for row in result}
+        return {
+            row.id: FactText(
+                content=row.content,
+                text=row.group_text or row.content,
+                user_id=row.user_id,
+                agent_id=row.agent_id,
+                session_id=row.session_id,
+                group_no=row.group_no,
+            )
+            for row in result
+        }
 
     async def lock_rows(self, keys: Sequence[RowKey]) -> dict[RowKey, str]:
         """Lock the memory rows that no other transaction holds, in id order; their content.
@@ -245,7 +270,7 @@ class JobRepository:
         """Store each vector only if its row still has the text that was embedded.
 
         A row whose content changed meanwhile keeps no stale vector; its change queued a new
-        job that embeds the new text.
+        job that embeds the new text. A fact's vector is its group's (:meth:`_write_groups`).
         """
         for table_name, table in MEMORY_TABLES.items():
             rows = [
@@ -253,16 +278,53 @@ class JobRepository:
                 for text, vector in sorted(items, key=lambda item: item[0].row_id)
                 if text.table_name == table_name
             ]
-            if rows:
-                await self.session.execute(
-                    update(table)
-                    .where(
-                        table.c.id == bindparam("row_id"),
-                        table.c.content == bindparam("embedded_text"),
-                    )
-                    .values(embedding=bindparam("vector", type_=table.c.embedding.type)),
-                    rows,
+            if not rows:
+                continue
+            if table_name == "facts":
+                await self._write_groups(
+                    [(text, vector) for text, vector in items if text.table_name == "facts"]
                 )
+                continue
+            await self.session.execute(
+                update(table)
+                .where(
+                    table.c.id == bindparam("row_id"),
+                    table.c.content == bindparam("embedded_text"),
+                )
+                .values(embedding=bindparam("vector", type_=table.c.embedding.type)),
+                rows,
+            )
+
+    async def _write_groups(self, items: Sequence[tuple[RowText, list[float]]]) -> None:
+        """Store the vector of each fact's group if the group still reads as embedded.
+
+        A fact added to the group meanwhile changed its text and queued a job of its own, which
+        embeds the new text; an older text's vector never overwrites it. Rows are written in
+        key order (the lock order among groups).
+        """
+        current = await self.fact_group_texts([text.row_id for text, _ in items])
+        groups: dict[tuple[uuid.UUID, int], dict[str, object]] = {}
+        for text, vector in items:
+            fact = current.get(text.row_id)
+            if fact is None or fact.session_id is None or fact.text != text.text:
+                continue
+            groups[(fact.session_id, fact.group_no)] = {
+                "session_id": fact.session_id,
+                "group_no": fact.group_no,
+                "user_id": fact.user_id,
+                "agent_id": fact.agent_id,
+                "embedding": vector,
+            }
+        if not groups:
+            return
+        statement = pg_insert(FactGroup)
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[FactGroup.session_id, FactGroup.group_no],
+                set_={"embedding": statement.excluded.embedding},
+            ),
+            [groups[key] for key in sorted(groups)],
+        )
 
     def _owned(self, job_ids: Sequence[int], owner: str | None) -> Select[int]:
         """The jobs of ``job_ids`` that ``owner`` still leases (``None``: whoever leases them)
@@ -412,19 +474,14 @@ class JobRepository:
         the facts of the group's first message before the next message's facts exist would
         embed a text that changes right after.
         """
-        source = MESSAGES.alias("source")
-        facts = (
-            select(Fact.id)
-            .join(source, source.c.id == Fact.message_ids[1])
-            .where(Fact.session_id == session_id)
-        )
+        facts = select(Fact.id).where(Fact.session_id == session_id)
         group = fact_group(last_seq)
         if fact_group(last_seq + 1) != group:  # the group of last_seq is full
             group += 1
         await self._hold_back(
             "facts",
-            closed=facts.where(_fact_group(source.c.seq) < group),
-            still_open=facts.where(_fact_group(source.c.seq) >= group),
+            closed=facts.where(Fact.group_no < group),
+            still_open=facts.where(Fact.group_no >= group),
             delay=delay,
         )
 

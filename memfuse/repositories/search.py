@@ -130,6 +130,15 @@ def _statement(sql: str) -> TextClause:
     return text(sql)
 
 
+def fact_group_embedded(alias: str, schema: str) -> str:
+    """SQL: the fact ``alias`` is embedded (its group's vector is stored; a fact has none of
+    its own, see :class:`~memfuse.db.models.FactGroup`)."""
+    return (
+        f'EXISTS (SELECT 1 FROM "{schema}".fact_groups AS fg '
+        f"WHERE fg.session_id = {alias}.session_id AND fg.group_no = {alias}.group_no)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SearchFilters:
     """Who and what a search may see: always one user, optionally narrower."""
@@ -146,9 +155,9 @@ class SearchFilters:
     """Knowledge items whose value matches these conditions (JSON of a
     :func:`~memfuse.db.value_filter.value_filter_sql` filter)."""
 
-    def where(self, layer: Layer, alias: str = "") -> str:
+    def where(self, layer: Layer, alias: str, schema: str) -> str:
         """SQL conditions for rows of ``layer`` (columns prefixed with ``alias.``)."""
-        p = f"{alias}." if alias else ""
+        p = f"{alias}."
         conditions = [f"{p}user_id = :user_id"]
         if self.agent_id is not None and layer not in USER_LEVEL:
             conditions.append(f"{p}agent_id = :agent_id")
@@ -159,7 +168,9 @@ class SearchFilters:
         if self.until is not None:
             conditions.append(f"{p}{_TIME_UNTIL[layer]} < :until")
         if self.embedded_only:
-            conditions.append(f"{p}embedding IS NOT NULL")
+            conditions.append(
+                fact_group_embedded(alias, schema) if layer == "m2" else f"{p}embedding IS NOT NULL"
+            )
         if layer == "m2":
             conditions.append(f"{p}valid_to IS NULL")
         if layer == "knowledge":
@@ -374,7 +385,7 @@ scored AS (
     GROUP BY message_id
 )"""
         source = f"""FROM scored JOIN "{self.schema}".messages AS m ON m.id = scored.message_id
-WHERE {filters.where("m0", "m")}"""
+WHERE {filters.where("m0", "m", self.schema)}"""
         if not knowledge:
             return f"""{scored}
 {messages}
@@ -420,7 +431,8 @@ SELECT scored.layer, scored.id, scored.score,
             WHEN 'm2' THEN f.message_ids ELSE ARRAY[]::uuid[] END AS message_ids,
        coalesce(m.token_count, e.token_count) AS token_count,
        m.name AS speaker,
-       coalesce(m.embedding, e.embedding, f.embedding, k.embedding) IS NOT NULL AS embedded,
+       CASE scored.layer WHEN 'm2' THEN {fact_group_embedded("f", s)}
+            ELSE coalesce(m.embedding, e.embedding, k.embedding) IS NOT NULL END AS embedded,
        m.role{selected_ranks}
 FROM scored
 LEFT JOIN "{s}".messages AS m ON scored.layer = 'm0' AND m.id = scored.id
@@ -428,6 +440,36 @@ LEFT JOIN "{s}".episodes AS e ON scored.layer = 'm1' AND e.id = scored.id
 LEFT JOIN "{s}".facts AS f ON scored.layer = 'm2' AND f.id = scored.id
 LEFT JOIN "{s}".knowledge AS k ON scored.layer = 'knowledge' AND k.id = scored.id
 ORDER BY scored.score DESC, scored.layer, scored.id"""
+
+    def _fact_vector_list(self, filters: SearchFilters) -> str:
+        """The M2 vector list: the nearest fact groups (one vector each, on their HNSW index),
+        then their live facts, each at its group's distance.
+
+        The groups are narrowed by user, agent and session inside the index scan; the facts'
+        own conditions (live, time) apply to the facts of the nearest groups.
+        """
+        s = self.schema
+        group_where = ["g.user_id = :user_id"]
+        if filters.agent_id is not None:
+            group_where.append("g.agent_id = :agent_id")
+        if filters.session_id is not None:
+            group_where.append("g.session_id = :session_id")
+        fact_where = replace(filters, embedded_only=False).where("m2", "t", s)
+        return f"""m2_vector AS MATERIALIZED (
+    SELECT t.id, t.message_ids, nearest.distance
+    FROM (
+        SELECT g.session_id, g.group_no, g.embedding <=> :query_vector AS distance
+        FROM "{s}".fact_groups AS g
+        WHERE {" AND ".join(group_where)}
+        ORDER BY distance
+        LIMIT :candidates
+    ) AS nearest
+    JOIN "{s}".facts AS t
+      ON t.session_id = nearest.session_id AND t.group_no = nearest.group_no
+    WHERE {fact_where}
+    ORDER BY nearest.distance, t.id
+    LIMIT :candidates
+)"""
 
     def _lists(
         self,
@@ -442,12 +484,15 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
         ctes: list[str] = []
         ranked: list[str] = []
         for layer in layers:
-            table = f'"{self.schema}".{LAYER_TABLES[layer]}'
-            where = filters.where(layer)
+            table = f'"{self.schema}".{LAYER_TABLES[layer]} AS t'
+            where = filters.where(layer, "t", self.schema)
             lineage = _LINEAGE[layer]
             if "vector" in methods and query_vector is not None:
                 name = f"{layer}_vector"
-                ctes.append(f"""{name} AS MATERIALIZED (
+                if layer == "m2":
+                    ctes.append(self._fact_vector_list(filters))
+                else:
+                    ctes.append(f"""{name} AS MATERIALIZED (
     SELECT id, {lineage} AS message_ids, embedding <=> :query_vector AS distance
     FROM {table}
     WHERE {where} AND embedding IS NOT NULL

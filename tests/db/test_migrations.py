@@ -29,6 +29,7 @@ TABLES = {
     "episodes",
     "layer_progress",
     "facts",
+    "fact_groups",
     "embedding_jobs",
     "knowledge",
     "api_keys",

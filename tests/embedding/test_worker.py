@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import parts
 import pytest
-from real_model import memfuse_with_model
+from real_model import close_to, memfuse_with_model
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -90,13 +90,6 @@ async def wait_until(check: Callable[[], object], limit: float = 10.0) -> float:
             return time.perf_counter() - started
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
-
-
-def close_to(a: Sequence[float], b: Sequence[float]) -> bool:
-    """The same text's vector, whatever pass or precision made it (a worker's batch may run in
-    bfloat16, a query in float32): cosine >= 0.9999; different texts sit far below."""
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))) >= 0.9999
 
 
 async def test_a_new_row_is_embedded_promptly_through_notify(
@@ -633,9 +626,11 @@ async def test_the_facts_of_a_group_of_messages_share_one_vector_of_all_of_them(
                 await db.execute(
                     text(
                         f"SELECT (m.seq - 1) / {FACT_GROUP_MESSAGES} AS fact_group,"
-                        " f.content, f.embedding"
+                        " f.content, g.embedding"
                         " FROM memfuse.facts f JOIN memfuse.messages m"
-                        " ON m.id = f.message_ids[1] ORDER BY m.seq, f.created_at, f.id"
+                        " ON m.id = f.message_ids[1] LEFT JOIN memfuse.fact_groups g"
+                        " ON g.session_id = f.session_id AND g.group_no = f.group_no"
+                        " ORDER BY m.seq, f.created_at, f.id"
                     )
                 )
             ).all()

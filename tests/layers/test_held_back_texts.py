@@ -6,11 +6,12 @@ Every test runs the real model in the in-process worker, beside the layer pipeli
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
 import parts
-from real_model import memfuse_with_model
+from real_model import close_to, memfuse_with_model
 from sqlalchemy import text
 
 from memfuse.db.models import FACT_GROUP_MESSAGES
@@ -146,12 +147,16 @@ STATEMENTS = [f"I adopted a puppy named {pet} last week." for pet in PETS]
 
 
 async def fact_vectors(mf: MemFuse) -> dict[int, list[str | None]]:
-    """The vectors of the facts drawn from each message number, as text (None: no vector)."""
+    """The vectors of the facts drawn from each message number (their group's), as text (None:
+    no vector)."""
     async with parts.db(mf) as db:
         rows = await db.execute(
             text(
-                "SELECT m.seq, f.embedding::text FROM memfuse.facts f"
-                " JOIN memfuse.messages m ON m.id = f.message_ids[1] ORDER BY m.seq, f.id"
+                "SELECT m.seq, g.embedding::text FROM memfuse.facts f"
+                " JOIN memfuse.messages m ON m.id = f.message_ids[1]"
+                " LEFT JOIN memfuse.fact_groups g"
+                " ON g.session_id = f.session_id AND g.group_no = f.group_no"
+                " ORDER BY m.seq, f.id"
             )
         )
         found: dict[int, list[str | None]] = {}
@@ -198,8 +203,9 @@ async def test_concurrent_writers_embed_each_fact_once(
     database_url: str, model: LocalEmbedder
 ) -> None:
     """Writers, the background pipeline and the worker at once, with facts: every fact gets
-    one vector write, and the facts of a group share one vector, so no group was embedded
-    before it was complete."""
+    one vector write, each group stores one vector, and that vector is the one of the group's
+    complete text (no group was embedded before it was complete, and no older text's vector
+    overwrote a newer one)."""
     settings = SMALL_EPISODES | {"fact_extractor": "offline"}
     async with memfuse_with_model(
         database_url, model, embed_delay=600, worker_poll_interval=0.2, **settings
@@ -221,19 +227,28 @@ async def test_concurrent_writers_embed_each_fact_once(
                     text(
                         "SELECT (SELECT count(*) FROM memfuse.episodes),"
                         " (SELECT count(*) FROM memfuse.facts),"
-                        " (SELECT count(*) FROM memfuse.facts WHERE embedding IS NULL)"
+                        " (SELECT count(*) FROM memfuse.facts f WHERE NOT EXISTS ("
+                        "  SELECT 1 FROM memfuse.fact_groups g"
+                        "  WHERE g.session_id = f.session_id AND g.group_no = f.group_no))"
                     )
                 )
             ).one()
-            groups_with_two_vectors = await db.scalar(
-                text(
-                    "SELECT count(*) FROM (SELECT 1 FROM memfuse.facts f"
-                    " JOIN memfuse.messages m ON m.id = f.message_ids[1]"
-                    f" GROUP BY f.session_id, (m.seq - 1) / {FACT_GROUP_MESSAGES}"
-                    " HAVING count(DISTINCT f.embedding::text) > 1) AS split"
+            groups = (
+                await db.execute(
+                    text(
+                        "SELECT string_agg(f.content, E'\\n' ORDER BY m.seq, f.created_at, f.id),"
+                        " min(g.embedding::text)"
+                        " FROM memfuse.facts f JOIN memfuse.messages m ON m.id = f.message_ids[1]"
+                        " JOIN memfuse.fact_groups g"
+                        " ON g.session_id = f.session_id AND g.group_no = f.group_no"
+                        " GROUP BY f.session_id, f.group_no"
+                    )
                 )
-            )
+            ).all()
         episode_count, fact_count, unembedded = counts
         assert fact_count > 0 and unembedded == 0
-        assert groups_with_two_vectors == 0
+        assert groups, "facts were drawn and their groups embedded"
+        for group_text, stored in groups:
+            expected = await model.embed_query(group_text)
+            assert close_to(json.loads(stored), expected), group_text
         assert vectors_written(mf) == 3 * 9 + episode_count + fact_count
