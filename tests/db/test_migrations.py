@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -435,3 +436,84 @@ async def test_an_add_of_many_messages_wakes_a_listener_once(
             assert received.empty(), "one notification for the whole call"
     finally:
         await listener.close()
+
+
+async def test_0008_moves_fact_vectors_into_their_groups_and_back(engine: AsyncEngine) -> None:
+    """Facts stored before 0008 each held their group's vector: upgrading keeps one per group
+    (the newest fact's), numbers every fact's group from its first source message, and
+    downgrading gives every fact its group's vector again."""
+    await migrate.upgrade(engine, "0007")
+    first_message = await insert_message(engine, "one")
+    vectors = {0: [0.1] * 384, 1: [0.2] * 384}
+    async with engine.begin() as connection:
+        scope = (
+            await connection.execute(
+                text("SELECT user_id, agent_id, session_id FROM memfuse.messages WHERE id = :id"),
+                {"id": first_message},
+            )
+        ).one()
+        fifth_message = (
+            await connection.execute(
+                text(
+                    "INSERT INTO memfuse.messages"
+                    " (user_id, agent_id, session_id, seq, role, content)"
+                    " VALUES (:u, :a, :s, 5, 'user', 'five') RETURNING id"
+                ),
+                {"u": scope.user_id, "a": scope.agent_id, "s": scope.session_id},
+            )
+        ).scalar_one()
+        for source, group, content in (
+            (first_message, 0, "fact a"),
+            (first_message, 0, "fact b"),
+            (fifth_message, 1, "fact c"),
+        ):
+            await connection.execute(
+                text(
+                    "INSERT INTO memfuse.facts"
+                    " (user_id, agent_id, session_id, content, message_ids, embedding)"
+                    " VALUES (:u, :a, :s, :c, ARRAY[CAST(:m AS uuid)], :v)"
+                ),
+                {
+                    "u": scope.user_id,
+                    "a": scope.agent_id,
+                    "s": scope.session_id,
+                    "c": content,
+                    "m": str(source),
+                    "v": vectors[group],
+                },
+            )
+
+    await migrate.upgrade(engine)
+    async with engine.connect() as connection:
+        groups = (
+            await connection.execute(
+                text(
+                    "SELECT group_no, user_id, embedding::text FROM memfuse.fact_groups"
+                    " ORDER BY group_no"
+                )
+            )
+        ).all()
+        numbered = (
+            await connection.execute(
+                text("SELECT content, group_no FROM memfuse.facts ORDER BY content")
+            )
+        ).all()
+    assert [(g.group_no, g.user_id) for g in groups] == [(0, scope.user_id), (1, scope.user_id)]
+    assert [json.loads(g.embedding) for g in groups] == [
+        pytest.approx(vectors[0]),
+        pytest.approx(vectors[1]),
+    ]
+    assert [tuple(row) for row in numbered] == [("fact a", 0), ("fact b", 0), ("fact c", 1)]
+
+    await migrate.downgrade(engine, "0007")
+    async with engine.connect() as connection:
+        restored = (
+            await connection.execute(
+                text("SELECT content, embedding::text FROM memfuse.facts ORDER BY content")
+            )
+        ).all()
+    assert [(content, json.loads(vector)) for content, vector in restored] == [
+        ("fact a", pytest.approx(vectors[0])),
+        ("fact b", pytest.approx(vectors[0])),
+        ("fact c", pytest.approx(vectors[1])),
+    ]

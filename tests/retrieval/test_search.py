@@ -100,6 +100,47 @@ async def test_results_carry_layer_lineage_time_and_scope(mf: MemFuse) -> None:
 
 
 @pytest.mark.model
+async def test_facts_are_found_through_their_groups_vector_within_every_filter(
+    mf: MemFuse,
+) -> None:
+    """Facts have no vectors of their own: the M2 vector list ranks the nearest fact groups,
+    then their live facts. Scope (user, session, agent) narrows the groups, time the facts."""
+    ana, ben = await memories(mf)
+    other = await mf.init("ana", session="home")
+    await other.add([turn("Ana", "My sister Joana moved from Porto to Braga.", 30)])
+    await mf.flush()
+    facts = await ana.list_facts(all_sessions=True, include_superseded=True)
+    live = {fact.id: fact for fact in facts if fact.valid_to is None}
+    assert facts and all(fact.embedded for fact in facts), "every group's vector is stored"
+
+    async def vector_facts(
+        session: str | None = None, since: datetime | None = None
+    ) -> list[SearchResult]:
+        return await ana.query(
+            "Where does Joana live?",
+            top_k=50,
+            layers=["m2"],
+            methods=["vector"],
+            unit="item",
+            session=session,
+            since=since,
+        )
+
+    found = await vector_facts()
+    assert found and {result.id for result in found} <= set(live), "live facts of Ana only"
+    assert all(result.embedded for result in found)
+    assert {result.session_id for result in found} == {ana.scope.session_id, other.scope.session_id}
+    in_trip = await vector_facts(session="trip")
+    assert in_trip and {result.session_id for result in in_trip} == {ana.scope.session_id}
+    later = await vector_facts(since=DAY + timedelta(days=10))
+    assert later and all(live[result.id].valid_from >= DAY + timedelta(days=10) for result in later)
+    ben_found = await ben.query(
+        "Where does Joana live?", layers=["m2"], methods=["vector"], unit="item"
+    )
+    assert ben_found and not {result.id for result in ben_found} & {fact.id for fact in facts}
+
+
+@pytest.mark.model
 async def test_a_row_is_found_by_full_text_at_once_and_by_vector_once_embedded(
     database_url: str,
 ) -> None:
