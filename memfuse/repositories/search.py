@@ -112,12 +112,13 @@ WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'co
 GROUP BY s.tablename"""
 
 
-_TUNE_PLAN = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
-_TUNE_PLAN_AND_HNSW = text(
-    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-    "set_config('hnsw.ef_search', :ef_search, true), "
-    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+_SEARCH_SETTINGS = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', false), "
+    "set_config('hnsw.ef_search', :ef_search, false), "
+    "set_config('hnsw.iterative_scan', 'relaxed_order', false)"
 )
+_SETTINGS_APPLIED = "memfuse.search_ef_search"
+"""Key in a pooled connection's ``info``: the ``ef_search`` its session settings were set to."""
 
 
 _RANKS = ", jsonb_object_agg(list, r) AS ranks"
@@ -251,19 +252,26 @@ class SearchRepository:
         by_table = {row.tablename: tuple(row.elements) for row in result}
         return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}
 
-    async def tune(self, ef_search: int | None) -> None:
-        """Settings for this transaction's search.
+    async def tune(self, ef_search: int) -> None:
+        """Run this session's search in autocommit mode on a connection set up for searching.
 
-        Always a custom plan: the statement is prepared once per connection, and after five
-        runs PostgreSQL may switch to a generic plan that knows neither the user nor the
-        query's terms; on LoCoMo that made searches 2.5 times slower (docs/retrieval.md).
-        With ``ef_search`` (a vector list is searched), HNSW's: iterative scans keep a
-        user-filtered KNN from starving.
+        A search is one statement (a snapshot of its own), so it needs no transaction: no
+        BEGIN and no ROLLBACK round trip. The connection's session settings, set once per
+        pooled connection (again only if ``ef_search`` differs), are:
+
+        - always a custom plan: the statement is prepared once per connection, and after five
+          runs PostgreSQL may switch to a generic plan that knows neither the user nor the
+          query's terms; on LoCoMo that made searches 2.5 times slower (docs/retrieval.md).
+          The setting applies to every statement on memfuse's pooled connections; planning a
+          small statement costs tens of microseconds;
+        - HNSW's ``ef_search`` and iterative scans, so a user-filtered KNN does not starve.
         """
-        if ef_search is None:
-            await self.session.execute(_TUNE_PLAN)
-            return
-        await self.session.execute(_TUNE_PLAN_AND_HNSW, {"ef_search": str(ef_search)})
+        connection = await self.session.connection(
+            execution_options={"isolation_level": "AUTOCOMMIT"}
+        )
+        if connection.info.get(_SETTINGS_APPLIED) != ef_search:
+            await connection.execute(_SEARCH_SETTINGS, {"ef_search": str(ef_search)})
+            connection.info[_SETTINGS_APPLIED] = ef_search
 
     async def search(
         self,

@@ -247,7 +247,7 @@ class RetrievalService:
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)
-            await repository.tune(self.ef_search if vector is not None else None)
+            await repository.tune(self.ef_search)
             common_terms = (
                 await self._read_common_terms(repository) if "text" in request.methods else None
             )

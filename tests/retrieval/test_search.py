@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event, text
 
+from memfuse.container import resolve
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
 from memfuse.types import SearchResult
@@ -305,3 +307,48 @@ async def test_explain_gives_each_result_its_rank_in_every_list(database_url: st
         assert [r.id for r in plain] == [r.id for r in results] and plain[0].ranks is None
         items = await memory.query("lighthouse", explain=True, unit="item", methods=["text"])
         assert all(result.ranks for result in items)
+
+
+async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_url: str) -> None:
+    """A search needs no transaction of its own: after its pooled connection got its session
+    settings (custom plans, HNSW's ef_search and iterative scans), each search sends its one
+    statement and nothing else; the settings outlive the search on that connection."""
+    async with MemFuse(
+        database_url,
+        embedder="none",
+        search_cache_ttl=0.0,
+        search_ef_search=77,
+        pipeline_auto=False,  # nothing else runs statements meanwhile
+        pool_size=1,
+        max_overflow=0,
+    ) as mf:
+        ana = await mf.init("ana")
+        await ana.add([turn("Ana", "The quarterly garden fair moved to Thursday.")])
+        assert texts(await ana.query("garden fair")) == [
+            "The quarterly garden fair moved to Thursday."
+        ]
+        engine = await resolve(mf.container.engine)
+        statements: list[str] = []
+
+        def capture(*arguments: object) -> None:
+            statements.append(str(arguments[2]))
+
+        event.listen(engine.sync_engine, "before_cursor_execute", capture)
+        try:
+            assert texts(await ana.query("garden fair Thursday")) == [
+                "The quarterly garden fair moved to Thursday."
+            ]
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", capture)
+        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH query_terms")
+        async with engine.connect() as connection:  # the pool's one connection
+            settings = (
+                await connection.execute(
+                    text(
+                        "SELECT current_setting('plan_cache_mode'),"
+                        " current_setting('hnsw.ef_search'),"
+                        " current_setting('hnsw.iterative_scan')"
+                    )
+                )
+            ).one()
+        assert tuple(settings) == ("force_custom_plan", "77", "relaxed_order")
