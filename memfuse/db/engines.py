@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, PoolProxiedConnection
 
@@ -130,14 +131,42 @@ def create_engine(
 ) -> AsyncEngine:
     """A new instrumented engine; most code wants :meth:`EngineRegistry.get_engine` instead."""
     settings = pool or PoolSettings()
+    kwargs = settings.engine_kwargs()
+    # Our own ping replaces SQLAlchemy's: see install_ping.
+    ping = kwargs.pop("pool_pre_ping")
     engine = create_async_engine(
-        normalize_url(url), poolclass=MonitoredPool, **settings.engine_kwargs()
+        normalize_url(url), poolclass=MonitoredPool, pool_pre_ping=False, **kwargs
     )
     pool_instance = engine.sync_engine.pool
     if isinstance(pool_instance, MonitoredPool):
         pool_instance.monitor = monitor
+    if ping:
+        install_ping(engine)
     install_vector_codec(engine, monitor)
     return engine
+
+
+def install_ping(engine: AsyncEngine) -> None:
+    """Check each connection at checkout with one empty statement (one round trip); a
+    connection that fails it is replaced before anyone uses it.
+
+    SQLAlchemy's own ``pool_pre_ping`` on asyncpg wraps its ping in BEGIN and ROLLBACK (for
+    PgBouncer's transaction mode): three round trips before every operation memfuse runs. A
+    failed ping raises ``DisconnectionError``, on which the pool discards the connection and
+    checks out another (a restarted server's stale connections are all replaced this way).
+    """
+
+    def ping(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+        try:
+            dbapi_connection.run_async(_empty_statement)
+        except Exception as error:
+            raise DisconnectionError(f"connection failed its ping: {error}") from error
+
+    event.listen(engine.sync_engine.pool, "checkout", ping)
+
+
+async def _empty_statement(connection: Any) -> None:
+    await connection.fetchrow(";")
 
 
 def install_vector_codec(

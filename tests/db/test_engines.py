@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memfuse.config import PoolSettings
-from memfuse.config.urls import engine_key, mask_url, normalize_url
+from memfuse.config.urls import asyncpg_connect_args, engine_key, mask_url, normalize_url
 from memfuse.db.engines import EngineRegistry, create_engine
 from memfuse.errors import ConfigurationError, MemfuseError
 from memfuse.monitor import QUERY_OPERATION, PerformanceMonitor
@@ -73,7 +74,7 @@ async def test_pool_options_use_sqlalchemy_names(database_url: str) -> None:
     assert sync_pool.timeout() == 7.0  # type: ignore[attr-defined]
     assert sync_pool._max_overflow == 2  # type: ignore[attr-defined]
     assert sync_pool._recycle == 60
-    assert sync_pool._pre_ping is True
+    assert sync_pool._pre_ping is False, "memfuse pings with one round trip of its own"
     stats = registry.stats()[engine_key(database_url)]
     assert stats.pool_size == 3
     await registry.dispose_all()
@@ -219,3 +220,23 @@ async def test_health_reports_up_and_down_engines_and_keeps_them(
     assert "memfuse_no_such_database" in down.error
     assert len(registry) == 2, "a failed check keeps the engine (it is disposed on shutdown)"
     await registry.dispose_all()
+
+
+async def test_a_dead_pooled_connection_is_replaced_at_checkout(database_url: str) -> None:
+    """The ping at checkout finds a connection whose server process is gone; the pool opens
+    another before the caller sees an error."""
+    registry = EngineRegistry()
+    engine = registry.get_engine(database_url, PoolSettings(pool_size=1, max_overflow=0))
+    try:
+        async with engine.connect() as connection:
+            old_pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(**asyncpg_connect_args(database_url))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+        finally:
+            await admin.close()
+        async with engine.connect() as connection:
+            new_pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert new_pid != old_pid
+    finally:
+        await registry.dispose_all()

@@ -107,6 +107,19 @@ async def test_an_add_is_one_statement_and_one_round_trip(
         assert await numbers(mf, memory) == list(range(1, 1004))
 
 
+async def test_the_pools_ping_is_one_more_round_trip(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the ping on (the default), an ``add()`` sends two messages: the ping, then the
+    statement (SQLAlchemy's own ping on asyncpg sent three: BEGIN, the ping, ROLLBACK)."""
+    async with MemFuse(database_url, pipeline_auto=False, buffer_enabled=False) as mf:
+        memory = await mf.init("alice", session="trips")
+        await memory.add(said(2, "warm-up"))
+        with counting(mf, monkeypatch) as counts:
+            await memory.add(said(1, "pinged"))
+        assert counts == {"statements": 1, "sends": 2}
+
+
 async def test_concurrent_calls_of_many_sessions_share_one_statement_per_batch(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
