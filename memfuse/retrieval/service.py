@@ -42,6 +42,26 @@ MIN_RESULT_TOKENS = 10
 """A budget fetches enough rows to fill it with results this short (a turn is about 25)."""
 COMMON_TERMS_TTL = 300.0
 """Seconds a search reuses the common terms it read; ``MemFuse.analyze`` forgets them at once."""
+CANDIDATES_PER_RESULT = 5
+MIN_CANDIDATES = 50
+"""A search for a few messages ranks ``CANDIDATES_PER_RESULT`` rows per result in each list,
+at least ``MIN_CANDIDATES`` (and at most ``search_candidates``): measured on LoCoMo, the evidence
+found within the top 1-10 holds or improves against lists of 100 (docs/retrieval.md)."""
+
+
+def list_depth(configured: int, *, unit: Unit, fetch: int, budgeted: bool) -> int:
+    """How many rows each ranked list ranks before fusion, for a search fetching ``fetch``.
+
+    ``configured`` is ``search_candidates``. A search for items ranks as many per list as it
+    returns (each list can contribute at most its own rows); a search for messages within a
+    token budget ranks ``configured``; one for ``top_k`` messages ranks
+    ``CANDIDATES_PER_RESULT`` per result, at least ``MIN_CANDIDATES``, at most ``configured``.
+    """
+    if unit == "item":
+        return max(configured, min(fetch, MAX_TOP_K))
+    if budgeted:
+        return configured
+    return min(configured, max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * fetch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,10 +260,13 @@ class RetrievalService:
             fetch = min(MAX_TOP_K, max(self.candidates, request.max_tokens // MIN_RESULT_TOKENS))
         else:
             fetch = cast(int, request.top_k)
-        candidates = self.candidates
+        candidates = list_depth(
+            self.candidates,
+            unit=request.unit,
+            fetch=fetch,
+            budgeted=request.max_tokens is not None,
+        )
         if request.unit == "item":
-            # Each list can contribute at most its candidates: rank as many as are returned.
-            candidates = max(candidates, min(fetch, MAX_TOP_K))
             fetch *= 2  # room for rows dropped as already covered
         async with self._session_factory() as db:
             repository = SearchRepository(db, self.schema)

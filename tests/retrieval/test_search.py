@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from memfuse.container import resolve
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
+from memfuse.retrieval.service import list_depth
 from memfuse.types import SearchResult
 
 DAY = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -352,3 +353,14 @@ async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_ur
                 )
             ).one()
         assert tuple(settings) == ("force_custom_plan", "77", "relaxed_order")
+
+
+def test_each_list_ranks_five_rows_per_message_asked_for() -> None:
+    """A few messages need short lists (at least 50); budgets and items keep their depth."""
+    assert list_depth(100, unit="message", fetch=5, budgeted=False) == 50
+    assert list_depth(100, unit="message", fetch=15, budgeted=False) == 75
+    assert list_depth(100, unit="message", fetch=200, budgeted=False) == 100
+    assert list_depth(20, unit="message", fetch=5, budgeted=False) == 20, "never above the setting"
+    assert list_depth(100, unit="message", fetch=200, budgeted=True) == 100
+    assert list_depth(100, unit="item", fetch=5, budgeted=False) == 100
+    assert list_depth(100, unit="item", fetch=300, budgeted=False) == 300
