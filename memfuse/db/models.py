@@ -142,17 +142,24 @@ def _content_tsv(expression: str = _TSVECTOR) -> Mapped[Any]:
     return mapped_column(TSVECTOR, Computed(expression, persisted=True))
 
 
+def _vector_index(table: str) -> Index:
+    """The HNSW cosine index on the embedding."""
+    return Index(
+        f"ix_{table}_embedding_hnsw",
+        "embedding",
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
+
+
+def _text_index(table: str) -> Index:
+    """The GIN index on the full-text column."""
+    return Index(f"ix_{table}_content_tsv_gin", "content_tsv", postgresql_using="gin")
+
+
 def _memory_indexes(table: str) -> tuple[Index, Index]:
     """The HNSW cosine index on the embedding and the GIN index on the full-text column."""
-    return (
-        Index(
-            f"ix_{table}_embedding_hnsw",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
-        Index(f"ix_{table}_content_tsv_gin", "content_tsv", postgresql_using="gin"),
-    )
+    return _vector_index(table), _text_index(table)
 
 
 class SchemaInfo(Base):
@@ -311,7 +318,7 @@ class Fact(Base):
         Index(None, "agent_id"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
         CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity_range"),
-        Index("ix_facts_content_tsv_gin", "content_tsv", postgresql_using="gin"),
+        _text_index("facts"),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -364,12 +371,7 @@ class FactGroup(Base):
     __table_args__ = (
         Index(None, "user_id"),
         Index(None, "agent_id"),
-        Index(
-            "ix_fact_groups_embedding_hnsw",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
+        _vector_index("fact_groups"),
     )
 
     session_id: Mapped[uuid.UUID] = mapped_column(

@@ -66,6 +66,17 @@ def _tenant(s: str, column: str, table: str, *, nullable: bool) -> sa.Column[obj
     )
 
 
+def _create_vector_index(s: str, table: str) -> None:
+    op.create_index(
+        f"ix_{table}_embedding_hnsw",
+        table,
+        ["embedding"],
+        schema=s,
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
+
+
 def _timestamp(name: str) -> sa.Column[object]:
     return sa.Column(
         name, sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
@@ -117,14 +128,7 @@ def upgrade() -> None:
         FROM "{s}".facts
         WHERE embedding IS NOT NULL AND session_id IS NOT NULL
         ORDER BY session_id, group_no, created_at DESC, id""")
-    op.create_index(
-        "ix_fact_groups_embedding_hnsw",
-        "fact_groups",
-        ["embedding"],
-        schema=s,
-        postgresql_using="hnsw",
-        postgresql_ops={"embedding": "vector_cosine_ops"},
-    )
+    _create_vector_index(s, "fact_groups")
 
     op.execute(f'DROP TRIGGER facts_clear_stale_embedding ON "{s}".facts')
     op.execute(f'DROP TRIGGER facts_enqueue_on_insert ON "{s}".facts')
@@ -160,14 +164,7 @@ def downgrade() -> None:
         UPDATE "{s}".facts AS f SET embedding = g.embedding
         FROM "{s}".fact_groups AS g
         WHERE g.session_id = f.session_id AND g.group_no = f.group_no""")
-    op.create_index(
-        "ix_facts_embedding_hnsw",
-        "facts",
-        ["embedding"],
-        schema=s,
-        postgresql_using="hnsw",
-        postgresql_ops={"embedding": "vector_cosine_ops"},
-    )
+    _create_vector_index(s, "facts")
     op.execute(f'DROP TRIGGER facts_enqueue_on_insert ON "{s}".facts')
     op.execute(f'DROP FUNCTION "{s}".enqueue_all_rows()')
     op.execute(f"""
