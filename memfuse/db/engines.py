@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 POOL_ACCESS_OPERATION = "connection_pool_access"
 CODEC_OPERATION = "pgvector_registration"
 _CODEC_READY = "memfuse_vector_codec"
+_JUST_OPENED = "memfuse_just_opened"
 
 
 class MonitoredPool(AsyncAdaptedQueuePool):
@@ -156,12 +157,18 @@ def install_ping(engine: AsyncEngine) -> None:
     checks out another (a restarted server's stale connections are all replaced this way).
     """
 
-    def ping(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+    def opened(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_JUST_OPENED] = True
+
+    def ping(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if record.info.pop(_JUST_OPENED, False):
+            return  # opening it just now was the check
         try:
             dbapi_connection.run_async(_empty_statement)
         except Exception as error:
             raise DisconnectionError(f"connection failed its ping: {error}") from error
 
+    event.listen(engine.sync_engine.pool, "connect", opened)
     event.listen(engine.sync_engine.pool, "checkout", ping)
 
 

@@ -134,6 +134,15 @@ def _tenant(table: str, *, nullable: bool = False) -> Mapped[Any]:
     )
 
 
+def _session_key() -> Mapped[uuid.UUID]:
+    """A session's id as (the first part of) a primary key; the row goes with its session."""
+    return mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
 def _embedding() -> Mapped[list[float] | None]:
     return mapped_column(Vector(), nullable=True)
 
@@ -374,11 +383,7 @@ class FactGroup(Base):
         _vector_index("fact_groups"),
     )
 
-    session_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True),
-        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
-        primary_key=True,
-    )
+    session_id: Mapped[uuid.UUID] = _session_key()
     group_no: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     user_id: Mapped[uuid.UUID] = _tenant("users")
     agent_id: Mapped[uuid.UUID | None] = _tenant("agents", nullable=True)
@@ -477,11 +482,7 @@ class LayerProgress(Base):
         Index(None, "user_id"),
     )
 
-    session_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True),
-        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="CASCADE"),
-        primary_key=True,
-    )
+    session_id: Mapped[uuid.UUID] = _session_key()
     layer: Mapped[str] = mapped_column(Text, primary_key=True)
     user_id: Mapped[uuid.UUID] = _tenant("users")
     processed_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))

@@ -272,18 +272,13 @@ class JobRepository:
         A row whose content changed meanwhile keeps no stale vector; its change queued a new
         job that embeds the new text. A fact's vector is its group's (:meth:`_write_groups`).
         """
+        ordered = sorted(items, key=lambda item: item[0].row_id)
         for table_name, table in MEMORY_TABLES.items():
-            rows = [
-                {"row_id": text.row_id, "embedded_text": text.content, "vector": vector}
-                for text, vector in sorted(items, key=lambda item: item[0].row_id)
-                if text.table_name == table_name
-            ]
-            if not rows:
+            chosen = [(text, vector) for text, vector in ordered if text.table_name == table_name]
+            if not chosen:
                 continue
             if table_name == "facts":
-                await self._write_groups(
-                    [(text, vector) for text, vector in items if text.table_name == "facts"]
-                )
+                await self._write_groups(chosen)
                 continue
             await self.session.execute(
                 update(table)
@@ -292,7 +287,10 @@ class JobRepository:
                     table.c.content == bindparam("embedded_text"),
                 )
                 .values(embedding=bindparam("vector", type_=table.c.embedding.type)),
-                rows,
+                [
+                    {"row_id": text.row_id, "embedded_text": text.content, "vector": vector}
+                    for text, vector in chosen
+                ],
             )
 
     async def _write_groups(self, items: Sequence[tuple[RowText, list[float]]]) -> None:
