@@ -54,6 +54,40 @@ VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
         " DROP CONSTRAINT fk_messages_agent_id_agents",
     ),
+    "planned_deferred_text_one_key": (
+        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
+        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
+        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
+        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
+        " DROP CONSTRAINT fk_messages_agent_id_agents,"
+        " DROP CONSTRAINT fk_messages_session_id_sessions,"
+        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
+        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
+    ),
+    "planned_and_no_agent_index": (
+        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
+        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
+        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
+        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
+        " DROP CONSTRAINT fk_messages_agent_id_agents,"
+        " DROP CONSTRAINT fk_messages_session_id_sessions,"
+        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
+        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
+        "DROP INDEX {s}.ix_messages_agent_id",
+    ),
+    "planned_no_agent_index_partial_gin": (
+        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
+        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
+        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
+        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
+        " DROP CONSTRAINT fk_messages_agent_id_agents,"
+        " DROP CONSTRAINT fk_messages_session_id_sessions,"
+        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
+        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
+        "DROP INDEX {s}.ix_messages_agent_id",
+        "DROP INDEX {s}.ix_messages_content_tsv_gin",
+        "CREATE INDEX ix_gin ON {s}.messages USING gin (content_tsv) WHERE content_tsv IS NOT NULL",
+    ),
     "also_without_job_trigger": (
         "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
         "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"

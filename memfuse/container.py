@@ -275,6 +275,16 @@ async def embedding_worker_resource(
         await worker.close()
 
 
+def make_message_writer(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    monitor: PerformanceMonitor,
+) -> MessageWriter:
+    """The M0 writer; without an embedder (so no worker to index them) it indexes the words of
+    the messages it writes itself."""
+    return MessageWriter(session_factory, monitor, index_text=settings.embedder == "none")
+
+
 def make_after_commit(cache: ResultCache[tuple[SearchResult, ...]]) -> AfterCommit:
     """After a user's memory changed: drop their cached results; the pipeline and the worker
     sign up to be woken when they start."""
@@ -325,7 +335,7 @@ class Container(containers.DeclarativeContainer):
     session_factory = providers.Singleton(session_factory, engine=engine)
 
     message_writer = providers.Singleton(
-        MessageWriter, session_factory=session_factory, monitor=monitor
+        make_message_writer, settings=settings, session_factory=session_factory, monitor=monitor
     )
     write_buffer = providers.Resource(
         write_buffer_resource,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -90,11 +91,12 @@ def fact_group(seq: int) -> int:
     return (seq - 1) // FACT_GROUP_MESSAGES
 
 
-_MESSAGE_TSVECTOR = (
+MESSAGE_TSVECTOR = (
     f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
     f"coalesce(name || '{SPEAKER_SEPARATOR}', '') || content)"
 )
-"""A message is searched as :func:`message_text` reads it (migration 0004 holds a copy)."""
+"""A message is searched as :func:`message_text` reads it (migrations 0004 and 0009 hold a
+copy): the words of ``messages.content_tsv`` once indexed, and of a row not indexed yet."""
 
 
 KNOWLEDGE_TSVECTOR = (
@@ -221,6 +223,8 @@ class Session(Base):
     __tablename__ = "sessions"
     __table_args__ = (
         UniqueConstraint("user_id", "name"),
+        # What a message's key to its session references: the session with its owner.
+        UniqueConstraint("id", "user_id", "agent_id"),
         Index(None, "agent_id"),
         CheckConstraint("message_count >= 0", name="message_count_non_negative"),
     )
@@ -236,25 +240,45 @@ class Session(Base):
 
 
 class Message(Base):
-    """M0: one raw message, exactly as sent; processing never rewrites it."""
+    """M0: one raw message, exactly as sent; processing never rewrites it.
+
+    ``content_tsv`` (its words) is NULL until indexed: by the embedding worker with the
+    vector, at insert when no embedder runs, by ``messages_index_text`` when the text changes
+    (migration 0009). Search reads an unindexed row's words on the fly
+    (``ix_messages_text_unindexed``). Its one key to the session carries the user and the
+    agent: a message always has its session's.
+    """
 
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("session_id", "seq"),
+        ForeignKeyConstraint(
+            ["session_id", "user_id", "agent_id"],
+            [f"{SCHEMA}.sessions.id", f"{SCHEMA}.sessions.user_id", f"{SCHEMA}.sessions.agent_id"],
+            ondelete="CASCADE",
+        ),
         CheckConstraint(
             "role IN (" + ", ".join(f"'{role}'" for role in MESSAGE_ROLES) + ")",
             name="role_known",
         ),
         CheckConstraint("seq > 0", name="seq_positive"),
         Index(None, "user_id", "created_at"),
-        Index(None, "agent_id"),
-        *_memory_indexes("messages"),
+        _vector_index("messages"),
+        Index(
+            "ix_messages_content_tsv_gin",
+            "content_tsv",
+            postgresql_using="gin",
+            postgresql_where=text("content_tsv IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_text_unindexed", "user_id", postgresql_where=text("content_tsv IS NULL")
+        ),
     )
 
     id: Mapped[uuid.UUID] = _id()
-    user_id: Mapped[uuid.UUID] = _tenant("users")
-    agent_id: Mapped[uuid.UUID] = _tenant("agents")
-    session_id: Mapped[uuid.UUID] = _tenant("sessions")
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    agent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    session_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     role: Mapped[str] = mapped_column(Text, nullable=False)
     name: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -264,7 +288,7 @@ class Message(Base):
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     embedding: Mapped[list[float] | None] = _embedding()
-    content_tsv: Mapped[Any] = _content_tsv(_MESSAGE_TSVECTOR)
+    content_tsv: Mapped[Any] = mapped_column(TSVECTOR, nullable=True)
 
 
 class Episode(Base):

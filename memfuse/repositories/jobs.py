@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -36,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memfuse.db.models import (
+    MESSAGE_TSVECTOR,
     EmbeddingDeadLetter,
     EmbeddingJob,
     Episode,
@@ -271,6 +273,8 @@ class JobRepository:
 
         A row whose content changed meanwhile keeps no stale vector; its change queued a new
         job that embeds the new text. A fact's vector is its group's (:meth:`_write_groups`).
+        A message's words are indexed in the same UPDATE if they are not yet (migration 0009:
+        ``add()`` leaves that to the worker).
         """
         ordered = sorted(items, key=lambda item: item[0].row_id)
         for table_name, table in MEMORY_TABLES.items():
@@ -280,13 +284,20 @@ class JobRepository:
             if table_name == "facts":
                 await self._write_groups(chosen)
                 continue
+            values: dict[str, object] = {
+                "embedding": bindparam("vector", type_=table.c.embedding.type)
+            }
+            if table_name == "messages":
+                values["content_tsv"] = func.coalesce(
+                    table.c.content_tsv, literal_column(MESSAGE_TSVECTOR)
+                )
             await self.session.execute(
                 update(table)
                 .where(
                     table.c.id == bindparam("row_id"),
                     table.c.content == bindparam("embedded_text"),
                 )
-                .values(embedding=bindparam("vector", type_=table.c.embedding.type)),
+                .values(values),
                 [
                     {"row_id": text.row_id, "embedded_text": text.content, "vector": vector}
                     for text, vector in chosen

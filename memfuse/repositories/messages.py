@@ -1,9 +1,10 @@
 """SQL for M0 rows. Every read takes the owning ``user_id``; repositories never commit.
 
-Writing is one call of the ``write_messages`` SQL function (migration 0006), whatever the
-number of messages: its arguments are arrays (:class:`MessageColumns`), so a call has thirteen
-parameters however large it is, and the function takes the writers' locks, checks ids, numbers
-and inserts the rows and stores the counters in one statement, hence one round trip. That one
+Writing is one call of the ``write_messages`` SQL function (migrations 0006, 0009), whatever
+the number of messages: its arguments are arrays (:class:`MessageColumns`), so a call has
+fourteen parameters however large it is, and the function takes the writers' locks, checks
+ids, numbers and inserts the rows and stores the counters in one statement, hence one round
+trip. That one
 statement runs on the pooled asyncpg connection itself (:func:`write_messages`).
 """
 
@@ -54,6 +55,8 @@ class MessageColumns:
     tokens: list[int]
     metadata: list[str | None]
     created_at: list[datetime | None]
+    index_text: bool = False
+    """Fill ``content_tsv`` at insert (no embedding worker will); else the worker does."""
 
     def parameters(self) -> tuple[Any, ...]:
         return (
@@ -70,6 +73,7 @@ class MessageColumns:
             self.tokens,
             self.metadata,
             self.created_at,
+            self.index_text,
         )
 
 
@@ -104,7 +108,7 @@ def configured_schema(engine: AsyncEngine) -> str:
 def write_call(schema: str) -> str:
     """The SQL that runs one write through ``write_messages`` in ``schema``."""
     quoted = schema.replace('"', '""')
-    placeholders = ", ".join(f"${number}" for number in range(1, 14))
+    placeholders = ", ".join(f"${number}" for number in range(1, 15))
     return f'SELECT "{quoted}".write_messages({placeholders})'
 
 

@@ -2,9 +2,9 @@
 
 Every list is a materialized CTE of one table (messages = M0, episodes = M1, facts = M2,
 knowledge) and one method: vector KNN on the HNSW index (``embedding <=> :query_vector``) or
-full text over the generated ``content_tsv`` column. Each is bound to ``user_id`` first, then
-the optional agent, session and time filters. Reciprocal rank fusion gives an item
-``1 / (rrf_k + rank)`` per list that ranked it.
+full text over the ``content_tsv`` column (a message not indexed yet is read on the fly).
+Each is bound to ``user_id`` first, then the optional agent, session and time filters.
+Reciprocal rank fusion gives an item ``1 / (rrf_k + rank)`` per list that ranked it.
 
 Full text ranks by all of the query's terms: ``websearch_to_tsquery`` parses the query (quoted
 phrases stay phrases) and its ``&`` become ``|``; rows with more (and rarer-in-them) terms rank
@@ -26,7 +26,7 @@ from typing import Any, Final
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memfuse.db.models import TEXT_SEARCH_CONFIG
+from memfuse.db.models import MESSAGE_TSVECTOR, TEXT_SEARCH_CONFIG
 from memfuse.db.value_filter import value_filter_sql
 from memfuse.types import Layer, Method, Unit
 
@@ -100,6 +100,24 @@ def _common_terms_match(layer: Layer) -> str:
         FROM unnest(q.lexemes) AS lexeme
     ) AS every
 )"""
+
+
+def _with_unindexed_messages(indexed: str, table: str, source: str, where: str, match: str) -> str:
+    """The M0 full-text rows: ``indexed`` (rows whose words are in ``content_tsv``), and the
+    rows not indexed yet, their words read on the fly (few: ``ix_messages_text_unindexed``
+    finds them by user; the embedding worker indexes a message when it stores its vector).
+
+    The first part repeats that its column is not NULL, which lets the planner use the GIN
+    index (it holds indexed rows only).
+    """
+    unindexed_rank = TEXT_RANK.replace("content_tsv", MESSAGE_TSVECTOR)
+    return f"""SELECT * FROM (
+    {indexed} AND content_tsv IS NOT NULL
+    UNION ALL
+    SELECT id, ARRAY[id] AS message_ids, {unindexed_rank} AS rank
+    FROM {table}, {source}
+    WHERE {where} AND content_tsv IS NULL AND {MESSAGE_TSVECTOR} @@ {match}
+    ) AS found"""
 
 
 _COMMON_TERMS = """SELECT s.tablename, array_agg(u.element) AS elements
@@ -519,10 +537,13 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                     source = f"query_terms AS q, {layer}_match"
                 else:
                     match, source = "q.query", "query_terms AS q"
-                ctes.append(f"""{name} AS MATERIALIZED (
-    SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
+                found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
-    WHERE {where} AND content_tsv @@ {match}
+    WHERE {where} AND content_tsv @@ {match}"""
+                if layer == "m0":
+                    found = _with_unindexed_messages(found, table, source, where, match)
+                ctes.append(f"""{name} AS MATERIALIZED (
+    {found}
     ORDER BY rank DESC, id
     LIMIT :candidates
 )""")

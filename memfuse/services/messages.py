@@ -86,12 +86,19 @@ class MessageWriter:
     engine's pool (its checkout, ping and accounting as for every statement); the statement
     itself goes to asyncpg directly (:func:`~memfuse.repositories.messages.write_messages`
     says why) and is timed here as ``db_query``, as the engine's hooks time every other one.
+
+    ``index_text``: stem each message's words into ``content_tsv`` at insert. Off, the
+    embedding worker does it when it stores the vector, off the caller's path (a batch
+    ``add()`` spent most of its server time stemming, docs/benchmarks.md); search reads the
+    words of a message not indexed yet on the fly, so it is found at once either way.
     """
 
     def __init__(
         self,
         session_factory: async_sessionmaker[AsyncSession],
         monitor: PerformanceMonitor | None = None,
+        *,
+        index_text: bool = False,
     ) -> None:
         bind = session_factory.kw.get("bind")
         if not isinstance(bind, AsyncEngine):
@@ -99,6 +106,7 @@ class MessageWriter:
         self._engine = bind
         self._call = write_call(configured_schema(bind))
         self._monitor = monitor
+        self._index_text = index_text
 
     async def write(self, requests: Sequence[WriteRequest]) -> list[list[uuid.UUID]]:
         """Write all requests in one transaction; returns each request's ids in input order.
@@ -109,7 +117,7 @@ class MessageWriter:
         Another call committing one of the ids first, after this one looked them up, is a
         :class:`ConflictError`: nothing of this call is written and retrying it is safe.
         """
-        columns = message_columns(requests)
+        columns = message_columns(requests, index_text=self._index_text)
         try:
             await self._run(columns)
         except IdStoredElsewhereError as error:
@@ -156,7 +164,9 @@ class MessageWriter:
             await greenlet_spawn(connection.close)
 
 
-def message_columns(requests: Sequence[WriteRequest]) -> MessageColumns:
+def message_columns(
+    requests: Sequence[WriteRequest], *, index_text: bool = False
+) -> MessageColumns:
     """The requests' messages as ``write_messages`` takes them, one list per column.
 
     Each message's rank counts the write's earlier messages of the same session, so rows are
@@ -197,6 +207,7 @@ def message_columns(requests: Sequence[WriteRequest]) -> MessageColumns:
             for message in messages
         ],
         created_at=[message.created_at for message in messages],
+        index_text=index_text,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from memfuse.config.urls import asyncpg_connect_args
@@ -256,18 +257,108 @@ async def test_updated_at_is_maintained(migrated_engine: AsyncEngine) -> None:
     assert after > before
 
 
-async def test_full_text_column_is_generated(migrated_engine: AsyncEngine) -> None:
-    await insert_message(migrated_engine, "Caroline went to the support groups")
-    async with migrated_engine.connect() as connection:
-        hits = (
+async def words_of(engine: AsyncEngine, message_id: str) -> str | None:
+    async with engine.connect() as connection:
+        words = (
+            await connection.execute(
+                text("SELECT content_tsv::text FROM memfuse.messages WHERE id = :id"),
+                {"id": message_id},
+            )
+        ).scalar_one()
+    return None if words is None else str(words)
+
+
+async def tsvector(engine: AsyncEngine, message_text: str) -> str:
+    async with engine.connect() as connection:
+        return str(
+            (
+                await connection.execute(
+                    text("SELECT to_tsvector('english', :t)::text"), {"t": message_text}
+                )
+            ).scalar_one()
+        )
+
+
+async def test_a_message_is_indexed_later_and_again_when_its_text_changes(
+    migrated_engine: AsyncEngine,
+) -> None:
+    """A row as inserted has no words yet (the embedding worker, or the writer without one,
+    indexes them); changing its content or its speaker indexes the new text at once."""
+    message_id = await insert_message(migrated_engine, "Caroline went to the support groups")
+    assert await words_of(migrated_engine, message_id) is None
+
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET content = 'Melanie paints sunsets' WHERE id = :id"),
+            {"id": message_id},
+        )
+    assert await words_of(migrated_engine, message_id) == await tsvector(
+        migrated_engine, "Melanie paints sunsets"
+    )
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE memfuse.messages SET name = 'Mel' WHERE id = :id"), {"id": message_id}
+        )
+    assert await words_of(migrated_engine, message_id) == await tsvector(
+        migrated_engine, "Mel: Melanie paints sunsets"
+    )
+
+
+async def test_a_message_names_its_sessions_user_and_agent(migrated_engine: AsyncEngine) -> None:
+    """The one key to the session carries its user and agent: a row naming another agent is
+    refused, and deleting the agent's sessions' owner deletes the messages with them."""
+    message_id = await insert_message(migrated_engine)
+    async with migrated_engine.begin() as connection:
+        scope = (
+            await connection.execute(
+                text("SELECT user_id, session_id FROM memfuse.messages WHERE id = :id"),
+                {"id": message_id},
+            )
+        ).one()
+        other_agent = (
+            await connection.execute(
+                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
+                {"u": scope.user_id},
+            )
+        ).scalar_one()
+    with pytest.raises(IntegrityError, match="fk_messages_session_id_sessions"):
+        async with migrated_engine.begin() as connection:
             await connection.execute(
                 text(
-                    "SELECT count(*) FROM memfuse.messages"
-                    " WHERE content_tsv @@ websearch_to_tsquery('english', 'support group')"
+                    "INSERT INTO memfuse.messages"
+                    " (user_id, agent_id, session_id, seq, role, content)"
+                    " VALUES (:u, :a, :s, 2, 'user', 'x')"
+                ),
+                {"u": scope.user_id, "a": other_agent, "s": scope.session_id},
+            )
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text("DELETE FROM memfuse.users"))
+        left = (await connection.execute(text("SELECT count(*) FROM memfuse.messages"))).scalar()
+    assert left == 0
+
+
+async def test_0009_keeps_indexed_words_and_gives_them_back_as_generated(
+    engine: AsyncEngine,
+) -> None:
+    """Upgrading to 0009 keeps every message's words; downgrading computes them again."""
+    await migrate.upgrade(engine, "0008")
+    message_id = await insert_message(engine, "Caroline went to the support groups")
+    expected = await tsvector(engine, "Caroline went to the support groups")
+    assert await words_of(engine, message_id) == expected
+    await migrate.upgrade(engine)
+    assert await words_of(engine, message_id) == expected
+    await migrate.downgrade(engine, "0008")
+    assert await words_of(engine, message_id) == expected
+    async with engine.connect() as connection:
+        generated = (
+            await connection.execute(
+                text(
+                    "SELECT attgenerated::text FROM pg_attribute"
+                    " WHERE attrelid = 'memfuse.messages'::regclass AND attname = 'content_tsv'"
                 )
             )
         ).scalar_one()
-    assert hits == 1
+    assert generated == "s"
 
 
 async def test_listen_connection_receives_wake_up(
