@@ -1,22 +1,28 @@
 """Where a batch ``add()`` spends its time: the same call on the messages table as built and
-with parts of its work taken away, against raw ``executemany`` into a plain table.
+with parts of its work changed, against raw ``executemany`` into a plain table.
 
 Issue 14 asks one ``add()`` of 100 messages to reach half the rows per second of raw asyncpg
-``executemany`` (``m0_batch_ratio_vs_executemany`` >= 0.5). This study measures how far each
-part of what the insert does is from that, on LoCoMo turns, in schemas of its own:
+``executemany`` (``m0_batch_ratio_vs_executemany`` >= 0.5). This study measures what each part
+of the insert costs, on LoCoMo turns, in schemas of their own:
 
-- ``as_built``: the schema as migrated;
-- ``no_full_text_at_insert``: the generated ``content_tsv`` column made a plain one, left
-  NULL (what indexing the text later, off the ``add()`` path, would save at most);
-- ``also_without_user_and_agent_keys``: and without the foreign keys on ``user_id`` and
-  ``agent_id`` (the session's key alone would still cascade deletes);
-- ``also_without_job_trigger``: and without the trigger that queues the rows' embedding.
+- ``as_built``: the schema as migrated, written as configured by default (an embedder, so the
+  words are left to the embedding worker; the worker itself off);
+- ``words_at_insert``: the same schema written without an embedder: the writer stems each
+  message's words into ``content_tsv`` at insert (what every write did before migration 0009,
+  and still does without an embedder);
+- ``jobs_by_row_id``, ``jobs_by_row_id_hash``: as built, the queue's index on
+  ``(table_name, row_id)`` replaced by a B-tree or a hash index on ``row_id`` (whether the
+  queue's lookup index is what makes queueing cost);
+- ``without_job_trigger``: as built, without the trigger that queues the rows' embedding.
 
-Only ``as_built`` keeps memfuse's guarantees; the others show what each part costs. Rounds
-interleave every candidate. ``embedder="none"``, buffer and pipeline off.
+The first two keep memfuse's guarantees (the index variants would too); the last shows what
+queueing costs. Rounds
+interleave every candidate. Buffer and pipeline off. The study before migration 0009 (a
+generated full-text column, three foreign keys) ran at ``361b9c0``:
+``benchmarks/results/m0_batch_variants.json``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.m0_batch_variants \\
-        --output benchmarks/results/m0_batch_variants.json
+        --output benchmarks/results/m0_batch_variants_0009.json
 """
 
 from __future__ import annotations
@@ -44,57 +50,29 @@ from benchmarks.layers import (
 from memfuse import MemFuse, Memory
 from memfuse.config.urls import asyncpg_connect_args
 
-VARIANTS: Final[dict[str, tuple[str, ...]]] = {
-    "as_built": (),
-    "no_full_text_at_insert": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
+VARIANTS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    "as_built": ("local", ()),
+    "words_at_insert": ("none", ()),
+    "jobs_by_row_id": (
+        "local",
+        (
+            "DROP INDEX {s}.ix_embedding_jobs_table_name_row_id",
+            "CREATE INDEX ON {s}.embedding_jobs (row_id)",
+        ),
     ),
-    "also_without_user_and_agent_keys": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
-        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
-        " DROP CONSTRAINT fk_messages_agent_id_agents",
+    "jobs_by_row_id_hash": (
+        "local",
+        (
+            "DROP INDEX {s}.ix_embedding_jobs_table_name_row_id",
+            "CREATE INDEX ON {s}.embedding_jobs USING hash (row_id)",
+        ),
     ),
-    "planned_deferred_text_one_key": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
-        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
-        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
-        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
-        " DROP CONSTRAINT fk_messages_agent_id_agents,"
-        " DROP CONSTRAINT fk_messages_session_id_sessions,"
-        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
-        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
-    ),
-    "planned_and_no_agent_index": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
-        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
-        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
-        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
-        " DROP CONSTRAINT fk_messages_agent_id_agents,"
-        " DROP CONSTRAINT fk_messages_session_id_sessions,"
-        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
-        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
-        "DROP INDEX {s}.ix_messages_agent_id",
-    ),
-    "planned_no_agent_index_partial_gin": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
-        "CREATE INDEX ix_unindexed ON {s}.messages (user_id) WHERE content_tsv IS NULL",
-        "ALTER TABLE {s}.sessions ADD CONSTRAINT uq_sess_scope UNIQUE (id, user_id, agent_id)",
-        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
-        " DROP CONSTRAINT fk_messages_agent_id_agents,"
-        " DROP CONSTRAINT fk_messages_session_id_sessions,"
-        " ADD CONSTRAINT fk_scope FOREIGN KEY (session_id, user_id, agent_id)"
-        " REFERENCES {s}.sessions (id, user_id, agent_id) ON DELETE CASCADE",
-        "DROP INDEX {s}.ix_messages_agent_id",
-        "DROP INDEX {s}.ix_messages_content_tsv_gin",
-        "CREATE INDEX ix_gin ON {s}.messages USING gin (content_tsv) WHERE content_tsv IS NOT NULL",
-    ),
-    "also_without_job_trigger": (
-        "ALTER TABLE {s}.messages ALTER COLUMN content_tsv DROP EXPRESSION",
-        "ALTER TABLE {s}.messages DROP CONSTRAINT fk_messages_user_id_users,"
-        " DROP CONSTRAINT fk_messages_agent_id_agents",
-        "ALTER TABLE {s}.messages DISABLE TRIGGER messages_enqueue_on_insert",
+    "without_job_trigger": (
+        "local",
+        ("ALTER TABLE {s}.messages DISABLE TRIGGER messages_enqueue_on_insert",),
     ),
 }
+"""Each variant's embedder setting and the statements that change its schema."""
 
 
 def schema_of(variant: str) -> str:
@@ -122,13 +100,14 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                     await connection.executemany(RAW_INSERT, rows)
 
             candidates["asyncpg_executemany"] = raw_executemany
-            for variant, statements in VARIANTS.items():
+            for variant, (embedder, statements) in VARIANTS.items():
                 schema = schema_of(variant)
                 mf = await stack.enter_async_context(
                     MemFuse(
                         url,
                         schema=schema,
-                        embedder="none",
+                        embedder=embedder,
+                        worker_enabled=False,
                         buffer_enabled=False,
                         pipeline_auto=False,
                     )
