@@ -39,6 +39,7 @@ from asyncpg.pool import PoolConnectionProxy
 from benchmarks.foundation import Operation, compare, summary
 from benchmarks.harness import run_benchmark
 from memfuse.config.urls import asyncpg_connect_args
+from memfuse.embedding.embedders import cpu_has_native_bfloat16
 from memfuse.ingest import load_conversations
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor.performance import Alert, PerformanceMonitor
@@ -668,6 +669,24 @@ def total_memory() -> str | None:
     return f"{round(kib / 1024 / 1024, 1)} GiB"
 
 
+def cpu_description() -> str | None:
+    """The CPU's model name and whether it multiplies bfloat16 natively: the model's speed,
+    hence every embedding figure, depends on both (machines here differ in each)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    native = "native bfloat16" if cpu_has_native_bfloat16() else "no native bfloat16"
+    return f"{name} ({native})"
+
+
 async def machine(url: str, source: str) -> dict[str, Any]:
     connection = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
@@ -681,6 +700,7 @@ async def machine(url: str, source: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
         "memory": total_memory(),
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.harness import source_version
-from benchmarks.layers import total_memory
+from benchmarks.layers import cpu_description, total_memory
 from memfuse.config import Settings
 from memfuse.db.embedded import database_url_for
 
@@ -319,6 +319,7 @@ async def run_suite(
         "quick": args.quick,
         "database": "the given URL" if env_url else "embedded PostgreSQL (Unix socket)",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {total_memory()}",
+        "cpu": cpu_description(),
         "python": platform.python_version(),
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         "duration_s": round(time.perf_counter() - started, 1),
