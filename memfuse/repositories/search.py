@@ -10,7 +10,7 @@ Full text ranks by all of the query's terms: ``websearch_to_tsquery`` parses the
 phrases stay phrases) and its ``&`` become ``|``; rows with more (and rarer-in-them) terms rank
 higher. Questions rarely have every term in one turn: an AND query finds a turn for about one
 LoCoMo question in ten (docs/retrieval.md). Which rows a list ranks is bounded by the
-common-terms rule (:func:`_common_terms_match`).
+common-terms rule (:func:`_query_terms`).
 """
 
 from __future__ import annotations
@@ -63,42 +63,48 @@ TEXT_RANK = "ts_rank(content_tsv, q.query, 1)"
 normalization 1 (rank / (1 + log(length))). On the LoCoMo development split it gave recall@1000
 0.806 where ``ts_rank_cd`` gave 0.794 (docs/retrieval.md)."""
 
-_QUERY_TERMS = f"""query_terms AS (
-    SELECT NULLIF(
-        replace(websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', :query_text)::text, ' & ', ' | '), ''
-    )::tsquery AS query,
-    tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :query_text)) AS lexemes
-)"""
-
-
 _QUOTED_LEXEME = r"'''' || replace(replace(lexeme, E'\\', E'\\\\'), '''', '''''') || ''''"
 """A lexeme as a tsquery operand, taken as it is (not parsed or stemmed again): quoted, with
 its quotes and backslashes doubled."""
 
 
-def _common_terms_match(layer: Layer) -> str:
-    """A CTE ``{layer}_match``: which rows the layer's full-text list ranks.
+def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
+    """The CTE ``query_terms``: one row with the query as a tsquery (``query``, its terms
+    OR'ed: what ranking reads) and, when ``bounded``, each layer's match (``{layer}_match``).
 
-    Rows with any of the query's uncommon terms; when every term is common, rows with all of
-    them. ``:{layer}_common`` holds the layer's common terms
-    (:meth:`SearchRepository.common_terms`).
-    Ranking still reads every term, so common terms order the rows an uncommon one admits
-    without making each row that has one of them a candidate: the list ranks a few rows, not a
-    share of the table (Elasticsearch's "common terms" rule). With no common terms known, the
-    list is the plain OR of the terms.
+    A layer's match says which rows its full-text list ranks: rows with any of the query's
+    uncommon terms; when every term is common, rows with all of them. ``:{layer}_common``
+    holds the layer's common terms (:meth:`SearchRepository.common_terms`). Ranking still
+    reads every term, so common terms order the rows an uncommon one admits without making
+    each row that has one of them a candidate: the list ranks a few rows, not a share of the
+    table (Elasticsearch's "common terms" rule). Not ``bounded`` (no common terms known), a
+    list matches the plain OR of the terms. Every layer's match comes from one pass over the
+    terms in this one CTE: a subquery per layer cost the planner more than the matching.
     """
-    return f"""{layer}_match AS (
-    SELECT coalesce(rare.query, every.query) AS match
-    FROM query_terms AS q
+    parsed = f"""SELECT NULLIF(
+            replace(websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', :query_text)::text, ' & ', ' | '),
+            ''
+        )::tsquery AS query,
+        tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :query_text)) AS lexemes"""
+    if not bounded:
+        return f"""query_terms AS (
+    {parsed}
+)"""
+    rare = "".join(
+        f""",
+        (string_agg({_QUOTED_LEXEME}, ' | ') FILTER (
+            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
+        ))::tsquery AS {layer}_rare"""
+        for layer in layers
+    )
+    matches = ", ".join(f"coalesce(t.{layer}_rare, t.every) AS {layer}_match" for layer in layers)
+    return f"""query_terms AS (
+    SELECT q.query, {matches}
+    FROM ({parsed}) AS q
     CROSS JOIN LATERAL (
-        SELECT string_agg({_QUOTED_LEXEME}, ' | ')::tsquery AS query
+        SELECT string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS every{rare}
         FROM unnest(q.lexemes) AS lexeme
-        WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
-    ) AS rare
-    CROSS JOIN LATERAL (
-        SELECT string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS query
-        FROM unnest(q.lexemes) AS lexeme
-    ) AS every
+    ) AS t
 )"""
 
 
@@ -327,7 +333,7 @@ class SearchRepository:
             else self._items(explain=explain)
         )
         sql = f"""
-WITH {_QUERY_TERMS},
+WITH {_query_terms(layers, bounded=common_terms is not None)},
 {", ".join(ctes)},
 ranked AS (
     {" UNION ALL ".join(ranked)}
@@ -531,12 +537,8 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                 )
             if "text" in methods:
                 name = f"{layer}_text"
-                if bounded:
-                    ctes.append(_common_terms_match(layer))
-                    match = f"{layer}_match.match"
-                    source = f"query_terms AS q, {layer}_match"
-                else:
-                    match, source = "q.query", "query_terms AS q"
+                match = f"q.{layer}_match" if bounded else "q.query"
+                source = "query_terms AS q"
                 found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
     WHERE {where} AND content_tsv @@ {match}"""
