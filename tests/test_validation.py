@@ -25,6 +25,7 @@ from memfuse.validation import (
     check_page,
     check_text,
     name_problem,
+    new_ids,
     parse_message_id,
     preview,
     stored_timestamp,
@@ -340,3 +341,20 @@ def test_a_yes_no_option_must_be_a_bool(value: object) -> None:
     with pytest.raises(ValidationError, match="must be True or False"):
         check_flag(value, field="all_sessions")
     assert check_flag(True, field="all_sessions") is True
+
+
+def test_new_ids_are_distinct_random_version_4_ids() -> None:
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000
+    assert {(found.version, found.variant) for found in ids} == {(4, uuid.RFC_4122)}
+    assert new_ids(0) == []
+
+
+def test_messages_without_ids_get_fresh_ones_and_given_ids_are_kept() -> None:
+    given = uuid.uuid4()
+    checked = validate_messages(
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b", "id": str(given)}],
+        max_chars=100,
+    )
+    assert checked[0].id.version == 4 and not checked[0].client_id
+    assert checked[1].id == given and checked[1].client_id
