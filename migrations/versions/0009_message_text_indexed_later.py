@@ -53,7 +53,7 @@ WRITE_MESSAGES_0009 = f"{WRITE_MESSAGES_0006}, boolean"
 def _write_messages(s: str, *, index_text: bool) -> str:
     """``write_messages`` of migration 0006, with (``index_text``) or without the argument
     that fills ``content_tsv`` at insert."""
-    parameter = ",\n            p_index_text boolean DEFAULT false  -- stem words at insert" * index_text
+    parameter = ",\n            p_index_text boolean DEFAULT false  -- stem at insert" * index_text
     column = ", content_tsv" * index_text
     one = f", CASE WHEN p_index_text THEN {_tsvector('t')} END" * index_text
     return f"""
