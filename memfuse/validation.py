@@ -387,8 +387,8 @@ def validate_messages(
 def new_ids(count: int) -> list[uuid.UUID]:
     """``count`` random (version 4) ids from one read of the system's random source.
 
-    ``uuid.uuid4()`` reads it once per id: for a batch ``add()`` that cost more than checking
-    the messages (0.58 against 0.36 ms per 100 ids, measured).
+    ``uuid.uuid4()`` reads it once per id: 0.58 ms per 100 ids against 0.36 ms in one read
+    (measured on a batch ``add()``'s 100 LoCoMo turns).
     """
     data = os.urandom(16 * count)
     return [uuid.UUID(bytes=data[at : at + 16], version=4) for at in range(0, len(data), 16)]

@@ -4,8 +4,7 @@ Writing is one call of the ``write_messages`` SQL function (migrations 0006, 000
 the number of messages: its arguments are arrays (:class:`MessageColumns`), so a call has
 fourteen parameters however large it is, and the function takes the writers' locks, checks
 ids, numbers and inserts the rows and stores the counters in one statement, hence one round
-trip. That one
-statement runs on the pooled asyncpg connection itself (:func:`write_messages`).
+trip. That one statement runs on the pooled asyncpg connection itself (:func:`write_messages`).
 """
 
 from __future__ import annotations

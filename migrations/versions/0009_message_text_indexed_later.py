@@ -40,8 +40,6 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-MESSAGE_TSVECTOR = "to_tsvector('english'::regconfig, coalesce(name || ': ', '') || content)"
-"""A copy of memfuse.db.models.MESSAGE_TSVECTOR as of this revision."""
 
 WRITE_MESSAGES_0006 = (
     "uuid[], uuid[], uuid[], integer[], integer[], uuid[], boolean[], "
@@ -55,7 +53,7 @@ def _write_messages(s: str, *, index_text: bool) -> str:
     that fills ``content_tsv`` at insert."""
     parameter = ",\n            p_index_text boolean DEFAULT false  -- stem at insert" * index_text
     column = ", content_tsv" * index_text
-    one = f", CASE WHEN p_index_text THEN {_tsvector('t')} END" * index_text
+    one = f", CASE WHEN p_index_text THEN {_tsvector('t.')} END" * index_text
     return f"""
         CREATE FUNCTION "{s}".write_messages(
             p_users uuid[],            -- per request: its user, agent and session
@@ -196,10 +194,11 @@ def _write_messages(s: str, *, index_text: bool) -> str:
         $$"""
 
 
-def _tsvector(alias: str) -> str:
-    """MESSAGE_TSVECTOR over the columns of ``alias``."""
+def _tsvector(prefix: str = "") -> str:
+    """A copy of memfuse.db.models.MESSAGE_TSVECTOR as of this revision, over the columns
+    ``{prefix}name`` and ``{prefix}content``."""
     return (
-        f"to_tsvector('english'::regconfig, coalesce({alias}.name || ': ', '') || {alias}.content)"
+        f"to_tsvector('english'::regconfig, coalesce({prefix}name || ': ', '') || {prefix}content)"
     )
 
 
@@ -227,7 +226,7 @@ def upgrade() -> None:
         CREATE FUNCTION "{s}".index_message_text() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
-            NEW.content_tsv := {_tsvector("NEW")};
+            NEW.content_tsv := {_tsvector("NEW.")};
             RETURN NEW;
         END
         $$""")
@@ -288,9 +287,7 @@ def downgrade() -> None:
     op.drop_column("messages", "content_tsv", schema=s)
     op.add_column(
         "messages",
-        sa.Column(
-            "content_tsv", postgresql.TSVECTOR(), sa.Computed(MESSAGE_TSVECTOR, persisted=True)
-        ),
+        sa.Column("content_tsv", postgresql.TSVECTOR(), sa.Computed(_tsvector(), persisted=True)),
         schema=s,
     )
     op.create_index(
