@@ -74,11 +74,24 @@ def preview(value: object) -> str:
     return f"{shown[:_PREVIEW_CHARS]}… ({len(shown)} characters)"
 
 
+def storable_text(value: str) -> bool:
+    """Whether PostgreSQL text can hold ``value``: no NUL and no lone surrogate.
+
+    ASCII text (nearly every message, name and metadata string) cannot hold a surrogate, so
+    it is checked for NUL alone, without the regular expression (54 ns against 763 ns for a
+    LoCoMo turn; a write checks several texts per message).
+    """
+    if value.isascii():
+        return "\x00" not in value
+    return _FORBIDDEN_CHARACTER.search(value) is None
+
+
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored as PostgreSQL text, or ``None`` if it can."""
-    found = _FORBIDDEN_CHARACTER.search(value)
-    if found is None:
+    if storable_text(value):
         return None
+    found = _FORBIDDEN_CHARACTER.search(value)
+    assert found is not None  # storable_text found NUL or a surrogate
     if found.group() == "\x00":
         return "must not contain NUL bytes ('\\x00'); remove them"
     return (
@@ -166,11 +179,14 @@ def metadata_json(value: object, *, index: int | None = None, field: str = "meta
     the write path sends this text, so a message's metadata is serialised once."""
     if value is None or (type(value) is dict and not value):
         return EMPTY_METADATA_JSON
-    if not isinstance(value, Mapping):
+    if type(value) is dict:
+        document = value  # the common case, without the slower abstract-class check
+    elif isinstance(value, Mapping):
+        document = dict(value)  # json encodes only dicts
+    else:
         raise ValidationError(
             f"must be a dict, got {type(value).__name__}", index=index, field=field
         )
-    document = value if type(value) is dict else dict(value)  # json encodes only dicts
     if not _flat_and_clean(document):
         _check_json_tree(document, index=index, field=field)
     try:
@@ -188,13 +204,12 @@ def _flat_and_clean(document: dict[Any, Any]) -> bool:
     """Whether ``document`` holds only text keys and scalar values, none with a
     :func:`text_problem`: then :func:`_check_json_tree` has nothing to find, and the common flat
     metadata skips it (anything else, subclasses included, takes the full walk)."""
-    search = _FORBIDDEN_CHARACTER.search
     for key, item in document.items():
-        if type(key) is not str or search(key) is not None:
+        if type(key) is not str or not storable_text(key):
             return False
         kind = type(item)
         if kind is str:
-            if search(item) is not None:
+            if not storable_text(item):
                 return False
         elif kind not in _SCALARS:
             return False

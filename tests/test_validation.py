@@ -3,6 +3,7 @@ names (tenancy), messages (M0) and queries (SearchRequest.build). No database ne
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -28,6 +29,7 @@ from memfuse.validation import (
     new_ids,
     parse_message_id,
     preview,
+    storable_text,
     stored_timestamp,
     text_problem,
     time_bound,
@@ -65,6 +67,17 @@ def test_text_postgresql_cannot_store_is_refused(value: str, says: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(says)) as raised:
         check_text(value, field="query", index=3)
     assert (raised.value.field, raised.value.index) == ("query", 3)
+
+
+def test_the_quick_text_check_agrees_with_the_rule_on_random_text() -> None:
+    # ASCII text skips the regular expression; the rule is "no NUL, no lone surrogate".
+    rule = re.compile("[\x00\ud800-\udfff]")
+    alphabet = ["a", " ", "\x00", "\x7f", "é", "東", "\ud800", "\udfff", "😀", "\ufffd"]
+    rng = random.Random(7)
+    for _ in range(5000):
+        value = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        assert storable_text(value) is (rule.search(value) is None), repr(value)
+        assert (text_problem(value) is None) is storable_text(value)
 
 
 def test_a_surrogate_in_a_name_is_an_error_naming_the_field() -> None:
