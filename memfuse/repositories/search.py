@@ -309,6 +309,7 @@ class SearchRepository:
         candidates: int,
         rrf_k: int,
         limit: int,
+        vector_candidates: int | None = None,
         common_terms: Mapping[Layer, Sequence[str]] | None = None,
         explain: bool = False,
     ) -> list[ScoredRow]:
@@ -318,7 +319,8 @@ class SearchRepository:
         ranks the messages of its lineage (each message takes its best rank in each list).
         ``unit="item"``: the rows of the searched layers themselves.
         ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
-        ranks every row with any term.
+        ranks every row with any term. Each full-text list ranks ``candidates`` rows, each
+        vector list ``vector_candidates`` (``candidates`` if ``None``).
         """
         if "text" not in methods:
             common_terms = None
@@ -343,6 +345,7 @@ ranked AS (
             **filters.parameters(),
             "query_text": query_text,
             "candidates": candidates,
+            "vector_candidates": candidates if vector_candidates is None else vector_candidates,
             "rrf_k": rrf_k,
             "limit": limit,
         }
@@ -494,13 +497,13 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
         FROM "{s}".fact_groups AS g
         WHERE {" AND ".join(group_where)}
         ORDER BY distance
-        LIMIT :candidates
+        LIMIT :vector_candidates
     ) AS nearest
     JOIN "{s}".facts AS t
       ON t.session_id = nearest.session_id AND t.group_no = nearest.group_no
     WHERE {fact_where}
     ORDER BY nearest.distance, t.id
-    LIMIT :candidates
+    LIMIT :vector_candidates
 )"""
 
     def _lists(
@@ -529,7 +532,7 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
     FROM {table}
     WHERE {where} AND embedding IS NOT NULL
     ORDER BY distance
-    LIMIT :candidates
+    LIMIT :vector_candidates
 )""")
                 ranked.append(
                     f"SELECT '{name}' AS list, '{layer}' AS layer, id, message_ids, "

@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from memfuse.container import resolve
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
+from memfuse.repositories.search import SearchFilters, SearchRepository
 from memfuse.retrieval.service import list_depth
 from memfuse.types import SearchResult
 
@@ -364,3 +365,52 @@ def test_each_list_ranks_five_rows_per_message_asked_for() -> None:
     assert list_depth(100, unit="message", fetch=200, budgeted=True) == 100
     assert list_depth(100, unit="item", fetch=5, budgeted=False) == 100
     assert list_depth(100, unit="item", fetch=300, budgeted=False) == 300
+
+
+def test_short_searches_rank_shorter_vector_lists() -> None:
+    """A filtered HNSW scan costs by the rows it must find: a search for up to 10 messages
+    ranks 30 rows by vector (measured without loss); longer ones, budgets and items keep the
+    depth of every list."""
+
+    def vector_depth(configured: int, fetch: int) -> int:
+        return list_depth(configured, unit="message", fetch=fetch, budgeted=False, method="vector")
+
+    fetches = (1, 5, 10, 11, 20, 200)
+    assert [vector_depth(100, fetch) for fetch in fetches] == [30, 30, 30, 55, 100, 100]
+    assert vector_depth(20, 5) == 20, "never above the setting"
+    assert list_depth(100, unit="message", fetch=5, budgeted=True, method="vector") == 100
+    assert list_depth(100, unit="item", fetch=5, budgeted=False, method="vector") == 100
+
+
+async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) -> None:
+    """The statement ranks ``vector_candidates`` rows in each vector list and ``candidates``
+    in each full-text list (``explain`` gives every row its rank in each list)."""
+    async with MemFuse(database_url, embedder="local", pipeline_auto=False) as mf:
+        ana = await mf.init("ana")
+        await ana.add(
+            [turn("Ana", f"Harbour log {n}: the lighthouse lamp was cleaned.") for n in range(12)]
+        )
+        await mf.flush()  # the worker embeds them
+        retrieval = await resolve(mf.container.retrieval_service)
+        vector = await retrieval.embed_query("lighthouse lamp")
+        factory = await resolve(mf.container.session_factory)
+        async with factory() as db:
+            rows = await SearchRepository(db, mf.settings.schema).search(
+                SearchFilters(user_id=ana.scope.user_id),
+                unit="item",
+                query_text="lighthouse lamp",
+                query_vector=vector,
+                layers=["m0"],
+                methods=["vector", "text"],
+                candidates=9,
+                vector_candidates=4,
+                rrf_k=60,
+                limit=100,
+                explain=True,
+            )
+    deepest = {
+        name: max((row.ranks or {}).get(name, 0) for row in rows)
+        for name in ("m0_vector", "m0_text")
+    }
+    assert deepest == {"m0_vector": 4, "m0_text": 9}
+    assert all(row.embedded for row in rows)
