@@ -31,16 +31,27 @@ WITHIN: Final = (1, 3, 5, 10, 20, 50)
 DEPTHS: Final = (100, 75, 50, 30, 20, 10)
 
 
-async def evidence_within(mf: MemFuse, data: LocomoData, depth: int) -> dict[str, float]:
-    """The mean share of evidence turns among the first k results, for each k of WITHIN."""
+async def load(url: str, data: LocomoData, common: dict[str, Any]) -> None:
+    """The split through the real write path, every layer built, statistics fresh."""
+    async with MemFuse(url, **common) as mf:
+        await ingest_conversations(mf, data.conversations, progress=True)
+        await mf.flush()
+        await mf.analyze()
+
+
+async def evidence_within(
+    mf: MemFuse, data: LocomoData, label: str, top_k: int = max(WITHIN)
+) -> dict[str, float]:
+    """The mean share of evidence turns among the first k results of a ``top_k`` search, for
+    each k of WITHIN up to ``top_k``."""
     memories: dict[str, Memory] = {}
-    found: dict[int, list[float]] = {k: [] for k in WITHIN}
-    for question in track(data.questions, desc=f"depth {depth}", unit="q"):
+    found: dict[int, list[float]] = {k: [] for k in WITHIN if k <= top_k}
+    for question in track(data.questions, desc=label, unit="q"):
         memory = memories.get(question.user)
         if memory is None:
             memory = memories[question.user] = await mf.init(question.user)
-        results = await memory.query(question.question, top_k=max(WITHIN))
-        for k in WITHIN:
+        results = await memory.query(question.question, top_k=top_k)
+        for k in found:
             turns = {turn for result in results[:k] for turn in result.message_ids}
             found[k].append(len(question.evidence & turns) / len(question.evidence))
     return {f"within_{k}": round(statistics.mean(shares), 4) for k, shares in found.items()}
@@ -58,13 +69,10 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     }
     common: dict[str, Any] = {"schema": SCHEMA, "embedder": "local", "search_cache_ttl": 0.0}
     try:
-        async with MemFuse(url, **common) as mf:
-            await ingest_conversations(mf, data.conversations, progress=True)
-            await mf.flush()
-            await mf.analyze()
+        await load(url, data, common)
         for depth in args.depths:
             async with MemFuse(url, search_candidates=depth, pipeline_auto=False, **common) as mf:
-                results["depths"][str(depth)] = await evidence_within(mf, data, depth)
+                results["depths"][str(depth)] = await evidence_within(mf, data, f"depth {depth}")
     finally:
         if not args.keep:
             await drop_schema(url, SCHEMA)

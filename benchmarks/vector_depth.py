@@ -15,15 +15,13 @@ turns among the first k results. docs/retrieval.md#list-depth holds a run.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.harness import drop_schema, run_benchmark
-from memfuse import MemFuse, Memory
-from memfuse.evaluation.locomo import LocomoData, load_locomo
-from memfuse.ingest import ingest_conversations
-from memfuse.progress import track
+from benchmarks.list_depth import evidence_within, load
+from memfuse import MemFuse
+from memfuse.evaluation.locomo import load_locomo
 from memfuse.retrieval import service
 from memfuse.types import Method, Unit
 
@@ -45,22 +43,6 @@ def force_vector_depth(depth: int | None) -> None:
     service.list_depth = list_depth  # the service looks it up at each search
 
 
-async def evidence_within(mf: MemFuse, data: LocomoData, top_k: int, label: str) -> dict[str, Any]:
-    """The mean share of evidence turns among the first k results, for k up to ``top_k``."""
-    within = [k for k in (1, 3, 5, 10, 20, 50) if k <= top_k]
-    memories: dict[str, Memory] = {}
-    found: dict[int, list[float]] = {k: [] for k in within}
-    for question in track(data.questions, desc=f"vector depth {label}", unit="q"):
-        memory = memories.get(question.user)
-        if memory is None:
-            memory = memories[question.user] = await mf.init(question.user)
-        results = await memory.query(question.question, top_k=top_k)
-        for k in within:
-            turns = {turn for result in results[:k] for turn in result.message_ids}
-            found[k].append(len(question.evidence & turns) / len(question.evidence))
-    return {f"within_{k}": round(statistics.mean(shares), 4) for k, shares in found.items()}
-
-
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
     data = load_locomo(args.data)
     await drop_schema(url, SCHEMA)
@@ -74,14 +56,13 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     }
     common: dict[str, Any] = {"schema": SCHEMA, "embedder": "local", "search_cache_ttl": 0.0}
     try:
-        async with MemFuse(url, **common) as mf:
-            await ingest_conversations(mf, data.conversations, progress=True)
-            await mf.flush()
-            await mf.analyze()
+        await load(url, data, common)
         async with MemFuse(url, pipeline_auto=False, **common) as mf:
             for label in args.depths:
                 force_vector_depth(None if label == "rule" else int(label))
-                results["vector_depths"][label] = await evidence_within(mf, data, args.top_k, label)
+                results["vector_depths"][label] = await evidence_within(
+                    mf, data, f"vector depth {label}", args.top_k
+                )
     finally:
         force_vector_depth(None)
         if not args.keep:
