@@ -382,6 +382,7 @@ def test_short_searches_rank_shorter_vector_lists() -> None:
     assert list_depth(100, unit="item", fetch=5, budgeted=False, method="vector") == 100
 
 
+@pytest.mark.model
 async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) -> None:
     """The statement ranks ``vector_candidates`` rows in each vector list and ``candidates``
     in each full-text list (``explain`` gives every row its rank in each list)."""
