@@ -15,6 +15,7 @@ and, unless ``--keep``, at the end).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import random
@@ -32,8 +33,6 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import event
-from sqlalchemy.engine import Connection as SyncConnection
-from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from benchmarks.foundation import summary
 from benchmarks.harness import drop_schema, run_benchmark
@@ -344,26 +343,35 @@ class Loader:
 
 @dataclass(slots=True)
 class Captured:
-    """memfuse's search statements as the driver got them, by query index and line."""
+    """memfuse's search statements as asyncpg got them, by query index and line (an asyncpg
+    query logger on each pooled connection), without the pool's checkout ping ``;``."""
 
     statements: dict[tuple[str, int], tuple[str, tuple[Any, ...]]] = field(default_factory=dict)
     sent: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     current: tuple[str, int] | None = None
+    drivers: set[asyncpg.Connection] = field(default_factory=set)
 
-    def __call__(
-        self,
-        conn: SyncConnection,
-        cursor: DBAPICursor,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
+    def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
         if self.current is None:
+            return
+        statement = record.query
+        if statement == ";":
             return
         self.sent.setdefault(self.current, []).append(" ".join(statement.split())[:70])
         if "query_terms AS" in statement:
-            self.statements[self.current] = (statement, tuple(parameters))
+            self.statements[self.current] = (statement, tuple(record.args))
+
+    def checkout(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        """Pool hook: log the statements of each connection memfuse checks out."""
+        driver: asyncpg.Connection = dbapi_connection.driver_connection
+        if driver not in self.drivers:
+            driver.add_query_logger(self)
+            self.drivers.add(driver)
+
+    def stop(self) -> None:
+        for driver in self.drivers:
+            driver.remove_query_logger(self)
+        self.drivers.clear()
 
 
 @dataclass(slots=True)
@@ -453,16 +461,18 @@ class Bench:
         for query in self.queries:
             await self.retrieval.embed_query(query)
         engine = await resolve(self.mf.container.engine)
-        event.listen(engine.sync_engine, "before_cursor_execute", self.captured)
+        pool = engine.sync_engine.pool
+        event.listen(pool, "checkout", self.captured.checkout)
         try:
             for index in range(len(self.queries)):
-                self.captured.current = ("fused", index)
-                await self.fused(index)
-                self.captured.current = ("vector", index)
-                await self.vector_only(index)
+                for line, search in (("fused", self.fused), ("vector", self.vector_only)):
+                    self.captured.current = (line, index)
+                    await search(index)
+                    await asyncio.sleep(0)  # asyncpg calls loggers soon after a query
             self.captured.current = None
         finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", self.captured)
+            event.remove(pool, "checkout", self.captured.checkout)
+            self.captured.stop()
 
 
 async def measure(

@@ -297,13 +297,13 @@ def make_result_cache(settings: Settings) -> ResultCache[tuple[SearchResult, ...
 
 def make_retrieval_service(
     settings: Settings,
-    session_factory: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     embedder: Embedder | None,
     monitor: PerformanceMonitor,
     cache: ResultCache[tuple[SearchResult, ...]],
 ) -> RetrievalService:
     return RetrievalService(
-        session_factory,
+        engine,
         embedder,
         monitor,
         schema=settings.schema,
@@ -391,7 +391,7 @@ class Container(containers.DeclarativeContainer):
     retrieval_service = providers.Singleton(
         make_retrieval_service,
         settings=settings,
-        session_factory=session_factory,
+        engine=engine,
         embedder=embedder,
         monitor=monitor,
         cache=result_cache,

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.pool import PoolProxiedConnection
 
 from memfuse.db.models import MESSAGE_TSVECTOR, TEXT_SEARCH_CONFIG
 from memfuse.db.value_filter import value_filter_sql
+from memfuse.monitor.engine_hooks import QUERY_OPERATION
+from memfuse.monitor.performance import PerformanceMonitor
 from memfuse.types import Layer, Method, Unit
 
 LAYER_TABLES: Final[dict[Layer, str]] = {
@@ -136,9 +140,9 @@ WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'co
 GROUP BY s.tablename"""
 
 
-_SEARCH_SETTINGS = text(
+_SEARCH_SETTINGS = (
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', false), "
-    "set_config('hnsw.ef_search', :ef_search, false), "
+    "set_config('hnsw.ef_search', $1, false), "
     "set_config('hnsw.iterative_scan', 'relaxed_order', false)"
 )
 _SETTINGS_APPLIED = "memfuse.search_ef_search"
@@ -149,10 +153,16 @@ _RANKS = ", jsonb_object_agg(list, r) AS ranks"
 """With ``explain``: each fused row's rank in every list that ranked it."""
 
 
+_DIALECT: Final = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
 @functools.lru_cache(maxsize=256)
-def _statement(sql: str) -> TextClause:
-    """One parsed statement per distinct SQL (the options a search uses), reused."""
-    return text(sql)
+def positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with its ``:name`` parameters as asyncpg's ``$n``, and the names in ``$n``
+    order: what SQLAlchemy's asyncpg dialect sends for ``text(sql)``, worked out once per
+    distinct statement (the options a search uses)."""
+    compiled = text(sql).compile(dialect=_DIALECT)
+    return compiled.string, tuple(compiled.positiontup or ())
 
 
 def fact_group_embedded(alias: str, schema: str) -> str:
@@ -248,56 +258,78 @@ class ScoredRow:
 
 
 class SearchRepository:
-    """Runs the fused search of one user's memory in one statement."""
+    """Runs the fused search of one user's memory in one statement.
 
-    def __init__(self, session: AsyncSession, schema: str) -> None:
-        self.session = session
+    It works on a pooled connection's asyncpg connection directly
+    (:func:`~memfuse.db.engines.pooled_driver`): a search is one read-only statement, and
+    SQLAlchemy's session and execution layer around it cost about 2 ms of client time per
+    search, a fifth of the whole at 10k rows (docs/benchmarks.md). Each statement is timed as
+    ``db_query`` here, as the engine's hooks time the statements they see.
+    """
+
+    def __init__(
+        self,
+        connection: PoolProxiedConnection,
+        schema: str,
+        monitor: PerformanceMonitor | None = None,
+    ) -> None:
+        self.connection = connection
         self.schema = schema
+        self._monitor = monitor
+
+    async def _fetch(self, sql: str, *arguments: Any) -> list[Any]:
+        driver: Any = self.connection.driver_connection  # an asyncpg connection
+        started = time.perf_counter()
+        success = False
+        try:
+            rows: list[Any] = await driver.fetch(sql, *arguments)
+            success = True
+            return rows
+        finally:
+            if self._monitor is not None:
+                elapsed_ms = (time.perf_counter() - started) * 1000.0
+                self._monitor.record(QUERY_OPERATION, elapsed_ms, success=success)
 
     async def analyze(self) -> None:
         """Refresh the planner statistics of the layers' tables (``ANALYZE``): the full-text
         lists read which terms are common from them."""
+        quoted = self.schema.replace('"', '""')
         for table in LAYER_TABLES.values():
-            await self.session.execute(text(f'ANALYZE "{self.schema}".{table}'))
+            await self._fetch(f'ANALYZE "{quoted}".{table}')
 
     async def common_terms(self, frequency: float, rows: int) -> dict[Layer, tuple[str, ...]]:
         """Each layer's full-text terms in at least ``frequency`` of its rows or in at least
         ``rows`` rows, from the statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``
         and the table's row estimate); none before the first ``ANALYZE``."""
-        result = await self.session.execute(
-            text(_COMMON_TERMS),
-            {
-                "schema": self.schema,
-                "tables": list(LAYER_TABLES.values()),
-                "frequency": frequency,
-                "rows": rows,
-            },
-        )
-        by_table = {row.tablename: tuple(row.elements) for row in result}
+        sql, names = positional(_COMMON_TERMS)
+        values = {
+            "schema": self.schema,
+            "tables": list(LAYER_TABLES.values()),
+            "frequency": frequency,
+            "rows": rows,
+        }
+        found = await self._fetch(sql, *(values[name] for name in names))
+        by_table = {row["tablename"]: tuple(row["elements"]) for row in found}
         return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}
 
     async def tune(self, ef_search: int) -> None:
-        """Run this session's search in autocommit mode on a connection set up for searching.
+        """Set up the connection for searching, once per pooled connection (again only if
+        ``ef_search`` differs). A search is one statement outside any transaction (a snapshot
+        of its own: no BEGIN, no ROLLBACK). The session settings are:
 
-        A search is one statement (a snapshot of its own), so it needs no transaction: no
-        BEGIN and no ROLLBACK round trip. The connection's session settings, set once per
-        pooled connection (again only if ``ef_search`` differs), are:
-
-        - always a custom plan: the statement is prepared once per connection, and after five
-          runs PostgreSQL may switch to a generic plan that knows neither the user nor the
+        - always a custom plan: asyncpg prepares the statement once per connection, and after
+          five runs PostgreSQL may switch to a generic plan that knows neither the user nor the
           query's terms; on LoCoMo that made searches 2.5 times slower (docs/retrieval.md).
           The setting applies to every statement on memfuse's pooled connections; planning a
           small statement costs tens of microseconds;
         - HNSW's ``ef_search`` and iterative scans, so a user-filtered KNN does not starve.
         """
-        connection = await self.session.connection(
-            execution_options={"isolation_level": "AUTOCOMMIT"}
-        )
-        if connection.info.get(_SETTINGS_APPLIED) != ef_search:
-            await connection.execute(_SEARCH_SETTINGS, {"ef_search": str(ef_search)})
-            connection.info[_SETTINGS_APPLIED] = ef_search
+        info = self.connection.info
+        if info.get(_SETTINGS_APPLIED) != ef_search:
+            await self._fetch(_SEARCH_SETTINGS, str(ef_search))
+            info[_SETTINGS_APPLIED] = ef_search
 
-    async def search(
+    def statement(
         self,
         filters: SearchFilters,
         *,
@@ -312,23 +344,16 @@ class SearchRepository:
         vector_candidates: int | None = None,
         common_terms: Mapping[Layer, Sequence[str]] | None = None,
         explain: bool = False,
-    ) -> list[ScoredRow]:
-        """The best ``limit`` results of the fused lists, best first.
-
-        ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
-        ranks the messages of its lineage (each message takes its best rank in each list).
-        ``unit="item"``: the rows of the searched layers themselves.
-        ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
-        ranks every row with any term. Each full-text list ranks ``candidates`` rows, each
-        vector list ``vector_candidates`` (``candidates`` if ``None``).
-        """
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """The search's SQL (asyncpg's ``$n`` placeholders) and its arguments; ``None`` when
+        no list is left to rank. :meth:`search` says what it finds."""
         if "text" not in methods:
             common_terms = None
         ctes, ranked = self._lists(
             filters, query_vector, layers, methods, bounded=common_terms is not None
         )
         if not ranked:
-            return []
+            return None
         fused = (
             self._messages(filters, knowledge="knowledge" in layers, explain=explain)
             if unit == "message"
@@ -356,11 +381,55 @@ ranked AS (
                 parameters[f"{layer}_common"] = " ".join(common_terms.get(layer, ()))
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
-        result = await self.session.execute(_statement(sql), parameters)
+        positional_sql, names = positional(sql)
+        return positional_sql, tuple(parameters[name] for name in names)
+
+    async def search(
+        self,
+        filters: SearchFilters,
+        *,
+        unit: Unit,
+        query_text: str,
+        query_vector: Sequence[float] | None,
+        layers: Sequence[Layer],
+        methods: Sequence[Method],
+        candidates: int,
+        rrf_k: int,
+        limit: int,
+        vector_candidates: int | None = None,
+        common_terms: Mapping[Layer, Sequence[str]] | None = None,
+        explain: bool = False,
+    ) -> list[ScoredRow]:
+        """The best ``limit`` results of the fused lists, best first.
+
+        ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
+        ranks the messages of its lineage (each message takes its best rank in each list).
+        ``unit="item"``: the rows of the searched layers themselves.
+        ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
+        ranks every row with any term. Each full-text list ranks ``candidates`` rows, each
+        vector list ``vector_candidates`` (``candidates`` if ``None``).
+        """
+        statement = self.statement(
+            filters,
+            unit=unit,
+            query_text=query_text,
+            query_vector=query_vector,
+            layers=layers,
+            methods=methods,
+            candidates=candidates,
+            rrf_k=rrf_k,
+            limit=limit,
+            vector_candidates=vector_candidates,
+            common_terms=common_terms,
+            explain=explain,
+        )
+        if statement is None:
+            return []
+        found = await self._fetch(statement[0], *statement[1])
         if explain:
             return [
                 replace(scored, score=float(scored.score), ranks=dict(row[-1]))
-                for row in result
+                for row in found
                 for scored in (ScoredRow(*row[:-1]),)  # the columns, then the ranks
             ]
         # Positional: both fused selects list these columns in this order (ScoredRow's).
@@ -392,7 +461,7 @@ ranked AS (
                 speaker,
                 embedded,
                 role,
-            ) in result
+            ) in found
         ]
 
     def _messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool) -> str:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar, cast, get_args
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memfuse.db.engines import pooled_driver
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
@@ -180,7 +181,7 @@ class RetrievalService:
 
     def __init__(
         self,
-        session_factory: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         embedder: Embedder | None,
         monitor: PerformanceMonitor,
         *,
@@ -193,7 +194,7 @@ class RetrievalService:
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
     ) -> None:
-        self._session_factory = session_factory
+        self._engine = engine
         self.embedder = embedder
         self._monitor = monitor
         self.schema = schema
@@ -217,9 +218,8 @@ class RetrievalService:
     async def analyze(self) -> None:
         """Refresh the statistics the search plan reads (after a bulk load; autovacuum does it
         on its own schedule otherwise)."""
-        async with self._session_factory() as db:
-            await SearchRepository(db, self.schema).analyze()
-            await db.commit()
+        async with pooled_driver(self._engine) as connection:
+            await SearchRepository(connection, self.schema, self._monitor).analyze()
         self._common_terms = None  # read again at the next search
 
     async def _read_common_terms(
@@ -287,8 +287,8 @@ class RetrievalService:
         }
         if request.unit == "item":
             fetch *= 2  # room for rows dropped as already covered
-        async with self._session_factory() as db:
-            repository = SearchRepository(db, self.schema)
+        async with pooled_driver(self._engine) as connection:
+            repository = SearchRepository(connection, self.schema, self._monitor)
             await repository.tune(self.ef_search)
             common_terms = (
                 await self._read_common_terms(repository) if "text" in request.methods else None

@@ -26,10 +26,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.util import greenlet_spawn
 
 from memfuse.buffer import WriteBuffer
-from memfuse.db.errors import is_unavailable
+from memfuse.db.engines import pooled_driver
 from memfuse.errors import ConflictError, NotFoundError, ValidationError
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
 from memfuse.monitor.performance import PerformanceMonitor
@@ -141,11 +140,9 @@ class MessageWriter:
         return [[message.id for message in request.messages] for request in requests]
 
     async def _run(self, columns: MessageColumns) -> int:
-        """The statement on a pooled connection, timed; a connection that broke (or a call
-        cancelled midway, which leaves asyncpg's protocol mid-message) is invalidated, so the
-        pool replaces it instead of handing it out again."""
-        connection = await self._engine.raw_connection()
-        try:
+        """The statement on a pooled connection (:func:`~memfuse.db.engines.pooled_driver`),
+        timed."""
+        async with pooled_driver(self._engine) as connection:
             started = time.perf_counter()
             success = False
             try:
@@ -156,12 +153,6 @@ class MessageWriter:
                 if self._monitor is not None:
                     elapsed_ms = (time.perf_counter() - started) * 1000.0
                     self._monitor.record(QUERY_OPERATION, elapsed_ms, success=success)
-        except BaseException as error:
-            if not isinstance(error, Exception) or is_unavailable(error):
-                await greenlet_spawn(connection.invalidate, error)
-            raise
-        finally:
-            await greenlet_spawn(connection.close)
 
 
 def message_columns(

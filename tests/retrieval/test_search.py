@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from memfuse.container import resolve
+from memfuse.db.engines import pooled_driver
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
 from memfuse.repositories.search import SearchFilters, SearchRepository
@@ -332,17 +335,21 @@ async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_ur
         engine = await resolve(mf.container.engine)
         statements: list[str] = []
 
-        def capture(*arguments: object) -> None:
-            statements.append(str(arguments[2]))
+        def capture(record: asyncpg.connection.LoggedQuery) -> None:
+            statements.append(record.query)
 
-        event.listen(engine.sync_engine, "before_cursor_execute", capture)
+        async with pooled_driver(engine) as pooled:  # the pool's one connection
+            driver: asyncpg.Connection = pooled.driver_connection
+        driver.add_query_logger(capture)
         try:
             assert texts(await ana.query("garden fair Thursday")) == [
                 "The quarterly garden fair moved to Thursday."
             ]
+            await asyncio.sleep(0)  # asyncpg calls loggers soon after, not during, a query
         finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", capture)
-        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH query_terms")
+            driver.remove_query_logger(capture)
+        searched = [statement for statement in statements if statement != ";"]  # the pool's ping
+        assert len(searched) == 1 and searched[0].lstrip().startswith("WITH query_terms")
         async with engine.connect() as connection:  # the pool's one connection
             settings = (
                 await connection.execute(
@@ -394,9 +401,9 @@ async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) ->
         await mf.flush()  # the worker embeds them
         retrieval = await resolve(mf.container.retrieval_service)
         vector = await retrieval.embed_query("lighthouse lamp")
-        factory = await resolve(mf.container.session_factory)
-        async with factory() as db:
-            rows = await SearchRepository(db, mf.settings.schema).search(
+        engine = await resolve(mf.container.engine)
+        async with pooled_driver(engine) as connection:
+            rows = await SearchRepository(connection, mf.settings.schema).search(
                 SearchFilters(user_id=ana.scope.user_id),
                 unit="item",
                 query_text="lighthouse lamp",
