@@ -341,7 +341,7 @@ class Loader:
 # --- the candidates ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashable by identity: asyncpg keeps loggers in a set
 class Captured:
     """memfuse's search statements as asyncpg got them, by query index and line (an asyncpg
     query logger on each pooled connection), without the pool's checkout ping ``;``."""

@@ -99,6 +99,23 @@ MESSAGE_TSVECTOR = (
 copy): the words of ``messages.content_tsv`` once indexed, and of a row not indexed yet."""
 
 
+def message_user_lexeme(user: str) -> str:
+    """SQL: the lexeme that names the user ``user`` (an SQL uuid) among a message's indexed
+    words, ``'user <uuid>'``. The text parser never makes a lexeme with a space, so no word of
+    a message can be one."""
+    return f"'user '::text || {user}::text"  # as PostgreSQL prints it in the index
+
+
+MESSAGE_WORDS_OF_USER = (
+    f"(content_tsv || array_to_tsvector(ARRAY[{message_user_lexeme('user_id')}]))"
+)
+"""What ``ix_messages_words_gin`` indexes: an indexed message's words and its user's lexeme
+(migration 0010 holds a copy). A full-text search ANDs its user's lexeme into the query, so
+the index itself hands back only that user's matching rows: the cost follows the matches,
+not the user's row count, which a bitmap of the user's rows ANDed with the words' did
+(docs/retrieval.md, "The user in the words' index")."""
+
+
 KNOWLEDGE_TSVECTOR = (
     f"CASE WHEN indexed THEN to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, content) "
     "ELSE ''::tsvector END"
@@ -265,8 +282,8 @@ class Message(Base):
         Index(None, "user_id", "created_at"),
         _vector_index("messages"),
         Index(
-            "ix_messages_content_tsv_gin",
-            "content_tsv",
+            "ix_messages_words_gin",
+            text(MESSAGE_WORDS_OF_USER),
             postgresql_using="gin",
             postgresql_where=text("content_tsv IS NOT NULL"),
         ),

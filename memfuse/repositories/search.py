@@ -28,7 +28,12 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.pool import PoolProxiedConnection
 
-from memfuse.db.models import MESSAGE_TSVECTOR, TEXT_SEARCH_CONFIG
+from memfuse.db.models import (
+    MESSAGE_TSVECTOR,
+    MESSAGE_WORDS_OF_USER,
+    TEXT_SEARCH_CONFIG,
+    message_user_lexeme,
+)
 from memfuse.db.value_filter import value_filter_sql
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
 from memfuse.monitor.performance import PerformanceMonitor
@@ -112,21 +117,32 @@ def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
 )"""
 
 
-def _with_unindexed_messages(indexed: str, table: str, source: str, where: str, match: str) -> str:
-    """The M0 full-text rows: ``indexed`` (rows whose words are in ``content_tsv``), and the
-    rows not indexed yet, their words read on the fly (few: ``ix_messages_text_unindexed``
-    finds them by user; the embedding worker indexes a message when it stores its vector).
+def _message_text_list(
+    filters: SearchFilters, table: str, source: str, schema: str, match: str
+) -> str:
+    """The M0 full-text rows: the indexed rows with the query's words and the user's lexeme
+    (one GIN scan returns only this user's matches), and the rows not indexed yet, their words
+    read on the fly (few: ``ix_messages_text_unindexed`` finds them by user; the embedding
+    worker indexes a message when it stores its vector).
 
-    The first part repeats that its column is not NULL, which lets the planner use the GIN
-    index (it holds indexed rows only).
+    The first part repeats its index's predicate (``content_tsv IS NOT NULL``) so the planner
+    can use it, and keeps the user condition as a filter only: as an index condition the
+    planner ANDs a bitmap of all the user's rows into the scan, which cost more than the list.
     """
+    user_words = (
+        f"({match} && quote_literal({message_user_lexeme('CAST(:user_id AS uuid)')})::tsquery)"
+    )
     unindexed_rank = TEXT_RANK.replace("content_tsv", MESSAGE_TSVECTOR)
     return f"""SELECT * FROM (
-    {indexed} AND content_tsv IS NOT NULL
+    SELECT id, ARRAY[id] AS message_ids, {TEXT_RANK} AS rank
+    FROM {table}, {source}
+    WHERE {filters.where("m0", "t", schema, user_index=False)}
+      AND {MESSAGE_WORDS_OF_USER} @@ {user_words} AND content_tsv IS NOT NULL
     UNION ALL
     SELECT id, ARRAY[id] AS message_ids, {unindexed_rank} AS rank
     FROM {table}, {source}
-    WHERE {where} AND content_tsv IS NULL AND {MESSAGE_TSVECTOR} @@ {match}
+    WHERE {filters.where("m0", "t", schema)} AND content_tsv IS NULL
+      AND {MESSAGE_TSVECTOR} @@ {match}
     ) AS found"""
 
 
@@ -190,10 +206,16 @@ class SearchFilters:
     """Knowledge items whose value matches these conditions (JSON of a
     :func:`~memfuse.db.value_filter.value_filter_sql` filter)."""
 
-    def where(self, layer: Layer, alias: str, schema: str) -> str:
-        """SQL conditions for rows of ``layer`` (columns prefixed with ``alias.``)."""
+    def where(self, layer: Layer, alias: str, schema: str, *, user_index: bool = True) -> str:
+        """SQL conditions for rows of ``layer`` (columns prefixed with ``alias.``).
+
+        Not ``user_index``: the user condition is written so that the planner cannot make an
+        index scan of it (it filters the rows another index found, which also bounds them to
+        the user: :data:`~memfuse.db.models.MESSAGE_WORDS_OF_USER`).
+        """
         p = f"{alias}."
-        conditions = [f"{p}user_id = :user_id"]
+        user = f"{p}user_id = :user_id"
+        conditions = [user if user_index else f"({user}) IS TRUE"]
         if self.agent_id is not None and layer not in USER_LEVEL:
             conditions.append(f"{p}agent_id = :agent_id")
         if self.session_id is not None and layer not in USER_LEVEL:
@@ -611,11 +633,12 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                 name = f"{layer}_text"
                 match = f"q.{layer}_match" if bounded else "q.query"
                 source = "query_terms AS q"
-                found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
+                if layer == "m0":
+                    found = _message_text_list(filters, table, source, self.schema, match)
+                else:
+                    found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
     WHERE {where} AND content_tsv @@ {match}"""
-                if layer == "m0":
-                    found = _with_unindexed_messages(found, table, source, where, match)
                 ctes.append(f"""{name} AS MATERIALIZED (
     {found}
     ORDER BY rank DESC, id

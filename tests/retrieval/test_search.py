@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -422,3 +423,57 @@ async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) ->
     }
     assert deepest == {"m0_vector": 4, "m0_text": 9}
     assert all(row.embedded for row in rows)
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+@pytest.mark.model
+async def test_the_message_words_index_hands_back_only_the_users_matches(mf: MemFuse) -> None:
+    """Once the worker indexed the messages' words, the M0 full-text list reads them through
+    ``ix_messages_words_gin`` with the user's lexeme ANDed in: the index scan itself returns
+    only this user's matching rows (Ben shares Ana's words), never a bitmap of all her rows.
+    Other users' rows are not among the results, whatever the plan."""
+    ana, ben = await memories(mf)  # the real worker embeds and indexes both users' turns
+    engine = await resolve(mf.container.engine)
+    async with pooled_driver(engine) as connection:
+        driver: asyncpg.Connection = connection.driver_connection
+        indexed = await driver.fetchval(
+            f'SELECT count(*) FROM "{mf.settings.schema}".messages WHERE content_tsv IS NOT NULL'
+        )
+        assert indexed == len(ANA_TURNS) + len(BEN_TURNS)
+        statement = SearchRepository(connection, mf.settings.schema).statement(
+            SearchFilters(user_id=ana.scope.user_id),
+            unit="message",
+            query_text="booked flight Lisbon Porto",
+            query_vector=None,
+            layers=["m0"],
+            methods=["text"],
+            candidates=10,
+            rrf_k=60,
+            limit=10,
+        )
+        assert statement is not None
+        sql, arguments = statement
+        found = await driver.fetch(sql, *arguments)
+        async with driver.transaction():
+            await driver.execute("SET LOCAL enable_seqscan = off")  # six rows: scan otherwise
+            plan = await driver.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *arguments)
+    assert {row["content"] for row in found} == {ANA_TURNS[0]["content"], ANA_TURNS[1]["content"]}
+    text_list = next(
+        node
+        for node in plan_nodes(plan[0]["Plan"])  # the pool decodes json
+        if node.get("Subplan Name") == "CTE m0_text"
+    )
+    scans = {
+        (node["Node Type"], node.get("Index Name")): node.get("Actual Rows")
+        for node in plan_nodes(text_list)
+        if node.get("Index Name")
+    }
+    assert scans[("Bitmap Index Scan", "ix_messages_words_gin")] == 2  # Ana's two, not Ben's
+    assert all(name != "ix_messages_user_id_created_at" for _, name in scans)
+    bens = await ben.query("booked flight Lisbon Porto", methods=["text"])
+    assert set(texts(bens)) == {BEN_TURNS[0]["content"], BEN_TURNS[1]["content"]}
