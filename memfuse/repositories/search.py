@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -239,6 +239,21 @@ class SearchFilters:
                 conditions.append(self._value_filter(f"{p}value")[0])
         return " AND ".join(conditions)
 
+    def shape(self) -> SearchFilters:
+        """These filters with every value but the ones that change the SQL replaced by one
+        stand-in: the key of :func:`search_sql`'s cache. The knowledge filter stays as it is
+        (its structure is SQL)."""
+        return SearchFilters(
+            user_id=_SHAPE_ID,
+            agent_id=None if self.agent_id is None else _SHAPE_ID,
+            session_id=None if self.session_id is None else _SHAPE_ID,
+            since=None if self.since is None else _SHAPE_TIME,
+            until=None if self.until is None else _SHAPE_TIME,
+            embedded_only=self.embedded_only,
+            knowledge_namespace=("",) * len(self.knowledge_namespace),
+            knowledge_filter=self.knowledge_filter,
+        )
+
     def _value_filter(self, column: str) -> tuple[str, dict[str, Any]]:
         return value_filter_sql(
             json.loads(self.knowledge_filter or "{}"), column=column, prefix="knowledge_filter"
@@ -371,23 +386,18 @@ class SearchRepository:
         no list is left to rank. :meth:`search` says what it finds."""
         if "text" not in methods:
             common_terms = None
-        ctes, ranked = self._lists(
-            filters, query_vector, layers, methods, bounded=common_terms is not None
+        sql = search_sql(
+            self.schema,
+            filters.shape(),
+            unit=unit,
+            layers=tuple(layers),
+            methods=tuple(methods),
+            vector=query_vector is not None,
+            bounded=common_terms is not None,
+            explain=explain,
         )
-        if not ranked:
+        if sql is None:
             return None
-        fused = (
-            self._messages(filters, knowledge="knowledge" in layers, explain=explain)
-            if unit == "message"
-            else self._items(explain=explain)
-        )
-        sql = f"""
-WITH {_query_terms(layers, bounded=common_terms is not None)},
-{", ".join(ctes)},
-ranked AS (
-    {" UNION ALL ".join(ranked)}
-),
-{fused}"""
         parameters: dict[str, Any] = {
             **filters.parameters(),
             "query_text": query_text,
@@ -403,8 +413,7 @@ ranked AS (
                 parameters[f"{layer}_common"] = " ".join(common_terms.get(layer, ()))
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
-        positional_sql, names = positional(sql)
-        return positional_sql, tuple(parameters[name] for name in names)
+        return sql[0], tuple(parameters[name] for name in sql[1])
 
     async def search(
         self,
@@ -486,7 +495,54 @@ ranked AS (
             ) in found
         ]
 
-    def _messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool) -> str:
+
+_SHAPE_ID = uuid.UUID(int=0)
+_SHAPE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def search_sql(
+    schema: str,
+    shape: SearchFilters,
+    *,
+    unit: Unit,
+    layers: tuple[Layer, ...],
+    methods: tuple[Method, ...],
+    vector: bool,
+    bounded: bool,
+    explain: bool,
+) -> tuple[str, tuple[str, ...]] | None:
+    """The search statement for these options (asyncpg's ``$n`` placeholders) and its
+    parameters' names in ``$n`` order; ``None`` when no list is left to rank.
+
+    It depends on which filters are set, not on their values (``SearchFilters.shape``), so a
+    process builds each distinct statement once.
+    """
+    builder = _SearchSql(schema)
+    ctes, ranked = builder.lists(shape, vector, layers, methods, bounded=bounded)
+    if not ranked:
+        return None
+    fused = (
+        builder.messages(shape, knowledge="knowledge" in layers, explain=explain)
+        if unit == "message"
+        else builder.items(explain=explain)
+    )
+    return positional(f"""
+WITH {_query_terms(layers, bounded=bounded)},
+{", ".join(ctes)},
+ranked AS (
+    {" UNION ALL ".join(ranked)}
+),
+{fused}""")
+
+
+class _SearchSql:
+    """The parts of the search statement, in one schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    def messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool) -> str:
         """Messages ranked by every list; with ``knowledge``, knowledge items beside them (they
         have no messages to rank), each scored by its own lists.
 
@@ -538,7 +594,7 @@ FROM fused
 ORDER BY score DESC, occurred_at, seq, id
 LIMIT :limit"""
 
-    def _items(self, *, explain: bool) -> str:
+    def items(self, *, explain: bool) -> str:
         s = self.schema
         ranks = _RANKS if explain else ""
         selected_ranks = ",\n       scored.ranks" if explain else ""
@@ -567,7 +623,7 @@ LEFT JOIN "{s}".facts AS f ON scored.layer = 'm2' AND f.id = scored.id
 LEFT JOIN "{s}".knowledge AS k ON scored.layer = 'knowledge' AND k.id = scored.id
 ORDER BY scored.score DESC, scored.layer, scored.id"""
 
-    def _fact_vector_list(self, filters: SearchFilters) -> str:
+    def fact_vector_list(self, filters: SearchFilters) -> str:
         """The M2 vector list: the nearest fact groups (one vector each, on their HNSW index),
         then their live facts, each at its group's distance.
 
@@ -597,10 +653,10 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
     LIMIT :vector_candidates
 )"""
 
-    def _lists(
+    def lists(
         self,
         filters: SearchFilters,
-        query_vector: Sequence[float] | None,
+        vector: bool,
         layers: Sequence[Layer],
         methods: Sequence[Method],
         *,
@@ -613,10 +669,10 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
             table = f'"{self.schema}".{LAYER_TABLES[layer]} AS t'
             where = filters.where(layer, "t", self.schema)
             lineage = _LINEAGE[layer]
-            if "vector" in methods and query_vector is not None:
+            if "vector" in methods and vector:
                 name = f"{layer}_vector"
                 if layer == "m2":
-                    ctes.append(self._fact_vector_list(filters))
+                    ctes.append(self.fact_vector_list(filters))
                 else:
                     ctes.append(f"""{name} AS MATERIALIZED (
     SELECT id, {lineage} AS message_ids, embedding <=> :query_vector AS distance
