@@ -15,9 +15,9 @@ common-terms rule (:func:`_query_terms`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -316,16 +316,14 @@ class SearchRepository:
 
     async def _fetch(self, sql: str, *arguments: Any) -> list[Any]:
         driver: Any = self.connection.driver_connection  # an asyncpg connection
-        started = time.perf_counter()
-        success = False
-        try:
+        timer = (
+            self._monitor.track_operation(QUERY_OPERATION)
+            if self._monitor is not None
+            else contextlib.nullcontext()
+        )
+        with timer:
             rows: list[Any] = await driver.fetch(sql, *arguments)
-            success = True
-            return rows
-        finally:
-            if self._monitor is not None:
-                elapsed_ms = (time.perf_counter() - started) * 1000.0
-                self._monitor.record(QUERY_OPERATION, elapsed_ms, success=success)
+        return rows
 
     async def analyze(self) -> None:
         """Refresh the planner statistics of the layers' tables (``ANALYZE``): the full-text

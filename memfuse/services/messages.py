@@ -18,7 +18,7 @@ of that session from M0.
 
 from __future__ import annotations
 
-import time
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -143,16 +143,13 @@ class MessageWriter:
         """The statement on a pooled connection (:func:`~memfuse.db.engines.pooled_driver`),
         timed."""
         async with pooled_driver(self._engine) as connection:
-            started = time.perf_counter()
-            success = False
-            try:
-                written = await write_messages(connection.driver_connection, self._call, columns)
-                success = True
-                return written
-            finally:
-                if self._monitor is not None:
-                    elapsed_ms = (time.perf_counter() - started) * 1000.0
-                    self._monitor.record(QUERY_OPERATION, elapsed_ms, success=success)
+            timer = (
+                self._monitor.track_operation(QUERY_OPERATION)
+                if self._monitor is not None
+                else contextlib.nullcontext()
+            )
+            with timer:
+                return await write_messages(connection.driver_connection, self._call, columns)
 
 
 def message_columns(
