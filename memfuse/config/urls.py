@@ -36,7 +36,8 @@ _SSL_NEGOTIATIONS = {"direct": "true", "postgres": None}
 
 # The dialect's own reading of a URL (hosts, ports, query), so the LISTEN connection is opened
 # with exactly the arguments the pool's connections get. create_connect_args needs no driver.
-_DIALECT: Dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+ASYNCPG_DIALECT: Dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+"""SQLAlchemy's asyncpg dialect: how memfuse's URLs and SQL text become asyncpg's."""
 # Taken by SQLAlchemy's asyncpg adapter, not by asyncpg.connect.
 _DIALECT_ONLY = frozenset({"prepared_statement_cache_size"})
 # Query parameters that may be repeated (SQLAlchemy's multi-host forms).
@@ -261,7 +262,7 @@ def _query_error(name: str, password: str | None, reason: str) -> ConfigurationE
 def _check_hosts_and_ports(url: URL) -> None:
     """Parse hosts and ports as the dialect will, and keep each port in range."""
     try:
-        _, options = _DIALECT.create_connect_args(url)
+        _, options = ASYNCPG_DIALECT.create_connect_args(url)
     except (ArgumentError, ValueError, TypeError):
         raise ConfigurationError(
             "database_url",
@@ -294,7 +295,7 @@ def asyncpg_connect_args(url: str | URL) -> dict[str, Any]:
     ``server_settings``, which a URL cannot carry (the pool gets its timeouts from
     :class:`~memfuse.config.PoolSettings`), so callers may pass those themselves.
     """
-    _, options = _DIALECT.create_connect_args(normalize_url(url))
+    _, options = ASYNCPG_DIALECT.create_connect_args(normalize_url(url))
     args: dict[str, Any] = dict.fromkeys(("user", "password", "host", "port", "database"))
     args.update((name, value) for name, value in options.items() if name not in _DIALECT_ONLY)
     return args

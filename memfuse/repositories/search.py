@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.pool import PoolProxiedConnection
 
+from memfuse.config.urls import ASYNCPG_DIALECT
 from memfuse.db.models import (
     MESSAGE_TSVECTOR,
     MESSAGE_WORDS_OF_USER,
@@ -169,15 +169,12 @@ _RANKS = ", jsonb_object_agg(list, r) AS ranks"
 """With ``explain``: each fused row's rank in every list that ranked it."""
 
 
-_DIALECT: Final = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-
-
 @functools.lru_cache(maxsize=256)
 def positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """``sql`` with its ``:name`` parameters as asyncpg's ``$n``, and the names in ``$n``
     order: what SQLAlchemy's asyncpg dialect sends for ``text(sql)``, worked out once per
     distinct statement (the options a search uses)."""
-    compiled = text(sql).compile(dialect=_DIALECT)
+    compiled = text(sql).compile(dialect=ASYNCPG_DIALECT)
     return compiled.string, tuple(compiled.positiontup or ())
 
 
