@@ -358,3 +358,5 @@ class RetrievalStats:
     query_model_calls: int = 0
     """Model calls for query vectors: concurrent queries share one (``queries_embedded`` /
     ``query_model_calls`` is the mean batch)."""
+    layers_skipped: int = 0
+    """Layers left out of searches because the user had no rows in them."""

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ POOL_ACCESS_OPERATION = "connection_pool_access"
 CODEC_OPERATION = "pgvector_registration"
 _CODEC_READY = "memfuse_vector_codec"
 _JUST_OPENED = "memfuse_just_opened"
+_PING_AT_CHECKOUT: ContextVar[bool] = ContextVar("memfuse_ping_at_checkout", default=True)
+"""Off while :func:`pooled_driver` checks out for a caller that checks the connection itself."""
 
 
 class MonitoredPool(AsyncAdaptedQueuePool):
@@ -165,6 +168,8 @@ def install_ping(engine: AsyncEngine) -> None:
     def ping(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         if record.info.pop(_JUST_OPENED, False):
             return  # opening it just now was the check
+        if not _PING_AT_CHECKOUT.get():
+            return  # the caller's first statement checks it (pooled_driver(ping=False))
         try:
             dbapi_connection.run_async(_empty_statement)
         except Exception as error:
@@ -175,9 +180,15 @@ def install_ping(engine: AsyncEngine) -> None:
 
 
 @contextlib.asynccontextmanager
-async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[PoolProxiedConnection]:
+async def pooled_driver(
+    engine: AsyncEngine, *, ping: bool = True
+) -> AsyncIterator[PoolProxiedConnection]:
     """A connection from ``engine``'s pool (checkout, ping and accounting as for every
     statement) for statements sent to asyncpg directly, on its ``driver_connection``.
+
+    ``ping=False`` skips the ping for a caller whose statements are safe to run again: a
+    connection that went away while pooled then fails the first statement (and is
+    invalidated), and the caller retries on a connection checked out with the ping.
 
     Hot statements skip SQLAlchemy's execution layer this way (it cost about as much client
     time as the rest of a one-message ``add()`` or a search). Outside a transaction each
@@ -185,7 +196,11 @@ async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[PoolProxiedConnect
     (which leaves asyncpg's protocol mid-message), is invalidated, so the pool replaces it
     instead of handing it out again.
     """
-    connection = await engine.raw_connection()
+    token = _PING_AT_CHECKOUT.set(ping)
+    try:
+        connection = await engine.raw_connection()
+    finally:
+        _PING_AT_CHECKOUT.reset(token)
     try:
         yield connection
     except BaseException as error:

@@ -356,6 +356,21 @@ class SearchRepository:
         for table in LAYER_TABLES.values():
             await self._fetch(f'ANALYZE "{quoted}".{table}')
 
+    async def layers_with_rows(
+        self, user_id: uuid.UUID, layers: Sequence[Layer]
+    ) -> frozenset[Layer]:
+        """Which of ``layers`` hold at least one row of the user (one statement of index
+        probes, ``user_id`` leads an index of every layer's table)."""
+        if not layers:
+            return frozenset()
+        quoted = self.schema.replace('"', '""')
+        probes = ", ".join(
+            f'EXISTS (SELECT 1 FROM "{quoted}".{LAYER_TABLES[layer]} WHERE user_id = $1)'
+            for layer in layers
+        )
+        found = await self._fetch(f"SELECT {probes}", user_id)
+        return frozenset(layer for layer, held in zip(layers, found[0], strict=True) if held)
+
     async def common_terms(self, frequency: float, rows: int) -> dict[Layer, tuple[str, ...]]:
         """Each layer's full-text terms in at least ``frequency`` of its rows or in at least
         ``rows`` rows, from the statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import parts
 import pytest
 from sqlalchemy import text
 
+from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import resolve
 from memfuse.db.engines import pooled_driver
 from memfuse.errors import ValidationError
@@ -319,7 +321,9 @@ async def test_explain_gives_each_result_its_rank_in_every_list(database_url: st
 async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_url: str) -> None:
     """A search needs no transaction of its own: after its pooled connection got its session
     settings (custom plans, HNSW's ef_search and iterative scans), each search sends its one
-    statement and nothing else; the settings outlive the search on that connection."""
+    statement, after one probe of the layers not known to hold the user's rows, and no ping
+    (the probe or the statement shows the connection is alive); the settings outlive the
+    search on that connection."""
     async with MemFuse(
         database_url,
         embedder="none",
@@ -350,8 +354,12 @@ async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_ur
             await asyncio.sleep(0)  # asyncpg calls loggers soon after, not during, a query
         finally:
             driver.remove_query_logger(capture)
-        searched = [statement for statement in statements if statement != ";"]  # the pool's ping
-        assert len(searched) == 1 and searched[0].lstrip().startswith("WITH query_terms")
+        assert ";" not in statements, "the pool pinged a search's connection"
+        probe, searched = statements  # Ana has no episode, fact or knowledge item
+        assert probe.startswith("SELECT EXISTS") and searched.lstrip().startswith(
+            "WITH query_terms"
+        )
+        assert "episodes" not in searched and "knowledge" not in searched
         async with engine.connect() as connection:  # the pool's one connection
             settings = (
                 await connection.execute(
@@ -502,3 +510,91 @@ async def test_a_message_with_a_word_too_long_for_a_user_key_is_indexed_and_foun
     for query in ("backup tape", long_word):
         found = await ana.query(query, methods=["text"])
         assert texts(found) == [content], query
+
+
+async def test_layers_without_the_users_rows_are_left_out_and_probed_again(
+    database_url: str,
+) -> None:
+    """A search leaves out the layers where the user has no rows (planning their lists cost
+    more than a probe); a layer seen empty is probed at every search, so an item another
+    process writes meanwhile is found by the next search, with no cache to expire."""
+    async with (
+        MemFuse(database_url, embedder="none", pipeline_auto=False) as mf,
+        MemFuse(database_url, embedder="none", pipeline_auto=False) as other_process,
+    ):
+        ana = await mf.init("ana", session="trip")
+        await ana.add([turn("Ana", "The lighthouse keeper painted the door red.")])
+        skipped = mf.search_stats().layers_skipped
+        assert layers(await ana.query("lighthouse door", methods=["text"])) == {"m0"}
+        assert mf.search_stats().layers_skipped == skipped + 3  # M1, M2, knowledge
+        ana_elsewhere = await other_process.init("ana", session="trip")
+        await ana_elsewhere.add_knowledge(["The lighthouse stands on a rocky island."])
+        found = await ana.query("lighthouse island", methods=["text"])
+        assert layers(found) == {"m0", "knowledge"}
+        assert mf.search_stats().layers_skipped == skipped + 5  # M1 and M2 only, this time
+        ben = await mf.init("ben", session="trip")
+        await ben.add([turn("Ben", "The lighthouse on my street is a cafe now.")])
+        assert layers(await ben.query("lighthouse island", methods=["text"])) == {"m0"}
+
+
+async def test_a_search_on_a_connection_that_went_away_runs_again(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Searches skip the pool's ping: when the pooled connection's server process is gone,
+    the search's first statement fails, the connection is dropped and the search runs once
+    more on a fresh one, and the caller only sees the results."""
+    async with MemFuse(
+        database_url,
+        embedder="none",
+        pipeline_auto=False,
+        search_cache_ttl=0.0,
+        pool_size=1,
+        max_overflow=0,
+    ) as mf:
+        ana = await mf.init("ana", session="trip")
+        await ana.add([turn("Ana", "The quarterly garden fair moved to Thursday.")])
+        assert texts(await ana.query("garden fair")) == [
+            "The quarterly garden fair moved to Thursday."
+        ]
+        engine = await resolve(mf.container.engine)
+        async with pooled_driver(engine) as pooled:  # the pool's one connection
+            old_pid = await pooled.driver_connection.fetchval("SELECT pg_backend_pid()")
+        admin = await asyncpg.connect(**asyncpg_connect_args(database_url))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+        finally:
+            await admin.close()
+        with caplog.at_level(logging.INFO, logger="memfuse.retrieval.service"):
+            assert texts(await ana.query("garden fair Thursday")) == [
+                "The quarterly garden fair moved to Thursday."
+            ]
+        assert "search connection went away" in caplog.text  # the unpinged try failed
+        async with pooled_driver(engine) as pooled:
+            assert await pooled.driver_connection.fetchval("SELECT pg_backend_pid()") != old_pid
+
+
+@pytest.mark.model
+async def test_episodes_the_pipeline_writes_after_a_search_are_found_by_the_next(
+    mf: MemFuse,
+) -> None:
+    """With the real worker and pipeline running: a search right after ``add()`` may find no
+    episode yet (the layer is left out); once the pipeline wrote Ana's episode, the next
+    search probes M1 again and ranks it. Ben's episodes never reach Ana's results."""
+    ana, ben = await memories(mf)  # flush(): the pipeline built both users' episodes
+    ana_episodes = await ana.list_episodes()
+    assert ana_episodes
+    carol = await mf.init("carol", session="trip")
+    await carol.add([turn("Carol", "I booked a ferry to Madeira for June.")])
+    # None yet, or already the episode: the pipeline runs beside the caller.
+    early = await carol.query("ferry Madeira", layers=["m1"], unit="item")
+    assert all(result.layer == "m1" for result in early)
+    await mf.flush()
+    late = await carol.query("ferry Madeira", layers=["m1"], unit="item")
+    assert [result.layer for result in late] == ["m1"] and "Madeira" in late[0].content
+    items = await ana.query("flight Lisbon", layers=["m1"], unit="item")
+    assert {result.id for result in items} <= {episode.id for episode in ana_episodes}
+    assert items and not {result.id for result in items} & {e.id for e in await ben.list_episodes()}
+
+
+def layers(results: list[SearchResult]) -> set[str]:
+    return {result.layer for result in results}
