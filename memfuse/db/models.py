@@ -99,45 +99,21 @@ MESSAGE_TSVECTOR = (
 copy): the words of ``messages.content_tsv`` once indexed, and of a row not indexed yet."""
 
 
-USER_WORD_PREFIX = 8
-"""Leading hex digits of the user's id that prefix each of the user's words in
-``ix_messages_user_words_gin`` (ids are random: two users share a prefix about once in four
-billion pairs, and then only share posting lists; every search still filters by user)."""
-
-USER_WORD_LIMIT = 200
-"""Words of more characters are indexed as they are, without the prefix: a lexeme holds at
-most 2046 bytes and a prefixed one must still fit (a 200-character word is at most 800)."""
+def message_user_lexeme(user: str) -> str:
+    """SQL: the lexeme that names the user ``user`` (an SQL uuid) among a message's indexed
+    words, ``'user <uuid>'``. The text parser never makes a lexeme with a space, so no word of
+    a message can be one."""
+    return f"'user '::text || {user}::text"  # as PostgreSQL prints it in the index
 
 
-def user_word(lexeme: str, user: str) -> str:
-    """SQL: the key of the word ``lexeme`` (SQL text) of the user ``user`` (SQL uuid) in
-    ``ix_messages_user_words_gin`` (:data:`MESSAGE_USER_WORDS` makes the same keys)."""
-    return (
-        f"CASE WHEN length({lexeme}) <= {USER_WORD_LIMIT} "
-        f"THEN left(({user})::text, {USER_WORD_PREFIX}) || {lexeme} ELSE {lexeme} END"
-    )
-
-
-MESSAGE_USER_WORDS = (
-    "(regexp_replace(content_tsv::text, "
-    r"'(^| )''((?:[^''\\]|''''|\\\\)"
-    f"{{1,{USER_WORD_LIMIT}}}"
-    r"''(?=:| |$))'::text, "
-    r"('\1'''::text || "
-    f'"left"(user_id::text, {USER_WORD_PREFIX}))'
-    r" || '\2'::text, "
-    "'g'::text)::tsvector)"
+MESSAGE_WORDS_OF_USER = (
+    f"(content_tsv || array_to_tsvector(ARRAY[{message_user_lexeme('user_id')}]))"
 )
-"""What ``ix_messages_user_words_gin`` indexes (migration 0011 holds a copy, in PostgreSQL's
-printed form so that autogenerate compares it equal): an indexed message's words, each
-prefixed with its user's (:func:`user_word`). The regular expression inserts the prefix after
-the opening quote of each lexeme of at most :data:`USER_WORD_LIMIT` characters in the
-tsvector's text (``'word':1,4 'other':2``, quotes and backslashes in a lexeme doubled).
-
-A search ORs its user's keys of the query's words, so the index hands back only that user's
-matching rows and reads only their posting lists. With the user as one more lexeme ANDed
-into the query (migration 0010), GIN also walked the posting list of all the user's
-messages, which grew with the history (docs/retrieval.md, "The user in the words' keys")."""
+"""What ``ix_messages_words_gin`` indexes: an indexed message's words and its user's lexeme
+(migration 0010 holds a copy). A full-text search ANDs its user's lexeme into the query, so
+the index itself hands back only that user's matching rows: the cost follows the matches,
+not the user's row count, which a bitmap of the user's rows ANDed with the words' did
+(docs/retrieval.md, "The user in the words' index")."""
 
 
 KNOWLEDGE_TSVECTOR = (
@@ -306,8 +282,8 @@ class Message(Base):
         Index(None, "user_id", "created_at"),
         _vector_index("messages"),
         Index(
-            "ix_messages_user_words_gin",
-            text(MESSAGE_USER_WORDS),
+            "ix_messages_words_gin",
+            text(MESSAGE_WORDS_OF_USER),
             postgresql_using="gin",
             postgresql_where=text("content_tsv IS NOT NULL"),
         ),

@@ -30,9 +30,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 from memfuse.config.urls import ASYNCPG_DIALECT
 from memfuse.db.models import (
     MESSAGE_TSVECTOR,
-    MESSAGE_USER_WORDS,
+    MESSAGE_WORDS_OF_USER,
     TEXT_SEARCH_CONFIG,
-    user_word,
+    message_user_lexeme,
 )
 from memfuse.db.value_filter import value_filter_sql
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
@@ -72,18 +72,14 @@ TEXT_RANK = "ts_rank(content_tsv, q.query, 1)"
 normalization 1 (rank / (1 + log(length))). On the LoCoMo development split it gave recall@1000
 0.806 where ``ts_rank_cd`` gave 0.794 (docs/retrieval.md)."""
 
-_QUOTED = r"'''' || replace(replace({value}, E'\\', E'\\\\'), '''', '''''') || ''''"
-"""A lexeme (``{value}``, SQL text) as a tsquery operand, taken as it is (not parsed or stemmed
-again): quoted, with its quotes and backslashes doubled."""
-_QUOTED_LEXEME = _QUOTED.format(value="lexeme")
-_QUOTED_USER_WORD = _QUOTED.format(value=user_word("lexeme", "CAST(:user_id AS uuid)"))
-"""A query's lexeme as the searching user's key in ``ix_messages_user_words_gin``."""
+_QUOTED_LEXEME = r"'''' || replace(replace(lexeme, E'\\', E'\\\\'), '''', '''''') || ''''"
+"""A lexeme as a tsquery operand, taken as it is (not parsed or stemmed again): quoted, with
+its quotes and backslashes doubled."""
 
 
 def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
     """The CTE ``query_terms``: one row with the query as a tsquery (``query``, its terms
-    OR'ed: what ranking reads), when ``bounded`` each layer's match (``{layer}_match``), and
-    with M0 its match as the user's word keys (``m0_words``).
+    OR'ed: what ranking reads) and, when ``bounded``, each layer's match (``{layer}_match``).
 
     A layer's match says which rows its full-text list ranks: rows with any of the query's
     uncommon terms; when every term is common, rows with all of them. ``:{layer}_common``
@@ -99,72 +95,49 @@ def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
             ''
         )::tsquery AS query,
         tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :query_text)) AS lexemes"""
-    words = "m0" in layers
     if not bounded:
-        if not words:
-            return f"""query_terms AS (
-    {parsed}
-)"""
         return f"""query_terms AS (
-    SELECT q.query, t.m0_words
-    FROM ({parsed}) AS q
-    CROSS JOIN LATERAL (
-        SELECT string_agg({_QUOTED_USER_WORD}, ' | ')::tsquery AS m0_words
-        FROM unnest(q.lexemes) AS lexeme
-    ) AS t
+    {parsed}
 )"""
     rare = "".join(
         f""",
-        (string_agg({quoted}, ' | ') FILTER (
+        (string_agg({_QUOTED_LEXEME}, ' | ') FILTER (
             WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
-        ))::tsquery AS {name}"""
+        ))::tsquery AS {layer}_rare"""
         for layer in layers
-        for quoted, name in _rare_columns(layer)
     )
     matches = ", ".join(f"coalesce(t.{layer}_rare, t.every) AS {layer}_match" for layer in layers)
-    every = f"string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS every"
-    if words:
-        matches += ", coalesce(t.m0_rare_words, t.every_words) AS m0_words"
-        every += f", string_agg({_QUOTED_USER_WORD}, ' & ')::tsquery AS every_words"
     return f"""query_terms AS (
     SELECT q.query, {matches}
     FROM ({parsed}) AS q
     CROSS JOIN LATERAL (
-        SELECT {every}{rare}
+        SELECT string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS every{rare}
         FROM unnest(q.lexemes) AS lexeme
     ) AS t
 )"""
 
 
-def _rare_columns(layer: Layer) -> tuple[tuple[str, str], ...]:
-    """The uncommon terms' columns of ``layer`` in ``query_terms``: quoted how, named what."""
-    if layer == "m0":
-        return ((_QUOTED_LEXEME, "m0_rare"), (_QUOTED_USER_WORD, "m0_rare_words"))
-    return ((_QUOTED_LEXEME, f"{layer}_rare"),)
-
-
 def _message_text_list(
-    filters: SearchFilters, table: str, source: str, schema: str, match: str, *, bounded: bool
+    filters: SearchFilters, table: str, source: str, schema: str, match: str
 ) -> str:
-    """The M0 full-text rows: the indexed rows with the query's words, found by their user's
-    word keys (``q.m0_words`` on ``ix_messages_user_words_gin``: a GIN scan of this user's
-    posting lists only), and the rows not indexed yet, their words read on the fly (few:
-    ``ix_messages_text_unindexed`` finds them by user; the embedding worker indexes a message
-    when it stores its vector).
+    """The M0 full-text rows: the indexed rows with the query's words and the user's lexeme
+    (one GIN scan returns only this user's matches), and the rows not indexed yet, their words
+    read on the fly (few: ``ix_messages_text_unindexed`` finds them by user; the embedding
+    worker indexes a message when it stores its vector).
 
     The first part repeats its index's predicate (``content_tsv IS NOT NULL``) so the planner
     can use it, and keeps the user condition as a filter only: as an index condition the
     planner ANDs a bitmap of all the user's rows into the scan, which cost more than the list.
-    When ``bounded``, ``m0_words`` holds the terms of ``match``; otherwise ``match`` is the
-    parsed query (phrases, negations) and also filters the rows the keys found.
     """
-    exact = "" if bounded else f" AND content_tsv @@ {match}"
+    user_words = (
+        f"({match} && quote_literal({message_user_lexeme('CAST(:user_id AS uuid)')})::tsquery)"
+    )
     unindexed_rank = TEXT_RANK.replace("content_tsv", MESSAGE_TSVECTOR)
     return f"""SELECT * FROM (
     SELECT id, ARRAY[id] AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
     WHERE {filters.where("m0", "t", schema, user_index=False)}
-      AND {MESSAGE_USER_WORDS} @@ q.m0_words AND content_tsv IS NOT NULL{exact}
+      AND {MESSAGE_WORDS_OF_USER} @@ {user_words} AND content_tsv IS NOT NULL
     UNION ALL
     SELECT id, ARRAY[id] AS message_ids, {unindexed_rank} AS rank
     FROM {table}, {source}
@@ -235,7 +208,7 @@ class SearchFilters:
 
         Not ``user_index``: the user condition is written so that the planner cannot make an
         index scan of it (it filters the rows another index found, which also bounds them to
-        the user: :data:`~memfuse.db.models.MESSAGE_USER_WORDS`).
+        the user: :data:`~memfuse.db.models.MESSAGE_WORDS_OF_USER`).
         """
         p = f"{alias}."
         user = f"{p}user_id = :user_id"
@@ -727,9 +700,7 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                 match = f"q.{layer}_match" if bounded else "q.query"
                 source = "query_terms AS q"
                 if layer == "m0":
-                    found = _message_text_list(
-                        filters, table, source, self.schema, match, bounded=bounded
-                    )
+                    found = _message_text_list(filters, table, source, self.schema, match)
                 else:
                     found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
