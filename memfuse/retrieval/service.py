@@ -11,7 +11,6 @@ Two shapes of result (``unit``):
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -46,8 +45,6 @@ MIN_RESULT_TOKENS = 10
 """A budget fetches enough rows to fill it with results this short (a turn is about 25)."""
 COMMON_TERMS_TTL = 300.0
 """Seconds a search reuses the common terms it read; ``MemFuse.analyze`` forgets them at once."""
-_Statement = Callable[..., Awaitable[list[ScoredRow]]]
-"""``SearchRepository.search`` with a search's options bound, but its layers and common terms."""
 LAYERS_HELD_USERS = 10_000
 """Users whose layers known to hold rows a search remembers (least recently searched go)."""
 CANDIDATES_PER_RESULT = 5
@@ -245,40 +242,25 @@ class RetrievalService:
             self._common_terms_read_at = now
         return self._common_terms
 
-    async def _run_search(
-        self, user_id: uuid.UUID, request: SearchRequest, statement: _Statement
+    async def _on_live_connection(
+        self, run: Callable[[PoolProxiedConnection], Awaitable[list[ScoredRow]]]
     ) -> list[ScoredRow]:
-        """Run a search on a pooled connection the pool does not ping first: the search's
-        first statement shows whether the connection is alive. If it went away (a restarted
-        server, a terminated backend), the search runs once more on a checked connection; a
-        search only reads, so running it twice is safe.
+        """``run`` on a pooled connection the pool does not ping first: its first statement
+        shows whether the connection is alive. If it went away (a restarted server, a
+        terminated backend), ``run`` goes once more on a checked connection; a search only
+        reads, so running it twice is safe.
         """
         used = False
         try:
             async with pooled_driver(self._engine, ping=False) as connection:
                 used = True
-                return await self._search_on(connection, user_id, request, statement)
+                return await run(connection)
         except Exception as error:
             if not used or not is_unavailable(error):
                 raise
             logger.info("search connection went away, searching again: %s", error)
         async with pooled_driver(self._engine) as connection:
-            return await self._search_on(connection, user_id, request, statement)
-
-    async def _search_on(
-        self,
-        connection: PoolProxiedConnection,
-        user_id: uuid.UUID,
-        request: SearchRequest,
-        statement: _Statement,
-    ) -> list[ScoredRow]:
-        repository = SearchRepository(connection, self.schema, self._monitor)
-        await repository.tune(self.ef_search)
-        common_terms = (
-            await self._read_common_terms(repository) if "text" in request.methods else None
-        )
-        layers = await self._layers_to_search(repository, user_id, request.layers)
-        return await statement(repository, layers=layers, common_terms=common_terms)
+            return await run(connection)
 
     async def _layers_to_search(
         self, repository: SearchRepository, user_id: uuid.UUID, requested: Sequence[Layer]
@@ -352,20 +334,29 @@ class RetrievalService:
         }
         if request.unit == "item":
             fetch *= 2  # room for rows dropped as already covered
-        statement = functools.partial(
-            SearchRepository.search,
-            filters=filters,
-            unit=request.unit,
-            query_text=request.query,
-            query_vector=vector,
-            methods=request.methods,
-            candidates=depth["text"],
-            vector_candidates=depth["vector"],
-            rrf_k=self.rrf_k,
-            limit=fetch,
-            explain=request.explain,
-        )
-        rows = await self._run_search(user_id, request, statement)
+
+        async def search_on(connection: PoolProxiedConnection) -> list[ScoredRow]:
+            repository = SearchRepository(connection, self.schema, self._monitor)
+            await repository.tune(self.ef_search)
+            common_terms = (
+                await self._read_common_terms(repository) if "text" in request.methods else None
+            )
+            return await repository.search(
+                filters,
+                unit=request.unit,
+                query_text=request.query,
+                query_vector=vector,
+                layers=await self._layers_to_search(repository, user_id, request.layers),
+                methods=request.methods,
+                candidates=depth["text"],
+                vector_candidates=depth["vector"],
+                rrf_k=self.rrf_k,
+                limit=fetch,
+                common_terms=common_terms,
+                explain=request.explain,
+            )
+
+        rows = await self._on_live_connection(search_on)
         results = tuple(fit(collapse(rows), request.top_k, request.max_tokens))
         self.results.put(user_id, request, results, generation)
         return list(results)

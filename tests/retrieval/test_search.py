@@ -67,6 +67,10 @@ def texts(results: list[SearchResult]) -> list[str]:
     return [result.content for result in results]
 
 
+def layers(results: list[SearchResult]) -> set[str]:
+    return {result.layer for result in results}
+
+
 @pytest.mark.model
 async def test_every_layer_method_and_unit_returns_only_the_callers_rows(mf: MemFuse) -> None:
     ana, ben = await memories(mf)
@@ -579,7 +583,7 @@ async def test_episodes_the_pipeline_writes_after_a_search_are_found_by_the_next
     mf: MemFuse,
 ) -> None:
     """With the real worker and pipeline running: a search right after ``add()`` may find no
-    episode yet (the layer is left out); once the pipeline wrote Ana's episode, the next
+    episode yet (the layer is left out); once the pipeline wrote Carol's episode, the next
     search probes M1 again and ranks it. Ben's episodes never reach Ana's results."""
     ana, ben = await memories(mf)  # flush(): the pipeline built both users' episodes
     ana_episodes = await ana.list_episodes()
@@ -595,7 +599,3 @@ async def test_episodes_the_pipeline_writes_after_a_search_are_found_by_the_next
     items = await ana.query("flight Lisbon", layers=["m1"], unit="item")
     assert {result.id for result in items} <= {episode.id for episode in ana_episodes}
     assert items and not {result.id for result in items} & {e.id for e in await ben.list_episodes()}
-
-
-def layers(results: list[SearchResult]) -> set[str]:
-    return {result.layer for result in results}
