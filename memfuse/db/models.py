@@ -99,21 +99,22 @@ MESSAGE_TSVECTOR = (
 copy): the words of ``messages.content_tsv`` once indexed, and of a row not indexed yet."""
 
 
-def message_user_lexeme(user: str) -> str:
-    """SQL: the lexeme that names the user ``user`` (an SQL uuid) among a message's indexed
-    words, ``'user <uuid>'``. The text parser never makes a lexeme with a space, so no word of
-    a message can be one."""
-    return f"'user '::text || {user}::text"  # as PostgreSQL prints it in the index
+def user_word(schema: str, word: str, user: str) -> str:
+    """SQL: the key of the word ``word`` (SQL text) of the user ``user`` (SQL uuid) in
+    ``ix_messages_user_words_gin``: the function ``user_word`` of memfuse's schema ``schema``
+    (migration 0011), the one rule the index and the search share."""
+    return f'"{schema}".user_word({word}, {user})'
 
 
-MESSAGE_WORDS_OF_USER = (
-    f"(content_tsv || array_to_tsvector(ARRAY[{message_user_lexeme('user_id')}]))"
-)
-"""What ``ix_messages_words_gin`` indexes: an indexed message's words and its user's lexeme
-(migration 0010 holds a copy). A full-text search ANDs its user's lexeme into the query, so
-the index itself hands back only that user's matching rows: the cost follows the matches,
-not the user's row count, which a bitmap of the user's rows ANDed with the words' did
-(docs/retrieval.md, "The user in the words' index")."""
+def message_user_words(schema: str) -> str:
+    """SQL: what ``ix_messages_user_words_gin`` indexes, an indexed message's words each as
+    its user's key (:func:`user_word`; 8 hex digits of the user's id, then the word).
+
+    A search ORs its user's keys of the query's words, so the index hands back only that
+    user's matching rows and reads only their posting lists. With the user as one more lexeme
+    ANDed into the query (migration 0010), GIN also walked the posting list of all the user's
+    messages, which grew with the history (docs/retrieval.md, "The user in the words' keys")."""
+    return f'"{schema}".user_words(content_tsv, user_id)'
 
 
 KNOWLEDGE_TSVECTOR = (
@@ -282,8 +283,8 @@ class Message(Base):
         Index(None, "user_id", "created_at"),
         _vector_index("messages"),
         Index(
-            "ix_messages_words_gin",
-            text(MESSAGE_WORDS_OF_USER),
+            "ix_messages_user_words_gin",
+            text(f"{SCHEMA}.user_words(content_tsv, user_id)"),  # as PostgreSQL prints it
             postgresql_using="gin",
             postgresql_where=text("content_tsv IS NOT NULL"),
         ),

@@ -30,9 +30,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 from memfuse.config.urls import ASYNCPG_DIALECT
 from memfuse.db.models import (
     MESSAGE_TSVECTOR,
-    MESSAGE_WORDS_OF_USER,
     TEXT_SEARCH_CONFIG,
-    message_user_lexeme,
+    message_user_words,
+    user_word,
 )
 from memfuse.db.value_filter import value_filter_sql
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
@@ -72,14 +72,16 @@ TEXT_RANK = "ts_rank(content_tsv, q.query, 1)"
 normalization 1 (rank / (1 + log(length))). On the LoCoMo development split it gave recall@1000
 0.806 where ``ts_rank_cd`` gave 0.794 (docs/retrieval.md)."""
 
-_QUOTED_LEXEME = r"'''' || replace(replace(lexeme, E'\\', E'\\\\'), '''', '''''') || ''''"
-"""A lexeme as a tsquery operand, taken as it is (not parsed or stemmed again): quoted, with
-its quotes and backslashes doubled."""
+_QUOTED = r"'''' || replace(replace({value}, E'\\', E'\\\\'), '''', '''''') || ''''"
+"""A lexeme (``{value}``, SQL text) as a tsquery operand, taken as it is (not parsed or stemmed
+again): quoted, with its quotes and backslashes doubled."""
+_QUOTED_LEXEME = _QUOTED.format(value="lexeme")
 
 
-def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
+def _query_terms(schema: str, layers: Sequence[Layer], *, bounded: bool) -> str:
     """The CTE ``query_terms``: one row with the query as a tsquery (``query``, its terms
-    OR'ed: what ranking reads) and, when ``bounded``, each layer's match (``{layer}_match``).
+    OR'ed: what ranking reads), when ``bounded`` each layer's match (``{layer}_match``), and
+    with M0 its match as the user's word keys (``m0_words``, :func:`_message_text_list`).
 
     A layer's match says which rows its full-text list ranks: rows with any of the query's
     uncommon terms; when every term is common, rows with all of them. ``:{layer}_common``
@@ -95,49 +97,67 @@ def _query_terms(layers: Sequence[Layer], *, bounded: bool) -> str:
             ''
         )::tsquery AS query,
         tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :query_text)) AS lexemes"""
-    if not bounded:
+    key = _QUOTED.format(value=user_word(schema, "lexeme", "CAST(:user_id AS uuid)"))
+    words = "m0" in layers
+    if not bounded and not words:
         return f"""query_terms AS (
     {parsed}
 )"""
-    rare = "".join(
-        f""",
-        (string_agg({_QUOTED_LEXEME}, ' | ') FILTER (
-            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
-        ))::tsquery AS {layer}_rare"""
-        for layer in layers
-    )
-    matches = ", ".join(f"coalesce(t.{layer}_rare, t.every) AS {layer}_match" for layer in layers)
-    return f"""query_terms AS (
-    SELECT q.query, {matches}
+    if not bounded:
+        return f"""query_terms AS (
+    SELECT q.query, t.m0_words
     FROM ({parsed}) AS q
     CROSS JOIN LATERAL (
-        SELECT string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS every{rare}
+        SELECT string_agg({key}, ' | ')::tsquery AS m0_words
+        FROM unnest(q.lexemes) AS lexeme
+    ) AS t
+)"""
+    every = f"string_agg({_QUOTED_LEXEME}, ' & ')::tsquery AS every"
+    columns = [(layer, _QUOTED_LEXEME, f"{layer}_rare") for layer in layers]
+    matches = [f"coalesce(t.{layer}_rare, t.every) AS {layer}_match" for layer in layers]
+    if words:
+        every += f", string_agg({key}, ' & ')::tsquery AS every_words"
+        columns.append(("m0", key, "m0_rare_words"))
+        matches.append("coalesce(t.m0_rare_words, t.every_words) AS m0_words")
+    rare = "".join(
+        f""",
+        (string_agg({quoted}, ' | ') FILTER (
+            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
+        ))::tsquery AS {name}"""
+        for layer, quoted, name in columns
+    )
+    return f"""query_terms AS (
+    SELECT q.query, {", ".join(matches)}
+    FROM ({parsed}) AS q
+    CROSS JOIN LATERAL (
+        SELECT {every}{rare}
         FROM unnest(q.lexemes) AS lexeme
     ) AS t
 )"""
 
 
 def _message_text_list(
-    filters: SearchFilters, table: str, source: str, schema: str, match: str
+    filters: SearchFilters, table: str, source: str, schema: str, match: str, *, bounded: bool
 ) -> str:
-    """The M0 full-text rows: the indexed rows with the query's words and the user's lexeme
-    (one GIN scan returns only this user's matches), and the rows not indexed yet, their words
-    read on the fly (few: ``ix_messages_text_unindexed`` finds them by user; the embedding
-    worker indexes a message when it stores its vector).
+    """The M0 full-text rows: the indexed rows with the query's words, found by their user's
+    word keys (``q.m0_words`` on ``ix_messages_user_words_gin``: a GIN scan of this user's
+    posting lists only), and the rows not indexed yet, their words read on the fly (few:
+    ``ix_messages_text_unindexed`` finds them by user; the embedding worker indexes a message
+    when it stores its vector).
 
     The first part repeats its index's predicate (``content_tsv IS NOT NULL``) so the planner
     can use it, and keeps the user condition as a filter only: as an index condition the
     planner ANDs a bitmap of all the user's rows into the scan, which cost more than the list.
+    When ``bounded``, ``m0_words`` holds the terms of ``match``; otherwise ``match`` is the
+    parsed query (phrases, negations) and also filters the rows the keys found.
     """
-    user_words = (
-        f"({match} && quote_literal({message_user_lexeme('CAST(:user_id AS uuid)')})::tsquery)"
-    )
+    exact = "" if bounded else f" AND content_tsv @@ {match}"
     unindexed_rank = TEXT_RANK.replace("content_tsv", MESSAGE_TSVECTOR)
     return f"""SELECT * FROM (
     SELECT id, ARRAY[id] AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}
     WHERE {filters.where("m0", "t", schema, user_index=False)}
-      AND {MESSAGE_WORDS_OF_USER} @@ {user_words} AND content_tsv IS NOT NULL
+      AND {message_user_words(schema)} @@ q.m0_words AND content_tsv IS NOT NULL{exact}
     UNION ALL
     SELECT id, ARRAY[id] AS message_ids, {unindexed_rank} AS rank
     FROM {table}, {source}
@@ -208,7 +228,7 @@ class SearchFilters:
 
         Not ``user_index``: the user condition is written so that the planner cannot make an
         index scan of it (it filters the rows another index found, which also bounds them to
-        the user: :data:`~memfuse.db.models.MESSAGE_WORDS_OF_USER`).
+        the user: :func:`~memfuse.db.models.message_user_words`).
         """
         p = f"{alias}."
         user = f"{p}user_id = :user_id"
@@ -538,7 +558,7 @@ def search_sql(
         else builder.items(explain=explain)
     )
     return positional(f"""
-WITH {_query_terms(layers, bounded=bounded)},
+WITH {_query_terms(schema, layers, bounded=bounded)},
 {", ".join(ctes)},
 ranked AS (
     {" UNION ALL ".join(ranked)}
@@ -700,7 +720,9 @@ ORDER BY scored.score DESC, scored.layer, scored.id"""
                 match = f"q.{layer}_match" if bounded else "q.query"
                 source = "query_terms AS q"
                 if layer == "m0":
-                    found = _message_text_list(filters, table, source, self.schema, match)
+                    found = _message_text_list(
+                        filters, table, source, self.schema, match, bounded=bounded
+                    )
                 else:
                     found = f"""SELECT id, {lineage} AS message_ids, {TEXT_RANK} AS rank
     FROM {table}, {source}

@@ -447,9 +447,9 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @pytest.mark.model
 async def test_the_message_words_index_hands_back_only_the_users_matches(mf: MemFuse) -> None:
     """Once the worker indexed the messages' words, the M0 full-text list reads them through
-    ``ix_messages_words_gin`` with the user's lexeme ANDed in: the index scan itself returns
-    only this user's matching rows (Ben shares Ana's words), never a bitmap of all her rows.
-    Other users' rows are not among the results, whatever the plan."""
+    ``ix_messages_user_words_gin`` under the user's keys: the index scan itself returns only
+    this user's matching rows (Ben shares Ana's words), never a bitmap of all her rows. Other
+    users' rows are not among the results, whatever the plan."""
     ana, ben = await memories(mf)  # the real worker embeds and indexes both users' turns
     engine = await resolve(mf.container.engine)
     async with pooled_driver(engine) as connection:
@@ -486,7 +486,7 @@ async def test_the_message_words_index_hands_back_only_the_users_matches(mf: Mem
         for node in plan_nodes(text_list)
         if node.get("Index Name")
     }
-    assert scans[("Bitmap Index Scan", "ix_messages_words_gin")] == 2  # Ana's, not Ben's
+    assert scans[("Bitmap Index Scan", "ix_messages_user_words_gin")] == 2  # Ana's, not Ben's
     assert all(name != "ix_messages_user_id_created_at" for _, name in scans)
     bens = await ben.query("booked flight Lisbon Porto", methods=["text"])
     assert set(texts(bens)) == {BEN_TURNS[0]["content"], BEN_TURNS[1]["content"]}
@@ -496,10 +496,10 @@ async def test_the_message_words_index_hands_back_only_the_users_matches(mf: Mem
 async def test_a_message_with_a_word_of_the_longest_lexeme_is_indexed_and_found(
     mf: MemFuse,
 ) -> None:
-    """A lexeme may hold 2046 bytes, and the words' index must take one that long (an index
-    expression that lengthened lexemes would fail the worker's write). The real worker indexes
-    the message without error, and a search finds it by its short words and by the long one,
-    for its user only."""
+    """A lexeme may hold 2046 bytes, and the words' index must take one that long (a user's
+    key that lengthened it would fail the worker's write: such words are their own keys). The
+    real worker indexes the message without error, and a search finds it by its short words
+    and by the long one, for its user only."""
     long_word = "f" * 2040  # a hex dump, say: one token
     ana = await mf.init("ana", session="dump")
     ben = await mf.init("ben", session="dump")
