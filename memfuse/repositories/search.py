@@ -79,9 +79,10 @@ _QUOTED_LEXEME = _QUOTED.format(value="lexeme")
 
 
 def _query_terms(schema: str, layers: Sequence[Layer], *, bounded: bool) -> str:
-    """The CTE ``query_terms``: one row with the query as a tsquery (``query``, its terms
-    OR'ed: what ranking reads), when ``bounded`` each layer's match (``{layer}_match``), and
-    with M0 its match as the user's word keys (``m0_words``, :func:`_message_text_list`).
+    """The CTE ``query_terms`` for the full-text lists of ``layers``: one row with the query as
+    a tsquery (``query``, its terms OR'ed: what ranking reads), when ``bounded`` each layer's
+    match (``{layer}_match``), and with M0 its match as the user's word keys (``m0_words``,
+    :func:`_message_text_list`).
 
     A layer's match says which rows its full-text list ranks: rows with any of the query's
     uncommon terms; when every term is common, rows with all of them. ``:{layer}_common``
@@ -558,7 +559,7 @@ def search_sql(
         else builder.items(explain=explain)
     )
     return positional(f"""
-WITH {_query_terms(schema, layers, bounded=bounded)},
+WITH {_query_terms(schema, layers if "text" in methods else (), bounded=bounded)},
 {", ".join(ctes)},
 ranked AS (
     {" UNION ALL ".join(ranked)}
