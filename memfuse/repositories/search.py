@@ -312,6 +312,19 @@ class ScoredRow:
     """With ``explain``: the item's rank in each list that ranked it (``"m0_vector": 3``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SearchFound:
+    """What one search statement found: its rows and, for the layers it was asked to watch,
+    which of them hold rows of the user (``None`` when no row came back to say it)."""
+
+    rows: list[ScoredRow]
+    held: frozenset[Layer] | None = None
+
+
+_SCORED_COLUMNS = 12
+"""The columns of :class:`ScoredRow` that every fused select lists first, in its order."""
+
+
 class SearchRepository:
     """Runs the fused search of one user's memory in one statement.
 
@@ -412,6 +425,7 @@ class SearchRepository:
         vector_candidates: int | None = None,
         common_terms: Mapping[Layer, Sequence[str]] | None = None,
         explain: bool = False,
+        watch: Sequence[Layer] = (),
     ) -> tuple[str, tuple[Any, ...]] | None:
         """The search's SQL (asyncpg's ``$n`` placeholders) and its arguments; ``None`` when
         no list is left to rank. :meth:`search` says what it finds."""
@@ -426,6 +440,7 @@ class SearchRepository:
             vector=query_vector is not None,
             bounded=common_terms is not None,
             explain=explain,
+            watch=tuple(watch),
         )
         if sql is None:
             return None
@@ -461,7 +476,8 @@ class SearchRepository:
         vector_candidates: int | None = None,
         common_terms: Mapping[Layer, Sequence[str]] | None = None,
         explain: bool = False,
-    ) -> list[ScoredRow]:
+        watch: Sequence[Layer] = (),
+    ) -> SearchFound:
         """The best ``limit`` results of the fused lists, best first.
 
         ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
@@ -470,6 +486,9 @@ class SearchRepository:
         ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
         ranks every row with any term. Each full-text list ranks ``candidates`` rows, each
         vector list ``vector_candidates`` (``candidates`` if ``None``).
+        ``watch``: layers left out of the search; every row also says which of them hold rows
+        of the user (``SearchFound.held``), read in the statement's own snapshot, so a caller
+        learns of a layer's first rows without a round trip of its own.
         """
         statement = self.statement(
             filters,
@@ -484,47 +503,48 @@ class SearchRepository:
             vector_candidates=vector_candidates,
             common_terms=common_terms,
             explain=explain,
+            watch=watch,
         )
         if statement is None:
-            return []
+            return SearchFound([])
         found = await self._fetch(statement[0], *statement[1])
-        if explain:
-            return [
-                replace(scored, score=float(scored.score), ranks=dict(row[-1]))
-                for row in found
-                for scored in (ScoredRow(*row[:-1]),)  # the columns, then the ranks
-            ]
-        # Positional: both fused selects list these columns in this order (ScoredRow's).
-        return [
-            ScoredRow(
-                layer,
-                id_,
-                float(score),
-                content,
-                session_id,
-                agent_id,
-                occurred_at,
-                tuple(message_ids),
-                token_count,
-                speaker,
-                embedded,
-                role,
-            )
-            for (
-                layer,
-                id_,
-                score,
-                content,
-                session_id,
-                agent_id,
-                occurred_at,
-                message_ids,
-                token_count,
-                speaker,
-                embedded,
-                role,
-            ) in found
-        ]
+        rows = [_scored(row, explain=explain) for row in found]
+        if not watch or not found:
+            return SearchFound(rows)
+        return SearchFound(rows, frozenset(found[0]["held"]))
+
+
+def _scored(row: Any, *, explain: bool) -> ScoredRow:
+    """A fused row as a :class:`ScoredRow` (its first columns, then ``ranks`` when explained)."""
+    (
+        layer,
+        id_,
+        score,
+        content,
+        session_id,
+        agent_id,
+        occurred_at,
+        message_ids,
+        token_count,
+        speaker,
+        embedded,
+        role,
+    ) = row[:_SCORED_COLUMNS]
+    return ScoredRow(
+        layer,
+        id_,
+        float(score),
+        content,
+        session_id,
+        agent_id,
+        occurred_at,
+        tuple(message_ids),
+        token_count,
+        speaker,
+        embedded,
+        role,
+        dict(row["ranks"]) if explain else None,
+    )
 
 
 _SHAPE_ID = uuid.UUID(int=0)
@@ -542,9 +562,11 @@ def search_sql(
     vector: bool,
     bounded: bool,
     explain: bool,
+    watch: tuple[Layer, ...] = (),
 ) -> tuple[str, tuple[str, ...]] | None:
     """The search statement for these options (asyncpg's ``$n`` placeholders) and its
-    parameters' names in ``$n`` order; ``None`` when no list is left to rank.
+    parameters' names in ``$n`` order; ``None`` when no list is left to rank. With ``watch``,
+    each row's last column ``held`` names the watched layers holding rows of the user.
 
     It depends on which filters are set, not on their values (``SearchFilters.shape``), so a
     process builds each distinct statement once.
@@ -553,10 +575,11 @@ def search_sql(
     ctes, ranked = builder.lists(shape, vector, layers, methods, bounded=bounded)
     if not ranked:
         return None
+    held = builder.held(watch)
     fused = (
-        builder.messages(shape, knowledge="knowledge" in layers, explain=explain)
+        builder.messages(shape, knowledge="knowledge" in layers, explain=explain, held=held)
         if unit == "message"
-        else builder.items(explain=explain)
+        else builder.items(explain=explain, held=held)
     )
     return positional(f"""
 WITH {_query_terms(schema, layers if "text" in methods else (), bounded=bounded)},
@@ -573,7 +596,19 @@ class _SearchSql:
     def __init__(self, schema: str) -> None:
         self.schema = schema
 
-    def messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool) -> str:
+    def held(self, watch: Sequence[Layer]) -> str:
+        """The column that names which of the ``watch`` layers hold rows of the user (index
+        probes on ``user_id``, evaluated once per statement), or nothing."""
+        if not watch:
+            return ""
+        probes = ", ".join(
+            f'CASE WHEN EXISTS (SELECT 1 FROM "{self.schema}".{LAYER_TABLES[layer]} '
+            f"WHERE user_id = :user_id) THEN '{layer}' END"
+            for layer in watch
+        )
+        return f",\n       array_remove(ARRAY[{probes}], NULL) AS held"
+
+    def messages(self, filters: SearchFilters, *, knowledge: bool, explain: bool, held: str) -> str:
         """Messages ranked by every list; with ``knowledge``, knowledge items beside them (they
         have no messages to rank), each scored by its own lists.
 
@@ -601,7 +636,7 @@ scored AS (
 WHERE {filters.where("m0", "m", self.schema)}"""
         if not knowledge:
             return f"""{scored}
-{messages}
+{messages}{held}
 {source}
 ORDER BY scored.score DESC, m.created_at, m.seq
 LIMIT :limit"""
@@ -620,12 +655,12 @@ fused AS (
     FROM knowledge_scored AS ks JOIN "{self.schema}".knowledge AS k ON k.id = ks.id
 )
 SELECT layer, id, score, content, session_id, agent_id, occurred_at, message_ids, token_count,
-       speaker, embedded, role{fused_ranks}
+       speaker, embedded, role{fused_ranks}{held}
 FROM fused
 ORDER BY score DESC, occurred_at, seq, id
 LIMIT :limit"""
 
-    def items(self, *, explain: bool) -> str:
+    def items(self, *, explain: bool, held: str) -> str:
         s = self.schema
         ranks = _RANKS if explain else ""
         selected_ranks = ",\n       scored.ranks" if explain else ""
@@ -646,7 +681,7 @@ SELECT scored.layer, scored.id, scored.score,
        m.name AS speaker,
        CASE scored.layer WHEN 'm2' THEN {fact_group_embedded("f", s)}
             ELSE coalesce(m.embedding, e.embedding, k.embedding) IS NOT NULL END AS embedded,
-       m.role{selected_ranks}
+       m.role{selected_ranks}{held}
 FROM scored
 LEFT JOIN "{s}".messages AS m ON scored.layer = 'm0' AND m.id = scored.id
 LEFT JOIN "{s}".episodes AS e ON scored.layer = 'm1' AND e.id = scored.id

@@ -20,9 +20,9 @@ from memfuse.container import resolve
 from memfuse.db.engines import pooled_driver
 from memfuse.errors import ValidationError
 from memfuse.memory import MemFuse, Memory
-from memfuse.repositories.search import SearchFilters, SearchRepository
+from memfuse.repositories.search import SearchFilters, SearchFound, SearchRepository
 from memfuse.retrieval.service import list_depth
-from memfuse.types import SearchResult
+from memfuse.types import SearchResult, Unit
 
 DAY = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -325,9 +325,9 @@ async def test_explain_gives_each_result_its_rank_in_every_list(database_url: st
 async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_url: str) -> None:
     """A search needs no transaction of its own: after its pooled connection got its session
     settings (custom plans, HNSW's ef_search and iterative scans), each search sends its one
-    statement, after one probe of the layers not known to hold the user's rows, and no ping
-    (the probe or the statement shows the connection is alive); the settings outlive the
-    search on that connection."""
+    statement and no ping (the statement shows the connection is alive). Layers not known to
+    hold the user's rows are left out of its lists and watched in the same statement; the
+    settings outlive the search on that connection."""
     async with MemFuse(
         database_url,
         embedder="none",
@@ -359,11 +359,10 @@ async def test_a_search_is_one_statement_on_a_connection_set_up_once(database_ur
         finally:
             driver.remove_query_logger(capture)
         assert ";" not in statements, "the pool pinged a search's connection"
-        probe, searched = statements  # Ana has no episode, fact or knowledge item
-        assert probe.startswith("SELECT EXISTS") and searched.lstrip().startswith(
-            "WITH query_terms"
-        )
-        assert "episodes" not in searched and "knowledge" not in searched
+        [searched] = statements  # Ana has no episode, fact or knowledge item
+        assert searched.lstrip().startswith("WITH query_terms")
+        assert not {"m1_text", "m2_text", "knowledge_text"} & set(searched.split())
+        assert "m1_vector" not in searched and "AS held" in searched  # watched, not searched
         async with engine.connect() as connection:  # the pool's one connection
             settings = (
                 await connection.execute(
@@ -417,7 +416,7 @@ async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) ->
         vector = await retrieval.embed_query("lighthouse lamp")
         engine = await resolve(mf.container.engine)
         async with pooled_driver(engine) as connection:
-            rows = await SearchRepository(connection, mf.settings.schema).search(
+            found = await SearchRepository(connection, mf.settings.schema).search(
                 SearchFilters(user_id=ana.scope.user_id),
                 unit="item",
                 query_text="lighthouse lamp",
@@ -430,6 +429,7 @@ async def test_each_method_ranks_as_many_rows_as_its_depth(database_url: str) ->
                 limit=100,
                 explain=True,
             )
+    rows = found.rows
     deepest = {
         name: max((row.ranks or {}).get(name, 0) for row in rows)
         for name in ("m0_vector", "m0_text")
@@ -517,12 +517,13 @@ async def test_a_message_with_a_word_of_the_longest_lexeme_is_indexed_and_found(
         assert texts(found) == [content], query
 
 
-async def test_layers_without_the_users_rows_are_left_out_and_probed_again(
+async def test_layers_without_the_users_rows_are_left_out_and_watched(
     database_url: str,
 ) -> None:
     """A search leaves out the layers where the user has no rows (planning their lists cost
-    more than a probe); a layer seen empty is probed at every search, so an item another
-    process writes meanwhile is found by the next search, with no cache to expire."""
+    more than checking them) and its statement checks them again, so an item another process
+    writes meanwhile is found by the next search, with no cache to expire. When nothing else
+    matches, so that no row carries the check's answer, a probe asks."""
     async with (
         MemFuse(database_url, embedder="none", pipeline_auto=False) as mf,
         MemFuse(database_url, embedder="none", pipeline_auto=False) as other_process,
@@ -540,6 +541,55 @@ async def test_layers_without_the_users_rows_are_left_out_and_probed_again(
         ben = await mf.init("ben", session="trip")
         await ben.add([turn("Ben", "The lighthouse on my street is a cafe now.")])
         assert layers(await ben.query("lighthouse island", methods=["text"])) == {"m0"}
+        carl = await mf.init("carl", session="trip")
+        await carl.add([turn("Carl", "We met at the harbour.")])
+        assert await carl.query("sailing boat", methods=["text"]) == []
+        carl_elsewhere = await other_process.init("carl", session="trip")
+        await carl_elsewhere.add_knowledge(["Carl's sailing boat is called Wave."])
+        found = await carl.query("sailing boat name", methods=["text"])  # no message matches
+        assert texts(found) == ["Carl's sailing boat is called Wave."]
+
+
+@pytest.mark.parametrize("unit", ["message", "item"])
+async def test_a_search_watching_layers_says_which_hold_the_users_rows(
+    database_url: str, unit: Unit
+) -> None:
+    """``watch``: the statement searches its layers and says which watched layers hold rows
+    of the searching user (Ben's knowledge does not count for Ana), with or without
+    ``explain``; when no row comes back, nothing carries the answer."""
+    async with MemFuse(database_url, embedder="none", pipeline_auto=False) as mf:
+        ana = await mf.init("ana", session="trip")
+        ben = await mf.init("ben", session="trip")
+        await ana.add([turn("Ana", "The lighthouse keeper painted the door red.")])
+        await ben.add_knowledge(["Ben keeps bees."])
+        engine = await resolve(mf.container.engine)
+
+        async def search(query: str, *, explain: bool = False) -> SearchFound:
+            async with pooled_driver(engine) as connection:
+                return await SearchRepository(connection, mf.settings.schema).search(
+                    SearchFilters(user_id=ana.scope.user_id),
+                    unit=unit,
+                    query_text=query,
+                    query_vector=None,
+                    layers=["m0"],
+                    methods=["text"],
+                    candidates=10,
+                    rrf_k=60,
+                    limit=10,
+                    explain=explain,
+                    watch=["m1", "m2", "knowledge"],
+                )
+
+        found = await search("lighthouse door")
+        assert [row.content for row in found.rows] == [
+            "The lighthouse keeper painted the door red."
+        ]
+        assert found.held == frozenset()
+        await ana.add_knowledge(["Ana's lighthouse stands on a rocky island."])
+        found = await search("lighthouse door", explain=True)
+        assert found.held == frozenset({"knowledge"}) and found.rows[0].ranks
+        assert {row.layer for row in found.rows} == {"m0"}  # watched, not searched
+        assert await search("bees") == SearchFound([], None)
 
 
 async def test_a_search_on_a_connection_that_went_away_runs_again(
@@ -584,7 +634,7 @@ async def test_episodes_the_pipeline_writes_after_a_search_are_found_by_the_next
 ) -> None:
     """With the real worker and pipeline running: a search right after ``add()`` may find no
     episode yet (the layer is left out); once the pipeline wrote Carol's episode, the next
-    search probes M1 again and ranks it. Ben's episodes never reach Ana's results."""
+    search sees M1 hold her rows and ranks it. Ben's episodes never reach Ana's results."""
     ana, ben = await memories(mf)  # flush(): the pipeline built both users' episodes
     ana_episodes = await ana.list_episodes()
     assert ana_episodes
