@@ -592,6 +592,37 @@ async def test_a_search_watching_layers_says_which_hold_the_users_rows(
         assert await search("bees") == SearchFound([], None)
 
 
+async def test_searches_beyond_the_pools_size_wait_for_its_connections(
+    database_url: str,
+) -> None:
+    """More concurrent searches than the pool holds wait for its connections instead of
+    opening overflow ones, which the pool closes as they come back (each a new server
+    process and session set-up): every search still answers, for its user only."""
+    async with MemFuse(
+        database_url,
+        embedder="none",
+        pipeline_auto=False,
+        search_cache_ttl=0.0,
+        pool_size=2,
+        max_overflow=10,
+    ) as mf:
+        ana = await mf.init("ana", session="harbour")
+        ben = await mf.init("ben", session="harbour")
+        await ana.add(
+            [turn("Ana", f"Harbour log {n}: the lighthouse lamp was cleaned.") for n in range(3)]
+        )
+        await ben.add([turn("Ben", "The lighthouse lamp in my town is broken.")])
+        registry = mf.container.engine_registry()
+        [before] = registry.stats().values()
+        found = await asyncio.gather(
+            *(ana.query(f"lighthouse lamp {n}", methods=["text"]) for n in range(40))
+        )
+        [after] = registry.stats().values()
+    assert all(len(results) == 3 for results in found)
+    assert all(text.startswith("Harbour log") for results in found for text in texts(results))
+    assert after.connections_opened - before.connections_opened <= 2  # the pool's own two
+
+
 async def test_a_search_on_a_connection_that_went_away_runs_again(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
