@@ -314,7 +314,6 @@ def make_retrieval_service(
         common_term_rows=settings.search_common_term_rows,
         result_cache=cache,
         embedding_cache_size=settings.query_embedding_cache_size,
-        concurrent_statements=settings.pool.pool_size,
     )
 
 

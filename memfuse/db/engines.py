@@ -417,6 +417,13 @@ class EngineRegistry:
         return remove
 
 
+def pool_size(engine: AsyncEngine) -> int | None:
+    """How many connections ``engine``'s pool keeps open; ``None`` for a pool that keeps no
+    fixed number (``NullPool``, ``StaticPool``)."""
+    pool = engine.sync_engine.pool
+    return pool.size() if isinstance(pool, AsyncAdaptedQueuePool) else None
+
+
 def _stats(key: str, entry: _Entry) -> EngineStats:
     pool = entry.engine.sync_engine.pool
     if isinstance(pool, AsyncAdaptedQueuePool):

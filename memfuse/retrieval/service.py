@@ -12,6 +12,7 @@ Two shapes of result (``unit``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from typing import TypeVar, cast, get_args
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
-from memfuse.db.engines import pooled_driver
+from memfuse.db.engines import pool_size, pooled_driver
 from memfuse.db.errors import is_unavailable
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
@@ -198,7 +199,6 @@ class RetrievalService:
         common_term_rows: int = 2000,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
-        concurrent_statements: int = 5,
     ) -> None:
         self._engine = engine
         self.embedder = embedder
@@ -215,7 +215,8 @@ class RetrievalService:
         self.embeddings: LruCache[tuple[float, ...]] = LruCache(embedding_cache_size)
         self.query_batcher = QueryBatcher(embedder) if embedder is not None else None
         self._layers_held: LruCache[frozenset[Layer]] = LruCache(LAYERS_HELD_USERS)
-        self._statements = asyncio.Semaphore(concurrent_statements)
+        capacity = pool_size(engine)  # the engine's own pool: a host app's may differ
+        self._statements = asyncio.Semaphore(capacity) if capacity is not None else None
         self.stats = RetrievalStats()
 
     async def search(self, user_id: uuid.UUID, request: SearchRequest) -> list[SearchResult]:
@@ -253,30 +254,25 @@ class RetrievalService:
         terminated backend), ``run`` goes once more on a checked connection; a search only
         reads, so running it twice is safe.
 
-        At most ``concurrent_statements`` searches (the pool's size) hold a connection at
-        once; the others wait here for one. Beyond the pool's size the pool opens overflow
-        connections and closes each as it comes back, so under sustained load searches paid
-        for new server processes and their session set-up (32 searchers on a pool of 5 + 10:
-        199 connections opened for 400 searches, 35-44 searches/s against 57-63 bounded;
-        docs/benchmarks.md). The query's embedding is made before, outside the bound.
+        At most the engine's pool size of searches hold a connection at once; the others
+        wait here for one. Beyond the pool's size the pool opens overflow connections and
+        closes each as it comes back, so under sustained load searches paid for new server
+        processes and their session set-up (32 searchers on a pool of 5 + 10: 199 connections
+        opened for 400 searches, 35-44 searches/s against 57-63 bounded; docs/benchmarks.md).
+        The query's embedding is made before, outside the bound.
         """
-        async with self._statements:
-            return await self._run_on_live_connection(run)
-
-    async def _run_on_live_connection(
-        self, run: Callable[[PoolProxiedConnection], Awaitable[list[ScoredRow]]]
-    ) -> list[ScoredRow]:
-        used = False
-        try:
-            async with pooled_driver(self._engine, ping=False) as connection:
-                used = True
+        async with self._statements or contextlib.nullcontext():
+            used = False
+            try:
+                async with pooled_driver(self._engine, ping=False) as connection:
+                    used = True
+                    return await run(connection)
+            except Exception as error:
+                if not used or not is_unavailable(error):
+                    raise
+                logger.info("search connection went away, searching again: %s", error)
+            async with pooled_driver(self._engine) as connection:
                 return await run(connection)
-        except Exception as error:
-            if not used or not is_unavailable(error):
-                raise
-            logger.info("search connection went away, searching again: %s", error)
-        async with pooled_driver(self._engine) as connection:
-            return await run(connection)
 
     async def _search_layers(
         self,
@@ -297,8 +293,12 @@ class RetrievalService:
         go, and searching an empty layer is only slower). When no row comes back to carry the
         answer, one probe asks.
         """
+
+        def searchable(held: frozenset[Layer]) -> tuple[Layer, ...]:
+            return tuple(layer for layer in requested if layer == "m0" or layer in held)
+
         held = self._layers_held.get(user_id) or frozenset()
-        searched = tuple(layer for layer in requested if layer == "m0" or layer in held)
+        searched = searchable(held)
         watched = tuple(layer for layer in requested if layer not in searched)
         found = await run(searched, watched)
         newly = found.held
@@ -309,7 +309,7 @@ class RetrievalService:
             return found.rows
         held = held | newly
         self._layers_held.put(user_id, held)
-        searched = tuple(layer for layer in requested if layer == "m0" or layer in held)
+        searched = searchable(held)
         self.stats.layers_skipped += len(requested) - len(searched)
         return (await run(searched, ())).rows
 
