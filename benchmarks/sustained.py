@@ -328,7 +328,25 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, help="also draw throughput and RSS over time into this PNG"
     )
-    run_benchmark("benchmarks.sustained", run, parser.parse_args())
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        help="draw --plot from an earlier result (this section's JSON, or a suite's) and exit",
+    )
+    args = parser.parse_args()
+    if args.plot_from is not None:
+        if args.plot is None:
+            parser.error("--plot-from needs --plot")
+        plot_result(json.loads(args.plot_from.read_text()), args.plot)
+        return
+    run_benchmark("benchmarks.sustained", run, args)
+
+
+def plot_result(result: dict[str, Any], path: Path) -> None:
+    """:func:`plot` of a recorded run: the section's own JSON or a ``memfuse bench`` suite's."""
+    section = result.get("sections", {}).get("sustained", result)
+    samples = [Sample(**sample) for sample in section["samples"]]
+    plot(samples, section["write_phase_s"], path)
 
 
 if __name__ == "__main__":

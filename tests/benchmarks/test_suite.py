@@ -7,6 +7,8 @@ speed goals live in the benchmarks themselves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,13 @@ def test_the_sustained_plot_draws_throughput_and_memory(tmp_path: Path) -> None:
     path = tmp_path / "sustained.png"
     sustained.plot(samples, write_s=15.0, path=path)
     assert path.read_bytes().startswith(b"\x89PNG"), "a PNG image"
+
+    # A recorded run draws the same plot: the section's own JSON or a suite's.
+    section = {"write_phase_s": 15.0, "samples": [dataclasses.asdict(s) for s in samples]}
+    for result in (section, {"sections": {"sustained": section}}):
+        again = tmp_path / "again.png"
+        sustained.plot_result(json.loads(json.dumps(result)), again)
+        assert again.read_bytes().startswith(b"\x89PNG")
 
 
 def retrieval_result(p50_by_size: dict[int, float]) -> dict[str, object]:
