@@ -5,6 +5,11 @@ bumps (``Memory`` writes, the pipeline storing M1/M2 rows; the embedding worker,
 know users, bumps every generation). A cached result is served only while its generation is
 current, so a write invalidates it at once in this process. Other processes' writes are not
 seen: there a result can be up to ``ttl`` seconds old.
+
+Generations only ever grow, and the counters are bounded: at most ``max_users`` users are
+tracked (none when nothing is cached); past that the cache starts afresh, and the shared epoch
+jumps past every generation handed out, so a search that read one before cannot store its
+result. A long-running process writing for millions of users keeps a bounded cache.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ class LruCache(Generic[V]):
         self._items.clear()
 
 
+MAX_USERS_TRACKED = 100_000
+"""Users whose write counters a result cache keeps before it starts afresh (15 MB of
+ids and counters, measured with tracemalloc)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry(Generic[V]):
     value: V
@@ -72,15 +82,24 @@ class ResultCache(Generic[V]):
         max_size: int,
         ttl: float,
         *,
+        max_users: int = MAX_USERS_TRACKED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl < 0:
             raise ValueError(f"ttl must be >= 0, got {ttl}")
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
         self.ttl = ttl
+        self.max_users = max_users
         self._entries: LruCache[_Entry[V]] = LruCache(max_size if ttl > 0 else 0)
         self._generations: dict[uuid.UUID, int] = {}
         self._epoch = 0
         self._clock = clock
+
+    @property
+    def users_tracked(self) -> int:
+        """How many users' write counters are kept (at most ``max_users``)."""
+        return len(self._generations)
 
     def generation(self, user_id: uuid.UUID) -> int:
         """The user's current generation; read it *before* computing a result to cache."""
@@ -105,5 +124,16 @@ class ResultCache(Generic[V]):
         if user_id is None:
             self._epoch += 1
             self._entries.clear()
-        else:
-            self._generations[user_id] = self._generations.get(user_id, 0) + 1
+            return
+        if self._entries.max_size == 0:
+            return  # nothing is ever cached, so nothing goes stale: no counter to keep
+        if user_id not in self._generations and len(self._generations) >= self.max_users:
+            self._start_afresh()
+        self._generations[user_id] = self._generations.get(user_id, 0) + 1
+
+    def _start_afresh(self) -> None:
+        """Forget every user's counter and every cached result. The epoch jumps past every
+        generation handed out so far: a search that read one before stores nothing."""
+        self._epoch += max(self._generations.values(), default=0) + 1
+        self._generations.clear()
+        self._entries.clear()

@@ -82,3 +82,33 @@ def test_ttl_zero_turns_the_result_cache_off() -> None:
     assert cache.get(ANA, "q") is None
     with pytest.raises(ValueError, match="ttl"):
         ResultCache(10, ttl=-1.0)
+
+
+def test_write_counters_are_bounded_and_a_fresh_start_refuses_results_in_flight() -> None:
+    """A long-running process writes for ever more users: the cache keeps at most
+    ``max_users`` counters, then starts afresh, and no result read before that is stored."""
+    cache: ResultCache[str] = ResultCache(10, ttl=60.0, max_users=2)
+    cache.put(ANA, "q", "ana's", cache.generation(ANA))
+    for _ in range(5):
+        cache.invalidate(BEN)  # Ben's counter is far ahead of the others
+    in_flight = {user: cache.generation(user) for user in (ANA, BEN)}
+    cache.invalidate(uuid.uuid4())
+    assert cache.users_tracked == 2 and cache.get(ANA, "q") == "ana's"
+
+    cache.invalidate(uuid.uuid4())  # a third writer: past the bound
+    assert cache.users_tracked == 1
+    assert cache.get(ANA, "q") is None, "every cached result went with the counters"
+    for user, generation in in_flight.items():
+        cache.put(user, "q", "read before the fresh start", generation)
+        assert cache.get(user, "q") is None
+    cache.put(ANA, "q", "ana's again", cache.generation(ANA))
+    assert cache.get(ANA, "q") == "ana's again"
+
+
+def test_with_the_cache_off_writes_keep_no_counters() -> None:
+    cache: ResultCache[str] = ResultCache(1000, ttl=0.0)
+    for _ in range(100):
+        cache.invalidate(uuid.uuid4())
+    assert cache.users_tracked == 0
+    with pytest.raises(ValueError, match="max_users"):
+        ResultCache(10, ttl=1.0, max_users=0)
