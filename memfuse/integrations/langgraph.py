@@ -50,12 +50,15 @@ from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from memfuse.errors import ConflictError, MemfuseError, NotFoundError, ValidationError
 from memfuse.memory import MemFuse
+from memfuse.retrieval.cache import LruCache
 from memfuse.types import KnowledgeRow, Page
 
 logger = logging.getLogger(__name__)
 
 WHOLE_VALUE = "$"
 MINUTE = 60.0
+USER_IDS_CACHED = 10_000
+"""Namespace users whose memfuse ids a store keeps (the least recently used go first)."""
 
 
 class MemFuseStore(BaseStore):
@@ -85,7 +88,8 @@ class MemFuseStore(BaseStore):
         self.user_label = user_label
         self.index_fields = tuple(index_fields) if index_fields else (WHOLE_VALUE,)
         self.ttl_config = ttl
-        self._user_ids: dict[str, uuid.UUID] = {}
+        # Bounded: a store whose namespaces name users may see millions of them over its life.
+        self._user_ids: LruCache[uuid.UUID] = LruCache(USER_IDS_CACHED)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -285,7 +289,7 @@ class MemFuseStore(BaseStore):
                 user = await tenancy.find_user(name)
         if user is None:
             return None
-        self._user_ids[name] = user.id
+        self._user_ids.put(name, user.id)
         return user.id
 
     def _user_name(self, namespace: Sequence[str], *, prefix: bool) -> str:

@@ -178,6 +178,23 @@ async def test_one_store_many_users_by_namespace_label(mf: MemFuse) -> None:
     assert [row.namespace for row in stored] == [("memories", "alice")]
 
 
+async def test_a_store_of_many_users_keeps_a_bounded_map_of_their_ids(
+    mf: MemFuse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose namespaces name users keeps the ids of the most recently used ones only;
+    a user who fell out is looked up again, and keeps every item."""
+    monkeypatch.setattr("memfuse.integrations.langgraph.USER_IDS_CACHED", 2)
+    store = MemFuseStore(mf, user_label=1)
+    for name in ("ana", "ben", "carl"):
+        await store.aput(("users", name), "note", {"text": f"{name} plays chess"})
+    assert len(store._user_ids) == 2, "ana's id went first"
+    ana = await store.aget(("users", "ana"), "note")
+    assert ana is not None and ana.value == {"text": "ana plays chess"}
+    await store.aput(("users", "ana"), "note", {"text": "ana plays go"})
+    ana_memory = await mf.init("ana")
+    assert [row.value for row in await ana_memory.list_knowledge()] == [{"text": "ana plays go"}]
+
+
 async def test_sync_methods_from_a_worker_thread(store: MemFuseStore) -> None:
     await store.aput(("s",), "k", {"v": 1})  # binds the store to this loop
 
