@@ -171,6 +171,19 @@ def steady_rate(samples: list[Sample], write_s: float) -> float:
     return (window[-1].processed - window[0].processed) / (window[-1].at_s - window[0].at_s)
 
 
+def rss_growth(samples: list[Sample], write_s: float) -> float | None:
+    """Resident memory's trend over the write phase's second half, in MB per minute (a least
+    squares slope): near 0 when memory has settled, positive when it keeps growing, which a
+    peak over a few minutes hides. ``None`` without RSS samples (not Linux)."""
+    window = [s for s in samples if write_s / 2 <= s.at_s <= write_s and s.rss_mb is not None]
+    if len(window) < 2 or window[-1].at_s == window[0].at_s:
+        return None
+    slope, _ = statistics.linear_regression(
+        [s.at_s for s in window], [float(s.rss_mb or 0.0) for s in window]
+    )
+    return round(slope * 60.0, 2)
+
+
 async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]:
     text_source, conversations = load_corpus(args.locomo)
     corpus = flat_messages(conversations)
@@ -256,6 +269,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             "median_connections": statistics.median(s.connections for s in samples),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "rss_after_warm_up_mb": rss_warm_mb,
+            "rss_growth_mb_per_min": rss_growth(samples, write_s),
             "peak_rss_vs_target_2gb": round(peak_rss_mb / TARGET_RSS_MB, 2),
             "monitor": {
                 name: {k: figures[k] for k in ("count", "p50_ms", "p95_ms") if k in figures}

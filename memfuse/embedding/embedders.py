@@ -73,6 +73,12 @@ ONEDNN_PRIMITIVE_CACHE_CAPACITY = 4
 """oneDNN kernels kept for reuse (its default is 1024): 4 gave the same speed and a peak
 123 MB (float32) to 147 MB (bfloat16) lower on LoCoMo texts (docs/embedding.md, "Memory")."""
 
+TORCH_LRU_CACHE_CAPACITY = 4
+"""torch's own cache of oneDNN computations (``LRU_CACHE_CAPACITY``, one entry per input shape,
+1024 by default): in bfloat16 every distinct pass shape kept its entry, 280 MB more after 17,000
+LoCoMo turns in passes of 1-64 and still growing in a long run; 4 kept memory flat at the same
+speed (docs/embedding.md, "Memory")."""
+
 GOMP_SPINCOUNT = 10_000
 """Rounds torch's OpenMP threads spin before they sleep (libgomp's default is 300,000): under
 load a text took 8.5 ms of CPU instead of 13.3; 0 (passive) doubled a lone query's encode
@@ -546,6 +552,10 @@ def _load_sentence_transformer(path: Path, device: str) -> _SentenceModel:
     # (docs/embedding.md, "Memory"). Read when oneDNN first runs, so an app that set it, or
     # ran oneDNN already, keeps its own.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
+    # torch keeps a second cache of its own over oneDNN's (its bfloat16 matrix products), one
+    # entry per shape, 1024 of them: the process grew ~0.25 MB/s for as long as a sustained run
+    # lasted. Read when torch first uses it, with the same rule as above.
+    os.environ.setdefault("LRU_CACHE_CAPACITY", str(TORCH_LRU_CACHE_CAPACITY))
     # torch's OpenMP threads (GNU libgomp on Linux) spin ~300,000 rounds between kernels;
     # beside the event loop and the database on few cores they burn the cores the others
     # need: 13.3 ms of CPU a text under load instead of 8.5 with a short spin, which keeps a

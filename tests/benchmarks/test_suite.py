@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,22 @@ def test_the_sustained_plot_draws_throughput_and_memory(tmp_path: Path) -> None:
         again = tmp_path / "again.png"
         sustained.plot_result(json.loads(json.dumps(result)), again)
         assert again.read_bytes().startswith(b"\x89PNG")
+
+
+def test_rss_growth_is_the_second_halfs_trend_per_minute() -> None:
+    def samples(rss: Callable[[float], float]) -> list[sustained.Sample]:
+        return [
+            sustained.Sample(at_s=t, added=t, processed=t, queue=0, connections=1, rss_mb=rss(t))
+            for t in range(0, 601, 10)
+        ]
+
+    # Warm-up growth in the first half does not count; a settled process reads 0.
+    settled = samples(lambda t: 500.0 + min(t, 250.0))
+    assert sustained.rss_growth(settled, write_s=600.0) == 0.0
+    # 0.25 MB/s for the whole run is 15 MB a minute.
+    climbing = samples(lambda t: 500.0 + 0.25 * t)
+    assert sustained.rss_growth(climbing, write_s=600.0) == pytest.approx(15.0)
+    assert sustained.rss_growth(samples(lambda t: 1.0)[:1], write_s=600.0) is None
 
 
 def retrieval_result(p50_by_size: dict[int, float]) -> dict[str, object]:

@@ -197,13 +197,18 @@ def test_a_bad_precision_fails_at_construction(tmp_path: Path) -> None:
 @pytest.mark.model
 @pytest.mark.parametrize(
     ("variable", "ours", "apps"),
-    [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4", "64"), ("GOMP_SPINCOUNT", "10000", "300000")],
+    [
+        ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4", "64"),
+        ("LRU_CACHE_CAPACITY", "4", "1024"),
+        ("GOMP_SPINCOUNT", "10000", "300000"),
+    ],
 )
 async def test_loading_sets_torchs_cpu_settings_unless_the_app_set_them(
     monkeypatch: pytest.MonkeyPatch, variable: str, ours: str, apps: str
 ) -> None:
-    """oneDNN's kernel cache capped, OpenMP threads that spin briefly between kernels: read
-    when torch first runs, so the model's load sets them, and an app's own value wins."""
+    """oneDNN's and torch's kernel caches capped, OpenMP threads that spin briefly between
+    kernels: read when torch first runs, so the model's load sets them, and an app's own value
+    wins."""
     monkeypatch.delenv(variable, raising=False)
     async with LocalEmbedder() as embedder:
         await embedder.load()
