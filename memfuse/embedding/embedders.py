@@ -554,7 +554,8 @@ def _load_sentence_transformer(path: Path, device: str) -> _SentenceModel:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
     # torch keeps a second cache of its own over oneDNN's (its bfloat16 matrix products), one
     # entry per shape, 1024 of them: the process grew ~0.25 MB/s for as long as a sustained run
-    # lasted. Read when torch first uses it, with the same rule as above.
+    # lasted. Read the first time torch runs oneDNN work (a process that imported torch and
+    # ran float32 work first still takes it); an app's own value wins.
     os.environ.setdefault("LRU_CACHE_CAPACITY", str(TORCH_LRU_CACHE_CAPACITY))
     # torch's OpenMP threads (GNU libgomp on Linux) spin ~300,000 rounds between kernels;
     # beside the event loop and the database on few cores they burn the cores the others
