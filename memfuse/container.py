@@ -213,6 +213,7 @@ def make_embedder(settings: Settings) -> Embedder | None:
             batch_size=settings.embedding_batch_size,
             batch_tokens=settings.embedding_batch_tokens,
             precision=settings.embedding_precision,
+            pass_threads=settings.embedding_pass_threads,
         )
     assert settings.embedding_base_url is not None and settings.embedding_model is not None
     return OpenAIEmbedder(

@@ -131,6 +131,7 @@ class Settings:
     # Embedding worker throughput and memory (issue 14; docs/embedding.md, "Memory").
     embedding_batch_tokens: int = 2048
     embedding_precision: str = "auto"
+    embedding_pass_threads: int = 2
     worker_chunk_size: int = 256
     search_candidates: int = 100
     search_rrf_k: int = 60
@@ -215,7 +216,7 @@ class Settings:
                 "fact_extractor",
                 f"must be one of {', '.join(FACT_EXTRACTORS)}, got {self.fact_extractor!r}",
             )
-        for name in ("embedding_batch_tokens", "worker_chunk_size"):  # issue 14's block
+        for name in ("embedding_batch_tokens", "embedding_pass_threads", "worker_chunk_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("worker_poll_interval", "worker_lease_seconds"):

@@ -84,6 +84,12 @@ GOMP_SPINCOUNT = 10_000
 load a text took 8.5 ms of CPU instead of 13.3; 0 (passive) doubled a lone query's encode
 (7.7 -> 15.4 ms), 10,000 kept it (7.9 ms) (docs/embedding.md, "Threads")."""
 
+DEFAULT_PASS_THREADS = 2
+"""Forward passes of one call run side by side, each on its share of torch's threads: on two
+cores beside the event loop and the database, two passes of one thread each embedded LoCoMo
+texts 1.5x as fast as one pass on two threads, whose threads wait for each other whenever
+another process takes one of the cores (docs/embedding.md, "Threads")."""
+
 _RELEASE_EVERY_PASSES = 8
 """With ``release_memory``, freed memory is handed back after about this many full passes'
 worth of word pieces: ~10 ms per release, a fraction of a percent of the encode time."""
@@ -140,10 +146,14 @@ class LocalEmbedder:
     """Embeds on this machine with a sentence-transformers model, by default all-MiniLM-L6-v2.
 
     The model is loaded once, on first use or by ``await load()``; loading and encoding run in
-    one thread of the embedder's own, so the event loop never blocks and the model's memory
-    stays in one allocator arena. Encodes are serialised (one model, one tokenizer; the CPU is
-    the bottleneck anyway). ``dimension`` is known without loading: 384 for the bundled model,
-    read from the model's config files for a ``model_path``. Only when those files do not tell
+    one thread of the embedder's own, so the event loop never blocks. Encodes are serialised
+    (one model, one tokenizer; the CPU is the bottleneck anyway). A call of several forward
+    passes runs them ``pass_threads`` at a time on threads of their own, each on its share of
+    torch's threads (on a CPU device with torch running at least that many): passes that do
+    not wait for each other keep the cores busy beside the event loop and the database
+    (docs/embedding.md, "Threads"). A single pass, such as a query's, runs on all of them.
+    ``dimension`` is known without loading: 384 for the bundled model, read from the model's
+    config files for a ``model_path``. Only when those files do not tell
     is the model loaded in the constructor, synchronously.
 
     The texts of a call are sorted by their length in word pieces and cut into forward passes
@@ -167,12 +177,17 @@ class LocalEmbedder:
         model_name: str | None = None,
         release_memory: bool = True,
         precision: str = "auto",
+        pass_threads: int = DEFAULT_PASS_THREADS,
     ) -> None:
         if not is_int(batch_size) or batch_size < 1:
             raise ConfigurationError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
         if not is_int(batch_tokens) or batch_tokens < 1:
             raise ConfigurationError(
                 "batch_tokens", f"must be an integer >= 1, got {batch_tokens!r}"
+            )
+        if not is_int(pass_threads) or pass_threads < 1:
+            raise ConfigurationError(
+                "pass_threads", f"must be an integer >= 1, got {pass_threads!r}"
             )
         if not isinstance(release_memory, bool):
             raise ConfigurationError(
@@ -213,6 +228,9 @@ class LocalEmbedder:
         self._batch_size = batch_size
         self._batch_tokens = batch_tokens
         self._release_memory = release_memory
+        self._pass_threads = pass_threads
+        self._passes: concurrent.futures.ThreadPoolExecutor | None = None
+        """Threads that run a call's forward passes side by side (made with the model)."""
         self._device = device.strip()
         self._normalize = normalize
         self.precision = resolve_precision(precision, self._device)
@@ -267,8 +285,10 @@ class LocalEmbedder:
         self._model = None
         with self._thread_lock:
             thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.shutdown(wait=False)
+            passes, self._passes = self._passes, None
+        for executor in (thread, passes):
+            if executor is not None:
+                executor.shutdown(wait=False)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors (when ``normalize``) for ``texts``, in order; ``[]`` without loading."""
@@ -303,8 +323,9 @@ class LocalEmbedder:
             return model
 
     async def _in_model_thread(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run ``function`` in the embedder's one thread: every tensor is allocated there, so
-        freed memory gathers in one arena instead of one per pooled thread."""
+        """Run ``function`` in the embedder's own thread: the model and the passes run by it
+        allocate their tensors there, not in one pooled thread after another, so freed memory
+        gathers in few allocator arenas (this one and the pass threads')."""
         with self._thread_lock:
             if self._closed:
                 raise ClosedError("the local embedder is closed")
@@ -353,8 +374,15 @@ class LocalEmbedder:
                 self._device,
                 self.load_seconds,
             )
-            if self._closed:  # closed while loading: do not keep it
-                raise ClosedError("the local embedder is closed")
+            passes = None
+            if self._pass_threads > 1 and self._device == "cpu" and _runs_features(model):
+                passes = _pass_executor(self._pass_threads)
+            with self._thread_lock:
+                if self._closed:  # closed while loading: do not keep it
+                    if passes is not None:
+                        passes.shutdown(wait=False)
+                    raise ClosedError("the local embedder is closed")
+                self._passes = passes
             self._model = model
             return model
 
@@ -366,19 +394,9 @@ class LocalEmbedder:
                 passes = plan_passes(lengths, self._batch_size, self._batch_tokens)
                 numpy = _numpy()
                 array = numpy.empty((len(texts), self.dimension), dtype=numpy.float32)
-                for indexes in passes:
-                    pass_tokens = len(indexes) * max(lengths[index] for index in indexes)
-                    precision = (
-                        self.precision if pass_tokens >= BFLOAT16_MIN_PASS_TOKENS else "float32"
-                    )
-                    with _precision_context(precision, self._device):
-                        part = model.encode(
-                            [texts[index] for index in indexes],
-                            batch_size=len(indexes),
-                            normalize_embeddings=self._normalize,
-                            convert_to_numpy=True,
-                            show_progress_bar=False,
-                        )
+                for indexes, part in zip(
+                    passes, self._run_passes(model, texts, lengths, passes), strict=True
+                ):
                     if tuple(part.shape) != (len(indexes), self.dimension):
                         raise EmbeddingError(
                             f"local embedding with {self.model_name} returned shape "
@@ -403,6 +421,63 @@ class LocalEmbedder:
         if not finite:
             raise EmbeddingError(f"local embedding with {self.model_name} returned NaN or inf")
         return vectors
+
+    def _run_passes(
+        self,
+        model: _SentenceModel,
+        texts: list[str],
+        lengths: list[int],
+        passes: list[list[int]],
+    ) -> list[Any]:
+        """Each pass's vectors (numpy arrays, in pass order).
+
+        Several passes run side by side on the pass threads, longest first, each tokenized
+        here before it is handed over (a tokenizer must not be used by two threads at once);
+        a single pass (a query) runs here, on all of torch's threads.
+        """
+        executor = self._passes
+        if executor is None or len(passes) < 2:
+            return [self._encode_pass(model, texts, lengths, indexes) for indexes in passes]
+        futures: list[concurrent.futures.Future[Any]] = []
+        try:
+            for indexes in passes:
+                features = _features(model, [texts[index] for index in indexes])
+                futures.append(
+                    executor.submit(
+                        self._forward, model, features, self._pass_precision(lengths, indexes)
+                    )
+                )
+        finally:
+            concurrent.futures.wait(futures)  # no pass outlives the call, even a failed one
+        return [future.result() for future in futures]
+
+    def _pass_precision(self, lengths: list[int], indexes: list[int]) -> str:
+        """bfloat16 pays off from ``BFLOAT16_MIN_PASS_TOKENS`` word pieces (padding included)."""
+        pass_tokens = len(indexes) * max(lengths[index] for index in indexes)
+        return self.precision if pass_tokens >= BFLOAT16_MIN_PASS_TOKENS else "float32"
+
+    def _encode_pass(
+        self, model: _SentenceModel, texts: list[str], lengths: list[int], indexes: list[int]
+    ) -> Any:
+        """One pass through sentence-transformers' own ``encode``, in this thread."""
+        with _precision_context(self._pass_precision(lengths, indexes), self._device):
+            return model.encode(
+                [texts[index] for index in indexes],
+                batch_size=len(indexes),
+                normalize_embeddings=self._normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
+    def _forward(self, model: _SentenceModel, features: dict[str, Any], precision: str) -> Any:
+        """One pass on a pass thread: what ``encode`` does after tokenizing (the forward pass,
+        the sentence embedding, normalised, as float32)."""
+        torch = _import_optional("torch")
+        with torch.inference_mode(), _precision_context(precision, self._device):
+            vectors = cast(Any, model)(features)["sentence_embedding"]
+            if self._normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.float().cpu().numpy()
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -442,6 +517,62 @@ def _precision_context(precision: str, device: str) -> contextlib.AbstractContex
         "contextlib.AbstractContextManager[Any]",
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16),
     )
+
+
+def _runs_features(model: object) -> bool:
+    """Whether passes can be run apart from ``encode``: a torch module that tokenizes."""
+    torch = _import_optional("torch")
+    return isinstance(model, torch.nn.Module) and callable(
+        getattr(model, "preprocess", None) or getattr(model, "tokenize", None)
+    )
+
+
+def _features(model: _SentenceModel, texts: list[str]) -> dict[str, Any]:
+    """The model's inputs for ``texts``: sentence-transformers' ``preprocess`` (``tokenize``
+    before version 5)."""
+    preprocess = getattr(model, "preprocess", None) or cast(Any, model).tokenize
+    return cast(dict[str, Any], preprocess(texts))
+
+
+def _pass_executor(count: int) -> concurrent.futures.ThreadPoolExecutor | None:
+    """Threads for forward passes side by side, each running torch on its share of torch's
+    threads; ``None`` when torch has fewer threads than ``count``.
+
+    torch's thread count is per thread, and a thread takes the last count set when it first
+    runs torch: the caller's count is set again once the pass threads hold theirs, so the
+    caller and threads started later keep it.
+    """
+    torch = _import_optional("torch")
+    threads = torch.get_num_threads()
+    if threads < count:
+        return None
+    ready = threading.Barrier(count + 1, timeout=30)
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=count,
+        thread_name_prefix="memfuse-embedder-pass",
+        initializer=_start_pass_thread,
+        initargs=(threads // count, ready),
+    )
+    for _ in range(count):
+        executor.submit(int)  # each start blocks in the initializer, so each makes a thread
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        logger.warning("the embedder's pass threads did not start; passes run one at a time")
+        executor.shutdown(wait=False)
+        return None
+    finally:
+        torch.set_num_threads(threads)
+    return executor
+
+
+def _start_pass_thread(threads: int, ready: threading.Barrier) -> None:
+    torch = _import_optional("torch")
+    torch.set_num_threads(threads)
+    # A thread takes its count when it first runs torch, from the count last set in the
+    # process: take it now, before the caller sets its own again.
+    torch.get_num_threads()
+    ready.wait()
 
 
 def plan_passes(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:

@@ -26,13 +26,14 @@ from memfuse.container import make_embedder
 from memfuse.embedding import embedders as embedders_module
 from memfuse.embedding.embedders import (
     DEFAULT_BATCH_TOKENS,
+    DEFAULT_PASS_THREADS,
     LocalEmbedder,
     cpu_has_native_bfloat16,
     plan_passes,
     release_freed_memory,
     resolve_precision,
 )
-from memfuse.errors import ConfigurationError
+from memfuse.errors import ConfigurationError, EmbeddingError
 
 
 def test_passes_hold_texts_of_one_length_under_both_limits() -> None:
@@ -70,8 +71,9 @@ def test_freed_memory_can_be_released_on_linux() -> None:
 def test_the_settings_have_a_token_budget_and_a_chunk_size() -> None:
     settings = Settings()
     assert settings.embedding_batch_tokens == DEFAULT_BATCH_TOKENS
+    assert settings.embedding_pass_threads == DEFAULT_PASS_THREADS
     assert settings.worker_chunk_size == 256
-    for name in ("embedding_batch_tokens", "worker_chunk_size"):
+    for name in ("embedding_batch_tokens", "embedding_pass_threads", "worker_chunk_size"):
         with pytest.raises(ConfigurationError, match=name):
             Settings(**{name: 0})
 
@@ -174,6 +176,8 @@ def test_bad_pass_settings_fail_at_construction(tmp_path: Path) -> None:
         LocalEmbedder(model_path=tmp_path, batch_tokens=0)
     with pytest.raises(ConfigurationError, match="release_memory"):
         LocalEmbedder(model_path=tmp_path, release_memory="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="pass_threads"):
+        LocalEmbedder(model_path=tmp_path, pass_threads=0)
 
 
 def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it_natively() -> None:
@@ -249,9 +253,11 @@ async def test_bfloat16_vectors_stay_within_the_issues_bar_of_float32() -> None:
 
 @pytest.mark.model
 def test_the_container_passes_the_token_budget() -> None:
-    embedder = make_embedder(Settings(embedding_batch_tokens=1000, embedding_batch_size=7))
+    embedder = make_embedder(
+        Settings(embedding_batch_tokens=1000, embedding_batch_size=7, embedding_pass_threads=1)
+    )
     assert isinstance(embedder, LocalEmbedder)
-    assert (embedder._batch_size, embedder._batch_tokens) == (7, 1000)
+    assert (embedder._batch_size, embedder._batch_tokens, embedder._pass_threads) == (7, 1000, 1)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -283,3 +289,79 @@ async def test_vectors_do_not_depend_on_the_passes(model: LocalEmbedder) -> None
             assert cosine(vector, wanted) >= 0.999
     finally:
         await small.aclose()
+
+
+class PassRecorder:
+    """Wraps the real model's forward pass: which thread ran each pass, on how many of torch's
+    threads, and optionally a failure on passes of one size."""
+
+    def __init__(self, embedder: LocalEmbedder, fail_on_texts: int | None = None) -> None:
+        import torch
+
+        self.torch = torch
+        self.model: Any = embedder._model
+        self.forward = self.model.forward
+        self.fail_on_texts = fail_on_texts
+        self.passes: list[tuple[str, int, int]] = []
+
+    def __call__(self, features: dict[str, Any], **kwargs: Any) -> Any:
+        texts = int(features["input_ids"].shape[0])
+        name = threading.current_thread().name
+        self.passes.append((name, self.torch.get_num_threads(), texts))
+        if texts == self.fail_on_texts:
+            raise RuntimeError("a pass failed")
+        return self.forward(features, **kwargs)
+
+    def __enter__(self) -> PassRecorder:
+        self.model.forward = self
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        del self.model.forward
+
+
+@pytest.mark.model
+async def test_the_passes_of_a_call_run_side_by_side_and_a_query_on_every_thread() -> None:
+    """Two passes of one torch thread each keep both cores busy when another process takes
+    one of them (docs/embedding.md, "Threads"); a lone query keeps all of torch's threads,
+    and so does every thread of the process that did not make the pass threads."""
+    import torch
+
+    threads = await asyncio.to_thread(torch.get_num_threads)
+    if threads < 2:
+        pytest.skip("torch runs one thread here: passes run one at a time")
+    sentence = "Caroline went to a support group and told Melanie about her painting. "
+    embedder = LocalEmbedder(batch_size=4, batch_tokens=400)
+    try:
+        await embedder.load()
+        with PassRecorder(embedder) as recorder:
+            await embedder.embed_documents([sentence * n for n in (1, 2, 3, 4, 5, 6, 7, 8)])
+            apart = list(recorder.passes)
+            recorder.passes.clear()
+            await embedder.embed_query("What did Caroline paint?")
+            query = list(recorder.passes)
+        assert len(apart) >= 2
+        assert {name.split("_")[0] for name, _, _ in apart} == {"memfuse-embedder-pass"}
+        assert {count for _, count, _ in apart} == {threads // DEFAULT_PASS_THREADS}
+        assert len(query) == 1
+        assert query[0][0].startswith("memfuse-embedder_") and query[0][1] == threads
+        assert await asyncio.to_thread(torch.get_num_threads) == threads
+    finally:
+        await embedder.aclose()
+
+
+@pytest.mark.model
+async def test_a_failed_pass_fails_the_call_and_leaves_the_embedder_working() -> None:
+    sentence = "Melanie ran a charity race for mental health. "
+    texts = [sentence * n for n in (1, 1, 1, 1, 20, 20)]  # passes of 4 short, 2 long texts
+    embedder = LocalEmbedder(batch_size=4, batch_tokens=2048)
+    try:
+        await embedder.load()
+        with (
+            PassRecorder(embedder, fail_on_texts=2),
+            pytest.raises(EmbeddingError, match="a pass failed"),
+        ):
+            await embedder.embed_documents(texts)
+        assert len(await embedder.embed_documents(texts)) == len(texts)
+    finally:
+        await embedder.aclose()
