@@ -286,9 +286,12 @@ class LocalEmbedder:
         with self._thread_lock:
             thread, self._thread = self._thread, None
             passes, self._passes = self._passes, None
-        for executor in (thread, passes):
-            if executor is not None:
-                executor.shutdown(wait=False)
+        if passes is not None and thread is not None:
+            thread.submit(passes.shutdown, wait=False)  # after the call in progress, if any
+        elif passes is not None:
+            passes.shutdown(wait=False)
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors (when ``normalize``) for ``texts``, in order; ``[]`` without loading."""

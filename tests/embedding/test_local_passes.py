@@ -33,7 +33,7 @@ from memfuse.embedding.embedders import (
     release_freed_memory,
     resolve_precision,
 )
-from memfuse.errors import ConfigurationError, EmbeddingError
+from memfuse.errors import ClosedError, ConfigurationError, EmbeddingError
 
 
 def test_passes_hold_texts_of_one_length_under_both_limits() -> None:
@@ -365,3 +365,16 @@ async def test_a_failed_pass_fails_the_call_and_leaves_the_embedder_working() ->
         assert len(await embedder.embed_documents(texts)) == len(texts)
     finally:
         await embedder.aclose()
+
+
+@pytest.mark.model
+async def test_closing_lets_the_call_in_progress_finish_its_passes() -> None:
+    sentence = "Caroline went to a support group and told Melanie about her painting. "
+    embedder = LocalEmbedder(batch_size=2, batch_tokens=400)
+    await embedder.load()
+    call = asyncio.create_task(embedder.embed_documents([sentence * n for n in range(1, 13)]))
+    await asyncio.sleep(0.01)  # the call is in the model thread, its passes on their way
+    await embedder.aclose()
+    assert len(await call) == 12
+    with pytest.raises(ClosedError):
+        await embedder.embed_query("What did Caroline paint?")
