@@ -39,6 +39,7 @@ from typing import Any
 from benchmarks.harness import source_version
 from benchmarks.layers import DEFAULT_LOCOMO, cpu_description, flat_messages, load_corpus, log
 from memfuse.embedding.embedders import LocalEmbedder
+from memfuse.monitor.performance import percentile
 
 SPIN_S = 0.004
 """How long the competing work spins in every ``2 * SPIN_S`` seconds."""
@@ -119,11 +120,6 @@ async def query_p50_ms(embedder: LocalEmbedder, queries: int) -> float:
     return round(statistics.median(samples), 2)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     texts = texts_like_the_worker(args.locomo, args.texts)
     variants = {
@@ -159,7 +155,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             **{
                 name: {
                     "texts_per_s_median": round(statistics.median(values), 1),
-                    "texts_per_s_p95": round(percentile(values, 0.95), 1),
+                    "texts_per_s_p95": round(percentile(sorted(values), 95), 1),
                     "rounds": values,
                     "query_p50_ms": queries[name],
                 }

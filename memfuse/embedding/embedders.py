@@ -86,9 +86,10 @@ load a text took 8.5 ms of CPU instead of 13.3; 0 (passive) doubled a lone query
 
 DEFAULT_PASS_THREADS = 2
 """Forward passes of one call run side by side, each on its share of torch's threads: on two
-cores beside the event loop and the database, two passes of one thread each embedded LoCoMo
-texts 1.5x as fast as one pass on two threads, whose threads wait for each other whenever
-another process takes one of the cores (docs/embedding.md, "Threads")."""
+cores, two passes of one thread each embedded LoCoMo texts 1.46x as fast as one pass on two
+threads beside a busy process, 1.26x beside a busy Python thread, 1.07x alone; one pass's two
+threads wait for each other whenever other work takes a core (docs/embedding.md, "Passes side
+by side")."""
 
 _RELEASE_EVERY_PASSES = 8
 """With ``release_memory``, freed memory is handed back after about this many full passes'
