@@ -166,6 +166,7 @@ async def pipeline_resource(
         concurrency=settings.pipeline_concurrency,
         batch_messages=settings.pipeline_batch_messages,
         poll_interval=settings.pipeline_poll_interval,
+        pass_interval=settings.pipeline_pass_interval,
         on_stored=cache.invalidate,
     )
     after_commit.wake_also(pipeline.notify)

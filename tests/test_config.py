@@ -158,6 +158,7 @@ def test_pool_keys_at_the_top_level_are_rejected(tmp_path: Path) -> None:
         ({"fact_extractor": "llm", "llm_base_url": "http://x/v1"}, "llm_model"),
         ({"llm_base_url": "ftp://x"}, "llm_base_url"),
         ({"pipeline_poll_interval": 0}, "pipeline_poll_interval"),
+        ({"pipeline_pass_interval": -1}, "pipeline_pass_interval"),
         ({"max_message_chars": 0}, "max_message_chars"),
     ],
 )

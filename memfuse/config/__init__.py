@@ -106,6 +106,7 @@ class Settings:
     pipeline_auto: bool = True
     pipeline_batch_messages: int = 500
     pipeline_poll_interval: float = 30.0
+    pipeline_pass_interval: float = 1.0
     episode_target_tokens: int = 700
     episode_max_tokens: int = 800
     episode_idle_gap: float = 3600.0
@@ -181,6 +182,7 @@ class Settings:
                 raise ConfigurationError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in (
             "buffer_max_delay",
+            "pipeline_pass_interval",
             "episode_idle_gap",
             "embed_delay",
             "llm_max_retries",

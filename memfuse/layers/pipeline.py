@@ -109,11 +109,19 @@ class LayerPipeline:
         concurrency: int = 4,
         batch_messages: int = 500,
         poll_interval: float = 30.0,
+        pass_interval: float = 0.0,
         on_stored: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
-        """``on_stored(user_id)`` runs after each commit of new M1/M2 rows (caches use it)."""
+        """``on_stored(user_id)`` runs after each commit of new M1/M2 rows (caches use it).
+
+        ``pass_interval`` is the shortest time between the starts of two background passes:
+        messages written meanwhile wait and are processed together, in fewer and larger
+        steps (each step's reads, locks and writes are paid per step, not per message).
+        :meth:`flush` and :meth:`process_pending` never wait for it."""
         if concurrency < 1 or batch_messages < 1:
             raise ValueError("concurrency and batch_messages must be at least 1")
+        if pass_interval < 0:
+            raise ValueError("pass_interval must be 0 or more")
         self._session_factory = session_factory
         self.processors = {processor.layer: processor for processor in processors}
         self._monitor = monitor
@@ -121,6 +129,7 @@ class LayerPipeline:
         self._concurrency = concurrency
         self._batch_messages = batch_messages
         self._poll_interval = poll_interval
+        self._pass_interval = pass_interval
         self._on_stored = on_stored
         self._pass_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -361,12 +370,16 @@ class LayerPipeline:
     async def _run_forever(self) -> None:
         # A (re)started loop passes at once: work may be pending since before the failure.
         self._wake.set()
+        loop = asyncio.get_running_loop()
         while not self._closed:
             await wait_at_most(self._wake.wait(), self._poll_interval)
             self._wake.clear()
+            started = loop.time()
             await self.process_pending(retry_failed=False)
             if self._runner is not None:
                 self._runner.healthy()
+            # Messages written from now on join the next pass, at most this much later.
+            await asyncio.sleep(max(0.0, started + self._pass_interval - loop.time()))
 
     async def close(self) -> None:
         """Stop the background runner; work in progress rolls back and is redone later."""

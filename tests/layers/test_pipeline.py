@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -203,6 +204,48 @@ async def test_the_background_runner_processes_new_messages(database_url: str) -
             await asyncio.sleep(0.05)
         [episode] = await memory.list_episodes()
     assert "Miso" in episode.content
+
+
+async def test_the_background_runner_gathers_writes_within_its_pass_interval(
+    database_url: str,
+) -> None:
+    async with MemFuse(database_url, pipeline_pass_interval=0.5) as mf:
+        pipeline = await resolve(mf.container.pipeline)
+        process_pending = pipeline.process_pending
+        loop = asyncio.get_running_loop()
+        starts: list[float] = []
+
+        async def timed(*, retry_failed: bool = True) -> Any:
+            starts.append(loop.time())
+            return await process_pending(retry_failed=retry_failed)
+
+        pipeline.process_pending = timed  # type: ignore[method-assign]
+        memory = await mf.init("ana")
+        for turn in range(12):
+            await memory.add([{"role": "user", "content": f"Turn {turn}: I adopted a cat."}])
+            await asyncio.sleep(0.05)
+        for _ in range(100):
+            episodes = await memory.list_episodes()
+            if sum(len(e.message_ids) for e in episodes) == 12:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(len(e.message_ids) for e in episodes) == 12
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert gaps, "the writes took more than one pass"
+    assert min(gaps) >= 0.49, f"passes started {gaps} s apart"
+    assert len(starts) <= 4, "twelve writes 50 ms apart were processed in a few passes"
+
+
+async def test_flush_does_not_wait_for_the_pass_interval(database_url: str) -> None:
+    async with MemFuse(database_url, pipeline_pass_interval=600) as mf:
+        memory = await mf.init("ana")
+        await memory.add([{"role": "user", "content": "I adopted a cat named Miso."}])
+        await asyncio.wait_for(mf.flush(), timeout=30)
+        [episode] = await memory.list_episodes()
+        await memory.add([{"role": "user", "content": "Miso likes the balcony."}])
+        await asyncio.wait_for(mf.flush(), timeout=30)
+        [episode] = await memory.list_episodes()
+    assert "balcony" in episode.content
 
 
 async def test_the_background_runner_restarts_after_an_unexpected_error(
