@@ -109,7 +109,7 @@ class LayerPipeline:
         concurrency: int = 4,
         batch_messages: int = 500,
         poll_interval: float = 30.0,
-        pass_interval: float = 0.0,
+        pass_interval: float = 1.0,
         on_stored: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
         """``on_stored(user_id)`` runs after each commit of new M1/M2 rows (caches use it).
