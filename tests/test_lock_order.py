@@ -37,6 +37,25 @@ async def deadlocks(url: str) -> int:
         await connection.close()
 
 
+async def orphans(url: str) -> dict[str, int]:
+    """Rows left without their session (messages: the trigger's cascade, migration 0012;
+    the others: foreign keys) or their message's job without its message."""
+    connection = await asyncpg.connect(**asyncpg_connect_args(url))
+    try:
+        messages = await connection.fetchval(
+            "SELECT count(*) FROM memfuse.messages AS m WHERE NOT EXISTS ("
+            " SELECT 1 FROM memfuse.sessions AS s WHERE (s.id, s.user_id, s.agent_id)"
+            " = (m.session_id, m.user_id, m.agent_id))"
+        )
+        jobs = await connection.fetchval(
+            "SELECT count(*) FROM memfuse.embedding_jobs AS j WHERE j.table_name = 'messages'"
+            " AND NOT EXISTS (SELECT 1 FROM memfuse.messages AS m WHERE m.id = j.row_id)"
+        )
+        return {"messages": int(messages), "message_jobs": int(jobs)}
+    finally:
+        await connection.close()
+
+
 def turns(prefix: str, count: int) -> list[dict[str, str]]:
     return [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"{prefix} says thing {i}"}
@@ -96,6 +115,7 @@ async def test_writers_racing_the_worker_and_the_pipeline_never_deadlock(
                 return_exceptions=True,
             )
             assert unexpected(outcomes) == [], f"round {round_}: {unexpected(outcomes)}"
+            assert await orphans(database_url) == {"messages": 0, "message_jobs": 0}
         await mf.flush()
         assert (await resolve(mf.container.embedding_worker)) is not None and await (
             await resolve(mf.container.embedding_worker)
@@ -121,3 +141,28 @@ async def test_deleting_users_while_the_worker_embeds_their_rows(
             assert unexpected(outcomes) == []
         await mf.flush()
     assert await deadlocks(database_url) == before
+
+
+@pytest.mark.slow
+async def test_adds_racing_the_deletion_of_their_session_leave_no_orphan(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    """A session is deleted while several callers add to it, beside the worker and the
+    pipeline: each add() is written before the deletion (and deleted with the session) or
+    fails with NotFoundError; no message outlives its session (the trigger's cascade,
+    migration 0012)."""
+    async with memfuse_with_model(
+        database_url, model, buffer_enabled=False, worker_poll_interval=0.2
+    ) as mf:
+        for round_ in range(6):
+            memory = await mf.init(f"racer-{round_}", session="doomed")
+            await memory.add(turns("first", 8))
+            writers = [memory.add(turns(f"w{n}", 5)) for n in range(6)]
+            await asyncio.sleep(0.02 * (round_ % 3))
+            outcomes = await asyncio.gather(
+                *writers[:3], memory.delete_session(), *writers[3:], return_exceptions=True
+            )
+            assert unexpected(outcomes) == [], f"round {round_}: {unexpected(outcomes)}"
+            assert await orphans(database_url) == {"messages": 0, "message_jobs": 0}
+            assert await (await mf.init(f"racer-{round_}", session="doomed")).list_messages() == []
+        await mf.flush()

@@ -19,7 +19,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -236,13 +235,15 @@ class Agent(Base):
 
 
 class Session(Base):
-    """A conversation; ``message_count`` is the per-session counter that numbers messages."""
+    """A conversation; ``message_count`` is the per-session counter that numbers messages.
+
+    Its id, user and agent never change (a trigger refuses it, migration 0012): its messages
+    carry them.
+    """
 
     __tablename__ = "sessions"
     __table_args__ = (
         UniqueConstraint("user_id", "name"),
-        # What a message's key to its session references: the session with its owner.
-        UniqueConstraint("id", "user_id", "agent_id"),
         Index(None, "agent_id"),
         CheckConstraint("message_count >= 0", name="message_count_non_negative"),
     )
@@ -263,18 +264,15 @@ class Message(Base):
     ``content_tsv`` (its words) is NULL until indexed: by the embedding worker with the
     vector, at insert when no embedder runs, by ``messages_index_text`` when the text changes
     (migration 0009). Search reads an unindexed row's words on the fly
-    (``ix_messages_text_unindexed``). Its one key to the session carries the user and the
-    agent: a message always has its session's.
+    (``ix_messages_text_unindexed``). ``(session_id, user_id, agent_id)`` is always a
+    session with its user and agent, and goes with it: triggers check it once per INSERT
+    statement and delete a session's messages with it (migration 0012, cheaper than the
+    foreign key it replaces, which PostgreSQL checks row by row).
     """
 
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("session_id", "seq"),
-        ForeignKeyConstraint(
-            ["session_id", "user_id", "agent_id"],
-            [f"{SCHEMA}.sessions.id", f"{SCHEMA}.sessions.user_id", f"{SCHEMA}.sessions.agent_id"],
-            ondelete="CASCADE",
-        ),
         CheckConstraint(
             "role IN (" + ", ".join(f"'{role}'" for role in MESSAGE_ROLES) + ")",
             name="role_known",

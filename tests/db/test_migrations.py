@@ -6,7 +6,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -67,18 +69,19 @@ async def memfuse_objects(engine: AsyncEngine, schema: str = "memfuse") -> int:
         )
 
 
-async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
+async def insert_message(engine: AsyncEngine, content: str = "hello", *, user: str = "u") -> str:
     """A user, agent, session and one message; returns the message id."""
     async with engine.begin() as connection:
-        user = (
+        user_id = (
             await connection.execute(
-                text("INSERT INTO memfuse.users (name) VALUES ('u') RETURNING id")
+                text("INSERT INTO memfuse.users (name) VALUES (:name) RETURNING id"),
+                {"name": user},
             )
         ).scalar_one()
         agent = (
             await connection.execute(
                 text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'a') RETURNING id"),
-                {"u": user},
+                {"u": user_id},
             )
         ).scalar_one()
         session = (
@@ -87,7 +90,7 @@ async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
                     "INSERT INTO memfuse.sessions (user_id, agent_id, name)"
                     " VALUES (:u, :a, 's') RETURNING id"
                 ),
-                {"u": user, "a": agent},
+                {"u": user_id, "a": agent},
             )
         ).scalar_one()
         message = (
@@ -97,7 +100,7 @@ async def insert_message(engine: AsyncEngine, content: str = "hello") -> str:
                     " (user_id, agent_id, session_id, seq, role, content)"
                     " VALUES (:u, :a, :s, 1, 'user', :c) RETURNING id"
                 ),
-                {"u": user, "a": agent, "s": session, "c": content},
+                {"u": user_id, "a": agent, "s": session, "c": content},
             )
         ).scalar_one()
     return str(message)
@@ -304,37 +307,123 @@ async def test_a_message_is_indexed_later_and_again_when_its_text_changes(
     )
 
 
-async def test_a_message_names_its_sessions_user_and_agent(migrated_engine: AsyncEngine) -> None:
-    """The one key to the session carries its user and agent: a row naming another agent is
-    refused, and deleting the agent's sessions' owner deletes the messages with them."""
-    message_id = await insert_message(migrated_engine)
-    async with migrated_engine.begin() as connection:
-        scope = (
+async def scope_of(engine: AsyncEngine, message_id: str) -> Any:
+    async with engine.begin() as connection:
+        return (
             await connection.execute(
-                text("SELECT user_id, session_id FROM memfuse.messages WHERE id = :id"),
+                text("SELECT user_id, agent_id, session_id FROM memfuse.messages WHERE id = :id"),
                 {"id": message_id},
             )
         ).one()
+
+
+INSERT_TWO_MESSAGES = (
+    "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
+    " VALUES (:u, :a, :s, 2, 'user', 'x'), (:u2, :a2, :s2, 3, 'user', 'y')"
+)
+
+
+async def test_a_message_names_its_sessions_user_and_agent(migrated_engine: AsyncEngine) -> None:
+    """Every row of an INSERT names a session with its user and agent (checked once per
+    statement, migration 0012): one wrong row refuses the whole statement."""
+    scope = await scope_of(migrated_engine, await insert_message(migrated_engine))
+    async with migrated_engine.begin() as connection:
         other_agent = (
             await connection.execute(
                 text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
                 {"u": scope.user_id},
             )
         ).scalar_one()
-    with pytest.raises(IntegrityError, match="fk_messages_session_id_sessions"):
+        other_user = (
+            await connection.execute(
+                text("INSERT INTO memfuse.users (name) VALUES ('v') RETURNING id")
+            )
+        ).scalar_one()
+    good = {"u": scope.user_id, "a": scope.agent_id, "s": scope.session_id}
+    second = {f"{key}2": value for key, value in good.items()}
+    for wrong in ({"a2": other_agent}, {"u2": other_user}, {"s2": uuid.uuid4()}):
+        with pytest.raises(IntegrityError, match="names no session of its user and agent") as e:
+            async with migrated_engine.begin() as connection:
+                await connection.execute(text(INSERT_TWO_MESSAGES), good | second | wrong)
+        cause = e.value.orig.__cause__  # type: ignore[union-attr]
+        assert isinstance(cause, asyncpg.ForeignKeyViolationError)
+        assert cause.constraint_name == "messages_session_key"
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text(INSERT_TWO_MESSAGES), good | second)
+        count = await connection.scalar(text("SELECT count(*) FROM memfuse.messages"))
+    assert count == 3
+
+
+async def test_a_sessions_messages_go_with_it_and_with_its_user(
+    migrated_engine: AsyncEngine,
+) -> None:
+    """Deleting sessions deletes their messages (one statement for many sessions); deleting
+    a user deletes them through the user's sessions."""
+    kept = await scope_of(migrated_engine, await insert_message(migrated_engine))
+    doomed = [
+        await scope_of(migrated_engine, await insert_message(migrated_engine, user=user))
+        for user in ("v", "w")
+    ]
+
+    async def messages_of(session_id: uuid.UUID) -> int:
+        async with migrated_engine.begin() as connection:
+            found = await connection.scalar(
+                text("SELECT count(*) FROM memfuse.messages WHERE session_id = :s"),
+                {"s": session_id},
+            )
+        return int(found or 0)
+
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("DELETE FROM memfuse.sessions WHERE id = ANY(:ids)"),
+            {"ids": [scope.session_id for scope in doomed]},
+        )
+    assert [await messages_of(scope.session_id) for scope in doomed] == [0, 0]
+    assert await messages_of(kept.session_id) == 1
+    async with migrated_engine.begin() as connection:
+        await connection.execute(
+            text("DELETE FROM memfuse.users WHERE id = :u"), {"u": kept.user_id}
+        )
+        left = await connection.scalar(text("SELECT count(*) FROM memfuse.messages"))
+    assert left == 0
+
+
+@pytest.mark.parametrize(
+    ("statement", "column"),
+    [
+        ("UPDATE memfuse.messages SET agent_id = :other_agent WHERE id = :id", "agent"),
+        ("UPDATE memfuse.sessions SET agent_id = :other_agent WHERE id = :session", "agent"),
+        ("UPDATE memfuse.sessions SET id = gen_random_uuid() WHERE id = :session", "id"),
+    ],
+)
+async def test_the_keys_between_a_message_and_its_session_never_change(
+    migrated_engine: AsyncEngine, statement: str, column: str
+) -> None:
+    message_id = await insert_message(migrated_engine)
+    scope = await scope_of(migrated_engine, message_id)
+    async with migrated_engine.begin() as connection:
+        other_agent = (
+            await connection.execute(
+                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
+                {"u": scope.user_id},
+            )
+        ).scalar_one()
+    with pytest.raises(IntegrityError, match=f"the .*{column}.* never change"):
         async with migrated_engine.begin() as connection:
             await connection.execute(
-                text(
-                    "INSERT INTO memfuse.messages"
-                    " (user_id, agent_id, session_id, seq, role, content)"
-                    " VALUES (:u, :a, :s, 2, 'user', 'x')"
-                ),
-                {"u": scope.user_id, "a": other_agent, "s": scope.session_id},
+                text(statement),
+                {"id": message_id, "session": scope.session_id, "other_agent": other_agent},
             )
-    async with migrated_engine.begin() as connection:
-        await connection.execute(text("DELETE FROM memfuse.users"))
-        left = (await connection.execute(text("SELECT count(*) FROM memfuse.messages"))).scalar()
-    assert left == 0
+    async with migrated_engine.begin() as connection:  # an unchanged key is no change
+        await connection.execute(
+            text("UPDATE memfuse.messages SET agent_id = agent_id, content = 'y' WHERE id = :id"),
+            {"id": message_id},
+        )
+        await connection.execute(
+            text("UPDATE memfuse.sessions SET name = 'renamed' WHERE id = :s"),
+            {"s": scope.session_id},
+        )
+    assert await scope_of(migrated_engine, message_id) == scope
 
 
 async def test_0009_keeps_indexed_words_and_gives_them_back_as_generated(
