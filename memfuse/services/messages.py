@@ -19,6 +19,8 @@ of that session from M0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from memfuse.buffer import WriteBuffer
 from memfuse.db.engines import pooled_driver
+from memfuse.db.errors import is_unavailable
 from memfuse.errors import ConflictError, NotFoundError, ValidationError
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
 from memfuse.monitor.performance import PerformanceMonitor
@@ -56,6 +59,8 @@ from memfuse.validation import (
     validate_messages,
 )
 
+logger = logging.getLogger(__name__)
+
 MESSAGE_ID_CONSTRAINT = "pk_messages"
 """The primary key a concurrent write of the same client id violates."""
 
@@ -82,9 +87,10 @@ class MessageWriter:
     transaction, so it is its own: the whole write is one round trip after the pool's
     checkout, and the server takes the writers' locks, looks client ids up, numbers and
     inserts the rows and stores the counters, all or nothing. The connection comes from the
-    engine's pool (its checkout, ping and accounting as for every statement); the statement
-    itself goes to asyncpg directly (:func:`~memfuse.repositories.messages.write_messages`
-    says why) and is timed here as ``db_query``, as the engine's hooks time every other one.
+    engine's pool (its checkout and accounting as for every statement, without the ping:
+    see :meth:`_run`); the statement itself goes to asyncpg directly
+    (:func:`~memfuse.repositories.messages.write_messages` says why) and is timed here as
+    ``db_query``, as the engine's hooks time every other one.
 
     ``index_text``: stem each message's words into ``content_tsv`` at insert. Off, the
     embedding worker does it when it stores the vector, off the caller's path (a batch
@@ -140,16 +146,36 @@ class MessageWriter:
         return [[message.id for message in request.messages] for request in requests]
 
     async def _run(self, columns: MessageColumns) -> int:
-        """The statement on a pooled connection (:func:`~memfuse.db.engines.pooled_driver`),
-        timed."""
+        """The statement on a pooled connection (:func:`~memfuse.db.engines.pooled_driver`)
+        that the pool does not ping first: the statement shows whether it is alive.
+
+        If the connection went away (a restarted server, a terminated backend), the write
+        goes once more on a checked connection with every id marked as the caller's, so ids
+        already stored in their session are skipped: whether or not the first attempt
+        committed before its connection broke, each message is stored once.
+        """
+        used = False
+        try:
+            async with pooled_driver(self._engine, ping=False) as connection:
+                used = True
+                return await self._timed(connection.driver_connection, columns)
+        except Exception as error:
+            if not used or not is_unavailable(error):
+                raise
+            logger.info("write connection went away, writing again: %s", error)
+        retry = dataclasses.replace(columns, client=[True] * len(columns.ids))
         async with pooled_driver(self._engine) as connection:
-            timer = (
-                self._monitor.track_operation(QUERY_OPERATION)
-                if self._monitor is not None
-                else contextlib.nullcontext()
-            )
-            with timer:
-                return await write_messages(connection.driver_connection, self._call, columns)
+            return await self._timed(connection.driver_connection, retry)
+
+    async def _timed(self, driver: Any, columns: MessageColumns) -> int:
+        """The statement on ``driver``, timed as ``db_query``."""
+        timer = (
+            self._monitor.track_operation(QUERY_OPERATION)
+            if self._monitor is not None
+            else contextlib.nullcontext()
+        )
+        with timer:
+            return await write_messages(driver, self._call, columns)
 
 
 def message_columns(

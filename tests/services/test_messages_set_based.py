@@ -26,12 +26,13 @@ from sqlalchemy import text
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import resolve
 from memfuse.embedding.embedders import LocalEmbedder
-from memfuse.errors import DatabaseUnavailableError, NotFoundError, ValidationError
+from memfuse.errors import NotFoundError, ValidationError
 from memfuse.memory import MemFuse, Memory
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
+from memfuse.services import messages as messages_service
 from memfuse.services.messages import MessageWriter, WriteRequest
 from memfuse.types import MemoryScope
-from memfuse.validation import MessageInput
+from memfuse.validation import MessageInput, validate_messages
 
 
 @pytest.fixture(params=[True, False], ids=["buffered", "direct"])
@@ -107,17 +108,18 @@ async def test_an_add_is_one_statement_and_one_round_trip(
         assert await numbers(mf, memory) == list(range(1, 1004))
 
 
-async def test_the_pools_ping_is_one_more_round_trip(
+async def test_the_write_skips_the_pools_ping(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the ping on (the default), an ``add()`` sends two messages: the ping, then the
-    statement (SQLAlchemy's own ping on asyncpg sent three: BEGIN, the ping, ROLLBACK)."""
+    """With the ping on (the default), an ``add()`` still sends one message: its statement
+    shows whether the connection is alive (it sent the ping first before; SQLAlchemy's own
+    ping on asyncpg sends three: BEGIN, the ping, ROLLBACK)."""
     async with MemFuse(database_url, pipeline_auto=False, buffer_enabled=False) as mf:
         memory = await mf.init("alice", session="trips")
         await memory.add(said(2, "warm-up"))
         with counting(mf, monkeypatch) as counts:
-            await memory.add(said(1, "pinged"))
-        assert counts == {"statements": 1, "sends": 2}
+            await memory.add(said(1, "not pinged"))
+        assert counts == {"statements": 1, "sends": 1}
 
 
 async def test_concurrent_calls_of_many_sessions_share_one_statement_per_batch(
@@ -160,32 +162,68 @@ async def test_the_write_is_timed_as_a_query_failed_or_not(
     assert samples == [True, False]
 
 
-async def test_a_write_on_a_broken_connection_fails_once_and_the_pool_replaces_it(
-    database_url: str,
+async def terminate_other_backends(database_url: str) -> None:
+    killer = await asyncpg.connect(**asyncpg_connect_args(database_url))
+    try:
+        await killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await killer.close()
+
+
+@pytest.mark.parametrize("pool_pre_ping", [True, False])
+async def test_a_write_on_a_connection_that_went_away_is_written_once_on_a_new_one(
+    database_url: str, pool_pre_ping: bool
 ) -> None:
-    """The write runs on the driver's connection, outside SQLAlchemy's error handling, so the
-    writer itself hands a broken connection back as invalid: without the pool's ping (which
-    would find it first) one call fails, and the next one writes on a new connection."""
+    """The writer skips the pool's ping: its statement finds a pooled connection that went
+    away, the pool replaces it, and the write goes once more on a checked connection."""
     async with MemFuse(
-        database_url, pipeline_auto=False, buffer_enabled=False, pool_pre_ping=False
+        database_url, pipeline_auto=False, buffer_enabled=False, pool_pre_ping=pool_pre_ping
     ) as mf:
         memory = await mf.init("alice")
         await memory.add(said(1, "before"))
-        killer = await asyncpg.connect(**asyncpg_connect_args(database_url))
-        try:
-            await killer.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await killer.close()
-        with pytest.raises(DatabaseUnavailableError):
-            await memory.add(said(1, "lost"))
+        await terminate_other_backends(database_url)
+        await memory.add(said(2, "across"))
         await memory.add(said(1, "after"))
         assert [row.content for row in await memory.list_messages(order="asc")] == [
             "before 0",
+            "across 0",
+            "across 1",
             "after 0",
         ]
+        assert [row.seq for row in await memory.list_messages(order="asc")] == [1, 2, 3, 4]
+
+
+async def test_a_write_whose_connection_broke_after_it_committed_is_not_stored_twice(
+    database_url: str,
+) -> None:
+    """The connection breaks after the server committed the write but before the answer
+    came back: the second attempt finds the ids stored in their session and skips them."""
+    async with MemFuse(database_url, pipeline_auto=False, buffer_enabled=False) as mf:
+        memory = await mf.init("alice")
+        writer = await resolve(mf.container.message_writer)
+        calls = 0
+        real_write = messages_service.write_messages
+
+        async def commit_then_break(driver: Any, call: str, columns: Any) -> int:
+            nonlocal calls
+            calls += 1
+            written = await real_write(driver, call, columns)
+            if calls == 1:
+                await driver.close()  # committed: the answer is lost with the connection
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+            return written
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(messages_service, "write_messages", commit_then_break)
+            checked = validate_messages(said(3, "once"), max_chars=1000)
+            ids = (await writer.write([WriteRequest(memory.scope, checked)]))[0]
+        assert calls == 2
+        stored = await memory.list_messages(order="asc")
+        assert [row.id for row in stored] == ids
+        assert [row.seq for row in stored] == [1, 2, 3]
 
 
 # --- one call of 50,000 messages ---------------------------------------------------------------
