@@ -15,7 +15,8 @@ composite foreign key of migration 0009, ``(session_id, user_id, agent_id)`` to 
   messages go with them, as the key's ``ON DELETE CASCADE`` did; so deleting a user or an
   agent still deletes their messages, through their sessions. In READ COMMITTED each statement
   of the trigger sees every message committed before it, including those of a writer the
-  deletion waited for.
+  deletion waited for. ``sessions_truncate_messages``: truncating the sessions (``TRUNCATE
+  ... CASCADE`` from ``users``, as the foreign key's cascade did) deletes every message.
 - ``messages_keep_session`` / ``sessions_keep_owner``: the key columns of a message, and a
   session's id, user and agent, never change (memfuse never changes them; a change would
   separate a message from its session's owner). Raises SQLSTATE 23000.
@@ -97,6 +98,17 @@ def upgrade() -> None:
         REFERENCING OLD TABLE AS old_rows
         FOR EACH STATEMENT EXECUTE FUNCTION "{s}".delete_session_messages()""")
     op.execute(f"""
+        CREATE FUNCTION "{s}".delete_all_messages() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM "{s}".messages;  -- not TRUNCATE: the rows' own triggers drop their jobs
+            RETURN NULL;
+        END
+        $$""")
+    op.execute(f"""
+        CREATE TRIGGER sessions_truncate_messages AFTER TRUNCATE ON "{s}".sessions
+        FOR EACH STATEMENT EXECUTE FUNCTION "{s}".delete_all_messages()""")
+    op.execute(f"""
         CREATE FUNCTION "{s}".refuse_key_change() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
@@ -127,6 +139,8 @@ def downgrade() -> None:
     op.execute(f'DROP TRIGGER sessions_keep_owner ON "{s}".sessions')
     op.execute(f'DROP TRIGGER messages_keep_session ON "{s}".messages')
     op.execute(f'DROP FUNCTION "{s}".refuse_key_change()')
+    op.execute(f'DROP TRIGGER sessions_truncate_messages ON "{s}".sessions')
+    op.execute(f'DROP FUNCTION "{s}".delete_all_messages()')
     op.execute(f'DROP TRIGGER sessions_delete_messages ON "{s}".sessions')
     op.execute(f'DROP FUNCTION "{s}".delete_session_messages()')
     op.execute(f'DROP TRIGGER messages_check_session ON "{s}".messages')

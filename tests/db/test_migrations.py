@@ -388,6 +388,21 @@ async def test_a_sessions_messages_go_with_it_and_with_its_user(
     assert left == 0
 
 
+async def test_truncating_the_users_takes_the_messages_and_their_jobs(
+    migrated_engine: AsyncEngine,
+) -> None:
+    """``TRUNCATE users CASCADE`` reaches the sessions through their foreign keys and the
+    messages through the sessions' trigger, which deletes them row by row so their queued
+    embedding jobs go too."""
+    message_id = await insert_message(migrated_engine)
+    assert await jobs_for(migrated_engine, message_id) == 1
+    async with migrated_engine.begin() as connection:
+        await connection.execute(text("TRUNCATE memfuse.users CASCADE"))
+        left = await connection.scalar(text("SELECT count(*) FROM memfuse.messages"))
+    assert left == 0
+    assert await jobs_for(migrated_engine, message_id) == 0
+
+
 @pytest.mark.parametrize(
     ("statement", "column"),
     [
