@@ -317,6 +317,18 @@ async def scope_of(engine: AsyncEngine, message_id: str) -> Any:
         ).one()
 
 
+async def second_agent(engine: AsyncEngine, user_id: uuid.UUID) -> uuid.UUID:
+    """Another agent of the user, ``b``."""
+    async with engine.begin() as connection:
+        agent: uuid.UUID = (
+            await connection.execute(
+                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
+                {"u": user_id},
+            )
+        ).scalar_one()
+    return agent
+
+
 INSERT_TWO_MESSAGES = (
     "INSERT INTO memfuse.messages (user_id, agent_id, session_id, seq, role, content)"
     " VALUES (:u, :a, :s, 2, 'user', 'x'), (:u2, :a2, :s2, 3, 'user', 'y')"
@@ -327,13 +339,8 @@ async def test_a_message_names_its_sessions_user_and_agent(migrated_engine: Asyn
     """Every row of an INSERT names a session with its user and agent (checked once per
     statement, migration 0012): one wrong row refuses the whole statement."""
     scope = await scope_of(migrated_engine, await insert_message(migrated_engine))
+    other_agent = await second_agent(migrated_engine, scope.user_id)
     async with migrated_engine.begin() as connection:
-        other_agent = (
-            await connection.execute(
-                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
-                {"u": scope.user_id},
-            )
-        ).scalar_one()
         other_user = (
             await connection.execute(
                 text("INSERT INTO memfuse.users (name) VALUES ('v') RETURNING id")
@@ -416,13 +423,7 @@ async def test_the_keys_between_a_message_and_its_session_never_change(
 ) -> None:
     message_id = await insert_message(migrated_engine)
     scope = await scope_of(migrated_engine, message_id)
-    async with migrated_engine.begin() as connection:
-        other_agent = (
-            await connection.execute(
-                text("INSERT INTO memfuse.agents (user_id, name) VALUES (:u, 'b') RETURNING id"),
-                {"u": scope.user_id},
-            )
-        ).scalar_one()
+    other_agent = await second_agent(migrated_engine, scope.user_id)
     with pytest.raises(IntegrityError, match=f"the .*{column}.* never change"):
         async with migrated_engine.begin() as connection:
             await connection.execute(
