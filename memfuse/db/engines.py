@@ -13,10 +13,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
@@ -209,6 +209,35 @@ async def pooled_driver(
         raise
     finally:
         await greenlet_spawn(connection.close)
+
+
+T = TypeVar("T")
+
+
+async def on_live_connection(
+    engine: AsyncEngine,
+    run: Callable[[PoolProxiedConnection], Awaitable[T]],
+    again: Callable[[PoolProxiedConnection], Awaitable[T]],
+    *,
+    what: str,
+    log: logging.Logger,
+) -> T:
+    """``run`` on a pooled connection the pool does not ping first (:func:`pooled_driver`
+    with ``ping=False``): its first statement shows whether the connection is alive. If it
+    went away (a restarted server, a terminated backend), ``again`` runs on a pinged one;
+    ``again`` must be safe whether or not ``run`` took effect. The retry is logged on the
+    caller's ``log``, naming the work (``what``)."""
+    used = False
+    try:
+        async with pooled_driver(engine, ping=False) as connection:
+            used = True
+            return await run(connection)
+    except Exception as error:
+        if not used or not is_unavailable(error):
+            raise
+        log.info("%s connection went away, running again: %s", what, error)
+    async with pooled_driver(engine) as connection:
+        return await again(connection)
 
 
 async def _empty_statement(connection: Any) -> None:

@@ -24,8 +24,7 @@ from typing import TypeVar, cast, get_args
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
-from memfuse.db.engines import pool_size, pooled_driver
-from memfuse.db.errors import is_unavailable
+from memfuse.db.engines import on_live_connection, pool_size, pooled_driver
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
@@ -262,17 +261,7 @@ class RetrievalService:
         The query's embedding is made before, outside the bound.
         """
         async with self._statements or contextlib.nullcontext():
-            used = False
-            try:
-                async with pooled_driver(self._engine, ping=False) as connection:
-                    used = True
-                    return await run(connection)
-            except Exception as error:
-                if not used or not is_unavailable(error):
-                    raise
-                logger.info("search connection went away, searching again: %s", error)
-            async with pooled_driver(self._engine) as connection:
-                return await run(connection)
+            return await on_live_connection(self._engine, run, run, what="search", log=logger)
 
     async def _search_layers(
         self,

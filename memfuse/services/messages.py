@@ -28,10 +28,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from memfuse.buffer import WriteBuffer
-from memfuse.db.engines import pooled_driver
-from memfuse.db.errors import is_unavailable
+from memfuse.db.engines import on_live_connection
 from memfuse.errors import ConflictError, NotFoundError, ValidationError
 from memfuse.monitor.engine_hooks import QUERY_OPERATION
 from memfuse.monitor.performance import PerformanceMonitor
@@ -154,18 +154,15 @@ class MessageWriter:
         already stored in their session are skipped: whether or not the first attempt
         committed before its connection broke, each message is stored once.
         """
-        used = False
-        try:
-            async with pooled_driver(self._engine, ping=False) as connection:
-                used = True
-                return await self._timed(connection.driver_connection, columns)
-        except Exception as error:
-            if not used or not is_unavailable(error):
-                raise
-            logger.info("write connection went away, writing again: %s", error)
-        retry = dataclasses.replace(columns, client=[True] * len(columns.ids))
-        async with pooled_driver(self._engine) as connection:
-            return await self._timed(connection.driver_connection, retry)
+
+        async def first(connection: PoolProxiedConnection) -> int:
+            return await self._timed(connection.driver_connection, columns)
+
+        async def again(connection: PoolProxiedConnection) -> int:
+            every_id_given = dataclasses.replace(columns, client=[True] * len(columns.ids))
+            return await self._timed(connection.driver_connection, every_id_given)
+
+        return await on_live_connection(self._engine, first, again, what="M0 write", log=logger)
 
     async def _timed(self, driver: Any, columns: MessageColumns) -> int:
         """The statement on ``driver``, timed as ``db_query``."""
