@@ -2,13 +2,15 @@
 
 Run after ``benchmarks.retrieval --keep`` (its schema ``bench_retrieval`` must hold the
 measured user's rows): ``MEMFUSE_DATABASE_URL=... .venv/bin/python -m benchmarks.term_cutoff
-[--rows 2000,1000,500] [--limits 10,50] [--output FILE.json]``. Needs the ``local`` extra.
+[--rows 2000] [--budgets 0,2000,1000,500] [--limits 10,50] [--output FILE.json]``. Needs the
+``local`` extra.
 
 The measured user holds jittered copies of every LoCoMo development turn (tens of copies at
 100k rows), so each LoCoMo question can be scored on a history of that size: a result counts
 for the evidence turn it is a copy of (``metadata.turn``, ``metadata.source``). For each
 ``common_term_rows`` (a term in at least that many rows of the table only orders rows other
-terms find, :meth:`~memfuse.repositories.search.SearchRepository.common_terms`) and each
+terms find, :meth:`~memfuse.repositories.search.SearchRepository.term_statistics`), each term
+budget (the rows of rarer terms after which an uncommon term no longer admits rows) and each
 result count, memfuse's statement for every question runs on one raw asyncpg connection, the
 settings interleaved per question: mean evidence recall and p50/p95 time. Only the statement
 differs between settings.
@@ -63,7 +65,7 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
         retrieval = await resolve(mf.container.retrieval_service)
         engine = await resolve(mf.container.engine)
         vectors = [await retrieval.embed_query(question.question) for question in questions]
-        statements: dict[tuple[int, int], list[tuple[str, tuple[Any, ...]]]] = {}
+        statements: dict[tuple[int, int, int], list[tuple[str, tuple[Any, ...]]]] = {}
         async with pooled_driver(engine) as connection:
             repository = SearchRepository(connection, SCHEMA)
             driver: Any = connection.driver_connection  # an asyncpg connection
@@ -73,29 +75,31 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             )
             common: dict[int, int] = {}
             for rows in args.rows:
-                terms = await repository.common_terms(retrieval.common_term_frequency, rows)
-                common[rows] = len(terms["m0"])
-                for limit in args.limits:
-                    statements[rows, limit] = [
-                        statement
-                        for question, vector in zip(questions, vectors, strict=True)
-                        if (
-                            statement := repository.statement(
-                                SearchFilters(user_id=memory.scope.user_id),
-                                unit="message",
-                                query_text=question.question,
-                                query_vector=vector,
-                                layers=LAYERS,
-                                methods=METHODS,
-                                candidates=CANDIDATES,
-                                vector_candidates=VECTOR_CANDIDATES,
-                                rrf_k=retrieval.rrf_k,
-                                limit=limit,
-                                common_terms=terms,
+                terms = await repository.term_statistics(retrieval.common_term_frequency, rows)
+                common[rows] = len(terms["m0"].common_terms)
+                for budget in args.budgets:
+                    for limit in args.limits:
+                        statements[rows, budget, limit] = [
+                            statement
+                            for question, vector in zip(questions, vectors, strict=True)
+                            if (
+                                statement := repository.statement(
+                                    SearchFilters(user_id=memory.scope.user_id),
+                                    unit="message",
+                                    query_text=question.question,
+                                    query_vector=vector,
+                                    layers=LAYERS,
+                                    methods=METHODS,
+                                    candidates=CANDIDATES,
+                                    vector_candidates=VECTOR_CANDIDATES,
+                                    rrf_k=retrieval.rrf_k,
+                                    limit=limit,
+                                    terms=terms,
+                                    term_budget=budget or None,
+                                )
                             )
-                        )
-                        is not None
-                    ]
+                            is not None
+                        ]
     raw = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
         await register_vector_codec(raw)
@@ -120,8 +124,8 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             return {evidence_of[id_] for id_ in ids}
 
         settings = list(statements)
-        recalls: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
-        times: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
+        recalls: dict[tuple[int, int, int], list[float]] = {setting: [] for setting in settings}
+        times: dict[tuple[int, int, int], list[float]] = {setting: [] for setting in settings}
         for _ in range(args.rounds):
             for index, question in enumerate(questions):
                 # Settings interleaved per question, their order rotated: the first statement
@@ -135,11 +139,11 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
                     turns = await evidence([row["id"] for row in found])
                     recalls[setting].append(len(turns & question.evidence) / len(question.evidence))
         results: dict[str, dict[str, float]] = {}
-        for rows, limit in settings:
-            ordered = sorted(times[rows, limit])
-            results[f"rows_{rows}_top_{limit}"] = {
+        for rows, budget, limit in settings:
+            ordered = sorted(times[rows, budget, limit])
+            results[f"rows_{rows}_budget_{budget}_top_{limit}"] = {
                 "common_terms": common[rows],
-                "evidence_recall": round(statistics.mean(recalls[rows, limit]), 4),
+                "evidence_recall": round(statistics.mean(recalls[rows, budget, limit]), 4),
                 "p50_ms": round(statistics.median(ordered), 3),
                 "p95_ms": round(ordered[int(len(ordered) * 0.95)], 3),
             }
@@ -153,9 +157,19 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
     }
 
 
+def budgets(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError("budgets must be integers from 0 (none), comma-separated")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=sizes, default=[2000, 1000, 500])
+    parser.add_argument("--rows", type=sizes, default=[2000])
+    parser.add_argument(
+        "--budgets", type=budgets, default=[0, 2000, 1000, 500], help="term budgets, 0: none"
+    )
     parser.add_argument("--limits", type=sizes, default=[10, 50])
     parser.add_argument("--rounds", type=int, default=1, help="passes over the questions")
     parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)

@@ -314,6 +314,7 @@ def make_retrieval_service(
         ef_search=settings.search_ef_search,
         common_term_frequency=settings.search_common_term_frequency,
         common_term_rows=settings.search_common_term_rows,
+        term_budget_rows=settings.search_term_budget_rows,
         result_cache=cache,
         embedding_cache_size=settings.query_embedding_cache_size,
     )

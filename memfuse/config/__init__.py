@@ -91,6 +91,7 @@ class Settings:
     schema: str = DEFAULT_SCHEMA
     embedding_dimension: int = DEFAULT_EMBEDDING_DIMENSION
     data_dir: Path | None = None
+    embedded_shared_buffers_mb: int = 0
     pool: PoolSettings = field(default_factory=PoolSettings)
     monitor_enabled: bool = True
     monitor_history_size: int = 1000
@@ -139,6 +140,7 @@ class Settings:
     search_ef_search: int = 100
     search_common_term_frequency: float = 0.01
     search_common_term_rows: int = 2000
+    search_term_budget_rows: int = 1000
     search_cache_ttl: float = 30.0
     search_cache_size: int = 1000
     query_embedding_cache_size: int = 1024
@@ -229,6 +231,8 @@ class Settings:
             "search_cache_size",
             "query_embedding_cache_size",
             "health_cache_seconds",
+            "search_term_budget_rows",
+            "embedded_shared_buffers_mb",
         ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(

@@ -5,12 +5,20 @@ its data under ``MEMFUSE_DATA_DIR`` (default: the user data directory) so it is 
 runs, listens on a Unix socket only, and is stopped when the last user in this process lets go
 (and no other process still uses it). Starting and stopping block on subprocesses, so they run
 in a worker thread, never on the event loop.
+
+Its server settings are memfuse's: each start writes them to ``memfuse.conf`` in the data
+directory, which ``postgresql.conf`` includes; a server another process already runs keeps its
+own until it restarts. PostgreSQL's default of 128 MB of shared buffers holds less than the
+heap a search of a 100,000-message history reads, so searches read their rows' pages from the
+OS cache (docs/benchmarks.md, fourteenth session); the embedded server takes an eighth of the
+machine's memory, 128 MB to 2 GB, unless ``embedded_shared_buffers_mb`` says otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import warnings
 from collections.abc import AsyncIterator
@@ -27,6 +35,39 @@ _lock = threading.Lock()
 _servers: dict[Path, tuple[Any, int]] = {}
 
 
+CONFIG_FILE = "memfuse.conf"
+_INCLUDE = f"include_if_exists = '{CONFIG_FILE}'"
+MIN_SHARED_BUFFERS_MB = 128
+MAX_SHARED_BUFFERS_MB = 2048
+
+
+def shared_buffers_mb(configured: int = 0) -> int:
+    """The embedded server's shared buffers: ``configured`` when set (above 0), else an eighth
+    of the machine's memory within 128 MB (PostgreSQL's default) and 2 GB: the server shares
+    the machine with the application and its embedding model."""
+    if configured > 0:
+        return configured
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such value
+        return MIN_SHARED_BUFFERS_MB
+    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, memory // 8 // 2**20))
+
+
+def write_server_config(pgdata: Path, shared_buffers: int) -> None:
+    """Write memfuse's server settings to ``pgdata/memfuse.conf`` and include that file from
+    ``postgresql.conf`` (once); read at the server's next start."""
+    (pgdata / CONFIG_FILE).write_text(
+        "# Written by memfuse at each start of its embedded server (memfuse.db.embedded):\n"
+        "# change memfuse's settings, not this file.\n"
+        f"shared_buffers = '{shared_buffers}MB'\n"
+    )
+    main = pgdata / "postgresql.conf"
+    if _INCLUDE not in main.read_text().splitlines():
+        with main.open("a") as config:
+            config.write(f"\n{_INCLUDE}\n")
+
+
 def default_data_dir() -> Path:
     """Where the embedded server keeps its data when ``MEMFUSE_DATA_DIR`` is not set."""
     platformdirs = _import("platformdirs")
@@ -36,8 +77,10 @@ def default_data_dir() -> Path:
 class EmbeddedPostgres:
     """A handle on the embedded server in ``data_dir``; several handles share one server."""
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, *, shared_buffers: int = 0) -> None:
         self.data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+        self.shared_buffers = shared_buffers_mb(shared_buffers)
+        """MB of shared buffers the server starts with (0 given: sized to the machine)."""
         self._server: Any = None
 
     @property
@@ -70,7 +113,10 @@ class EmbeddedPostgres:
             if server is None:
                 self.pgdata.parent.mkdir(parents=True, exist_ok=True)
                 logger.info("starting embedded PostgreSQL in %s", self.pgdata)
-                server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                server = pgserver.get_server(self.pgdata, cleanup_mode="stop", start=False)
+                server.ensure_pgdata_inited()  # initdb, the first time
+                write_server_config(self.pgdata, self.shared_buffers)
+                server.start()
             _servers[self.pgdata] = (server, count + 1)
             return server
 
@@ -91,7 +137,7 @@ async def database_url_for(settings: Settings) -> AsyncIterator[str]:
     if settings.database_url is not None:
         yield settings.database_url
         return
-    server = EmbeddedPostgres(settings.data_dir)
+    server = EmbeddedPostgres(settings.data_dir, shared_buffers=settings.embedded_shared_buffers_mb)
     url = await server.start()
     try:
         yield url

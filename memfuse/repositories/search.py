@@ -85,13 +85,21 @@ def _query_terms(schema: str, layers: Sequence[Layer], *, bounded: bool) -> str:
     :func:`_message_text_list`).
 
     A layer's match says which rows its full-text list ranks: rows with any of the query's
-    uncommon terms; when every term is common, rows with all of them. ``:{layer}_common``
-    holds the layer's common terms (:meth:`SearchRepository.common_terms`). Ranking still
-    reads every term, so common terms order the rows an uncommon one admits without making
-    each row that has one of them a candidate: the list ranks a few rows, not a share of the
-    table (Elasticsearch's "common terms" rule). Not ``bounded`` (no common terms known), a
-    list matches the plain OR of the terms. Every layer's match comes from one pass over the
-    terms in this one CTE: a subquery per layer cost the planner more than the matching.
+    admitted terms; when none is admitted (every term is common), rows with all of them.
+    ``:{layer}_common`` holds the layer's common terms and ``:{layer}_sized`` the rows
+    ``ANALYZE`` estimates for its other tracked terms (:class:`TermStatistics`).
+
+    - Common terms are never admitted: ranking still reads every term, so they order the rows
+      other terms admit without making each row that has one of them a candidate
+      (Elasticsearch's "common terms" rule).
+    - The other terms are admitted rarest first while their estimated rows, added up, stay
+      within ``:term_budget``; a term no rarer term with rows comes before always is, so the
+      rarest term and every term too rare to be tracked always count. A question of many
+      mid-frequency terms ranks the rows of its rarest ones, not thousands of rows.
+
+    Not ``bounded`` (no statistics known), a list matches the plain OR of the terms. Every
+    layer's match comes from one pass over the terms in this one CTE: a subquery per layer
+    cost the planner more than the matching.
     """
     parsed = f"""SELECT NULLIF(
             replace(websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', :query_text)::text, ' & ', ' | '),
@@ -120,21 +128,52 @@ def _query_terms(schema: str, layers: Sequence[Layer], *, bounded: bool) -> str:
         every += f", string_agg({key}, ' & ')::tsquery AS every_words"
         columns.append(("m0", key, "m0_rare_words"))
         matches.append("coalesce(t.m0_rare_words, t.every_words) AS m0_words")
-    rare = "".join(
+    admitted = "".join(
         f""",
         (string_agg({quoted}, ' | ') FILTER (
-            WHERE lexeme <> ALL (string_to_array(CAST(:{layer}_common AS text), ' '))
+            WHERE {layer}_rows IS NOT NULL
+              AND ({layer}_running <= :term_budget OR {layer}_running = {layer}_rows)
         ))::tsquery AS {name}"""
         for layer, quoted, name in columns
     )
+    sized = ", ".join(
+        f"""CASE WHEN lexeme = ANY (string_to_array(CAST(:{layer}_common AS text), ' '))
+                THEN NULL ELSE {_estimated_rows(f"CAST(:{layer}_sized AS text)")} END
+                AS {layer}_rows"""
+        for layer in layers
+    )
+    running = ", ".join(
+        f"""{layer}_rows,
+                sum({layer}_rows) OVER (ORDER BY {layer}_rows, lexeme ROWS UNBOUNDED PRECEDING)
+                AS {layer}_running"""
+        for layer in layers
+    )
+    # OFFSET 0 keeps the sizes a subquery of their own: pulled up, each reference to a size
+    # (the window's order, its sum, the filter) would look it up again.
     return f"""query_terms AS (
     SELECT q.query, {", ".join(matches)}
     FROM ({parsed}) AS q
     CROSS JOIN LATERAL (
-        SELECT {every}{rare}
-        FROM unnest(q.lexemes) AS lexeme
+        SELECT {every}{admitted}
+        FROM (
+            SELECT lexeme, {running}
+            FROM (
+                SELECT lexeme, {sized}
+                FROM unnest(q.lexemes) AS lexeme
+                OFFSET 0
+            ) AS sized
+        ) AS running
     ) AS t
 )"""
+
+
+def _estimated_rows(sized: str) -> str:
+    """SQL: the rows ``sized`` (:attr:`TermStatistics.sized`, SQL text) gives ``lexeme``, 0 when
+    it holds none. Its entries are two spaces apart and a lexeme never holds a space, so
+    ``'  ' || lexeme || ' '`` finds exactly that lexeme's entry."""
+    found = f"nullif(strpos({sized}, '  ' || lexeme || ' '), 0)"
+    start = f"{found} + length(lexeme) + 3"
+    return f"coalesce(split_part(substr({sized}, {start}, 24), ' ', 1)::bigint, 0)"
 
 
 def _message_text_list(
@@ -167,14 +206,38 @@ def _message_text_list(
     ) AS found"""
 
 
-_COMMON_TERMS = """SELECT s.tablename, array_agg(u.element) AS elements
+_TRACKED_TERMS = """SELECT s.tablename, c.reltuples, u.element, u.frequency
 FROM pg_stats AS s
 JOIN pg_class AS c ON c.oid = format('%I.%I', s.schemaname, s.tablename)::regclass,
      unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(element, frequency)
 WHERE s.schemaname = :schema AND s.tablename = ANY (:tables) AND s.attname = 'content_tsv'
-  AND u.element IS NOT NULL
-  AND (u.frequency >= :frequency OR u.frequency * c.reltuples >= :rows)
-GROUP BY s.tablename"""
+  AND u.element IS NOT NULL"""
+
+
+@dataclass(frozen=True, slots=True)
+class TermStatistics:
+    """What ``ANALYZE`` says of one layer's full-text terms, as the search statement reads it.
+
+    ``ANALYZE`` tracks a table's most common lexemes (``pg_stats.most_common_elems``, about a
+    thousand) with the share of rows holding each; the estimates are for the whole table, all
+    users together. A lexeme it does not track is rarer than every one it does.
+    """
+
+    common: str = ""
+    """The common terms, space-separated (lexemes never hold a space): one text, not an
+    array, since encoding a thousand-element array per search cost more than its rows."""
+    sized: str = ""
+    """Every other tracked term with its estimated rows, as ``'  lexeme rows  lexeme rows  '``
+    (:func:`_estimated_rows` reads it)."""
+
+    @classmethod
+    def of(cls, common: Sequence[str], sized: Mapping[str, int]) -> TermStatistics:
+        pairs = "".join(f"  {term} {rows}" for term, rows in sized.items())
+        return cls(" ".join(common), f"{pairs}  " if pairs else "")
+
+    @property
+    def common_terms(self) -> tuple[str, ...]:
+        return tuple(self.common.split())
 
 
 _SEARCH_SETTINGS = (
@@ -321,6 +384,10 @@ class SearchFound:
     held: frozenset[Layer] | None = None
 
 
+_NO_STATISTICS = TermStatistics()
+_UNBOUNDED = 2**62
+"""``term_budget`` when there is none: more rows than a table holds."""
+
 _SCORED_COLUMNS = 12
 """The columns of :class:`ScoredRow` that every fused select lists first, in its order."""
 
@@ -378,20 +445,25 @@ class SearchRepository:
         found = await self._fetch(f"SELECT {probes}", user_id)
         return frozenset(layer for layer, held in zip(layers, found[0], strict=True) if held)
 
-    async def common_terms(self, frequency: float, rows: int) -> dict[Layer, tuple[str, ...]]:
-        """Each layer's full-text terms in at least ``frequency`` of its rows or in at least
-        ``rows`` rows, from the statistics ``ANALYZE`` keeps (``pg_stats.most_common_elems``
-        and the table's row estimate); none before the first ``ANALYZE``."""
-        sql, names = positional(_COMMON_TERMS)
-        values = {
-            "schema": self.schema,
-            "tables": list(LAYER_TABLES.values()),
-            "frequency": frequency,
-            "rows": rows,
+    async def term_statistics(self, frequency: float, rows: int) -> dict[Layer, TermStatistics]:
+        """Each layer's :class:`TermStatistics`, from the statistics ``ANALYZE`` keeps
+        (``pg_stats.most_common_elems`` and the table's row estimate); a term is common in at
+        least ``frequency`` of the rows or in at least ``rows`` rows. Empty before the first
+        ``ANALYZE``."""
+        sql, names = positional(_TRACKED_TERMS)
+        values = {"schema": self.schema, "tables": list(LAYER_TABLES.values())}
+        common: dict[str, list[str]] = {}
+        sized: dict[str, dict[str, int]] = {}
+        for row in await self._fetch(sql, *(values[name] for name in names)):
+            estimate = round(row["frequency"] * max(row["reltuples"], 0.0))
+            if row["frequency"] >= frequency or estimate >= rows:
+                common.setdefault(row["tablename"], []).append(row["element"])
+            else:
+                sized.setdefault(row["tablename"], {})[row["element"]] = estimate
+        return {
+            layer: TermStatistics.of(common.get(table, ()), sized.get(table, {}))
+            for layer, table in LAYER_TABLES.items()
         }
-        found = await self._fetch(sql, *(values[name] for name in names))
-        by_table = {row["tablename"]: tuple(row["elements"]) for row in found}
-        return {layer: by_table.get(table, ()) for layer, table in LAYER_TABLES.items()}
 
     async def tune(self, ef_search: int) -> None:
         """Set up the connection for searching, once per pooled connection (again only if
@@ -423,14 +495,15 @@ class SearchRepository:
         rrf_k: int,
         limit: int,
         vector_candidates: int | None = None,
-        common_terms: Mapping[Layer, Sequence[str]] | None = None,
+        terms: Mapping[Layer, TermStatistics] | None = None,
+        term_budget: int | None = None,
         explain: bool = False,
         watch: Sequence[Layer] = (),
     ) -> tuple[str, tuple[Any, ...]] | None:
         """The search's SQL (asyncpg's ``$n`` placeholders) and its arguments; ``None`` when
         no list is left to rank. :meth:`search` says what it finds."""
         if "text" not in methods:
-            common_terms = None
+            terms = None
         sql = search_sql(
             self.schema,
             filters.shape(),
@@ -438,7 +511,7 @@ class SearchRepository:
             layers=tuple(layers),
             methods=tuple(methods),
             vector=query_vector is not None,
-            bounded=common_terms is not None,
+            bounded=terms is not None,
             explain=explain,
             watch=tuple(watch),
         )
@@ -452,11 +525,12 @@ class SearchRepository:
             "rrf_k": rrf_k,
             "limit": limit,
         }
-        if common_terms is not None:
+        if terms is not None:
             for layer in layers:
-                # One text, not an array: encoding a thousand-element array per search cost
-                # more than the search's own rows. Lexemes never hold a space.
-                parameters[f"{layer}_common"] = " ".join(common_terms.get(layer, ()))
+                statistics = terms.get(layer, _NO_STATISTICS)
+                parameters[f"{layer}_common"] = statistics.common
+                parameters[f"{layer}_sized"] = statistics.sized
+            parameters["term_budget"] = _UNBOUNDED if term_budget is None else term_budget
         if query_vector is not None:
             parameters["query_vector"] = list(query_vector)
         return sql[0], tuple(parameters[name] for name in sql[1])
@@ -474,7 +548,8 @@ class SearchRepository:
         rrf_k: int,
         limit: int,
         vector_candidates: int | None = None,
-        common_terms: Mapping[Layer, Sequence[str]] | None = None,
+        terms: Mapping[Layer, TermStatistics] | None = None,
+        term_budget: int | None = None,
         explain: bool = False,
         watch: Sequence[Layer] = (),
     ) -> SearchFound:
@@ -483,8 +558,10 @@ class SearchRepository:
         ``unit="message"``: messages, ranked by every list; a list ranking an episode or a fact
         ranks the messages of its lineage (each message takes its best rank in each list).
         ``unit="item"``: the rows of the searched layers themselves.
-        ``common_terms``: per layer, terms that only order the rows other terms find; ``None``
-        ranks every row with any term. Each full-text list ranks ``candidates`` rows, each
+        ``terms``: per layer, which terms only order the rows other terms find and how many
+        rows the others hold; ``None`` ranks every row with any term. ``term_budget``: the
+        rows of rarer terms after which an uncommon term no longer admits rows (``None``:
+        no bound; :func:`_query_terms`). Each full-text list ranks ``candidates`` rows, each
         vector list ``vector_candidates`` (``candidates`` if ``None``).
         ``watch``: layers left out of the search; every row also says which of them hold rows
         of the user (``SearchFound.held``), read in the statement's own snapshot, so a caller
@@ -501,7 +578,8 @@ class SearchRepository:
             rrf_k=rrf_k,
             limit=limit,
             vector_candidates=vector_candidates,
-            common_terms=common_terms,
+            terms=terms,
+            term_budget=term_budget,
             explain=explain,
             watch=watch,
         )

@@ -28,7 +28,13 @@ from memfuse.db.engines import on_live_connection, pool_size, pooled_driver
 from memfuse.embedding.embedders import Embedder
 from memfuse.errors import ValidationError
 from memfuse.monitor.performance import PerformanceMonitor
-from memfuse.repositories.search import ScoredRow, SearchFilters, SearchFound, SearchRepository
+from memfuse.repositories.search import (
+    ScoredRow,
+    SearchFilters,
+    SearchFound,
+    SearchRepository,
+    TermStatistics,
+)
 from memfuse.retrieval.batching import QueryBatcher
 from memfuse.retrieval.cache import LruCache, ResultCache
 from memfuse.tokens import count_tokens
@@ -44,8 +50,8 @@ MAX_QUERY_CHARS = 4000
 MAX_TOP_K = 1000
 MIN_RESULT_TOKENS = 10
 """A budget fetches enough rows to fill it with results this short (a turn is about 25)."""
-COMMON_TERMS_TTL = 300.0
-"""Seconds a search reuses the common terms it read; ``MemFuse.analyze`` forgets them at once."""
+TERMS_TTL = 300.0
+"""Seconds a search reuses the term statistics it read; ``MemFuse.analyze`` forgets them at once."""
 LAYERS_HELD_USERS = 10_000
 """Users whose layers known to hold rows a search remembers (least recently searched go)."""
 CANDIDATES_PER_RESULT = 5
@@ -196,6 +202,7 @@ class RetrievalService:
         ef_search: int = 100,
         common_term_frequency: float = 0.01,
         common_term_rows: int = 2000,
+        term_budget_rows: int = 0,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
     ) -> None:
@@ -208,8 +215,9 @@ class RetrievalService:
         self.ef_search = ef_search
         self.common_term_frequency = common_term_frequency
         self.common_term_rows = common_term_rows
-        self._common_terms: dict[Layer, tuple[str, ...]] | None = None
-        self._common_terms_read_at = 0.0
+        self.term_budget_rows = term_budget_rows
+        self._terms: dict[Layer, TermStatistics] | None = None
+        self._terms_read_at = 0.0
         self.results = result_cache if result_cache is not None else ResultCache(0, 0.0)
         self.embeddings: LruCache[tuple[float, ...]] = LruCache(embedding_cache_size)
         self.query_batcher = QueryBatcher(embedder) if embedder is not None else None
@@ -228,22 +236,20 @@ class RetrievalService:
         on its own schedule otherwise)."""
         async with pooled_driver(self._engine) as connection:
             await SearchRepository(connection, self.schema, self._monitor).analyze()
-        self._common_terms = None  # read again at the next search
+        self._terms = None  # read again at the next search
 
-    async def _read_common_terms(
-        self, repository: SearchRepository
-    ) -> dict[Layer, tuple[str, ...]] | None:
-        """The layers' common terms, read again every ``COMMON_TERMS_TTL`` seconds: they move
-        only when ``ANALYZE`` runs. ``None`` when the rule is off."""
+    async def _read_terms(self, repository: SearchRepository) -> dict[Layer, TermStatistics] | None:
+        """The layers' term statistics, read again every ``TERMS_TTL`` seconds: they move only
+        when ``ANALYZE`` runs. ``None`` when the common-terms rule is off."""
         if self.common_term_frequency <= 0:
             return None
         now = time.monotonic()
-        if self._common_terms is None or now - self._common_terms_read_at > COMMON_TERMS_TTL:
-            self._common_terms = await repository.common_terms(
+        if self._terms is None or now - self._terms_read_at > TERMS_TTL:
+            self._terms = await repository.term_statistics(
                 self.common_term_frequency, self.common_term_rows
             )
-            self._common_terms_read_at = now
-        return self._common_terms
+            self._terms_read_at = now
+        return self._terms
 
     async def _on_live_connection(
         self, run: Callable[[PoolProxiedConnection], Awaitable[list[ScoredRow]]]
@@ -356,9 +362,7 @@ class RetrievalService:
         async def search_on(connection: PoolProxiedConnection) -> list[ScoredRow]:
             repository = SearchRepository(connection, self.schema, self._monitor)
             await repository.tune(self.ef_search)
-            common_terms = (
-                await self._read_common_terms(repository) if "text" in request.methods else None
-            )
+            terms = await self._read_terms(repository) if "text" in request.methods else None
 
             def run(layers: tuple[Layer, ...], watch: tuple[Layer, ...]) -> Awaitable[SearchFound]:
                 return repository.search(
@@ -372,7 +376,8 @@ class RetrievalService:
                     vector_candidates=depth["vector"],
                     rrf_k=self.rrf_k,
                     limit=fetch,
-                    common_terms=common_terms,
+                    terms=terms,
+                    term_budget=self.term_budget_rows or None,
                     explain=request.explain,
                     watch=watch,
                 )

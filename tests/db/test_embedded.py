@@ -1,7 +1,9 @@
-"""The embedded server: started on demand, shared by handles, data kept across restarts."""
+"""The embedded server: started on demand, shared by handles, data kept across restarts, run
+with memfuse's settings."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import asyncpg
@@ -9,7 +11,13 @@ import pytest
 
 from memfuse.config import Settings
 from memfuse.config.urls import asyncpg_connect_args
-from memfuse.db.embedded import EmbeddedPostgres, database_url_for
+from memfuse.db.embedded import (
+    MAX_SHARED_BUFFERS_MB,
+    MIN_SHARED_BUFFERS_MB,
+    EmbeddedPostgres,
+    database_url_for,
+    shared_buffers_mb,
+)
 
 
 async def scalar(url: str, sql: str) -> object:
@@ -48,3 +56,35 @@ async def test_an_explicit_url_always_wins(tmp_path: Path) -> None:
     async with database_url_for(settings) as url:
         assert url == "postgresql://db.example/app"
     assert not (tmp_path / "pgdata").exists(), "no embedded server was started"
+
+
+async def test_the_server_starts_with_memfuses_settings(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path, shared_buffers=160)
+    url = await server.start()
+    try:
+        assert await scalar(url, "SHOW shared_buffers") == "160MB"
+    finally:
+        await server.stop()
+    again = EmbeddedPostgres(tmp_path, shared_buffers=176)
+    url = await again.start()
+    try:
+        assert await scalar(url, "SHOW shared_buffers") == "176MB", "each start writes them"
+    finally:
+        await again.stop()
+    config = (tmp_path / "pgdata" / "postgresql.conf").read_text().splitlines()
+    assert config.count("include_if_exists = 'memfuse.conf'") == 1
+
+
+def test_shared_buffers_are_sized_to_the_machine() -> None:
+    assert shared_buffers_mb(300) == 300, "a setting wins"
+    sized = shared_buffers_mb()
+    assert MIN_SHARED_BUFFERS_MB <= sized <= MAX_SHARED_BUFFERS_MB
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert sized == max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, memory_mb // 8))
+
+
+def test_the_setting_is_checked() -> None:
+    from memfuse.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="embedded_shared_buffers_mb"):
+        Settings(embedded_shared_buffers_mb=-1)
