@@ -10,7 +10,8 @@ Full text ranks by all of the query's terms: ``websearch_to_tsquery`` parses the
 phrases stay phrases) and its ``&`` become ``|``; rows with more (and rarer-in-them) terms rank
 higher. Questions rarely have every term in one turn: an AND query finds a turn for about one
 LoCoMo question in ten (docs/retrieval.md). Which rows a list ranks is bounded by the
-common-terms rule (:func:`_query_terms`).
+common-terms rule and the term budget (:func:`_query_terms`), both from the statistics
+``ANALYZE`` keeps (:class:`TermStatistics`).
 """
 
 from __future__ import annotations
@@ -232,12 +233,20 @@ class TermStatistics:
 
     @classmethod
     def of(cls, common: Sequence[str], sized: Mapping[str, int]) -> TermStatistics:
-        pairs = "".join(f"  {term} {rows}" for term, rows in sized.items())
-        return cls(" ".join(common), f"{pairs}  " if pairs else "")
+        """From the common terms and the others' rows. A lexeme with white space (only a
+        hand-written tsvector holds one, never ``to_tsvector``) is left out: it could not be
+        told from its neighbours in the texts."""
+        pairs = "".join(f"  {term} {rows}" for term, rows in sized.items() if _one_word(term))
+        return cls(" ".join(filter(_one_word, common)), f"{pairs}  " if pairs else "")
 
     @property
     def common_terms(self) -> tuple[str, ...]:
+        """The common terms, one by one."""
         return tuple(self.common.split())
+
+
+def _one_word(lexeme: str) -> bool:
+    return bool(lexeme) and not any(character.isspace() for character in lexeme)
 
 
 _SEARCH_SETTINGS = (

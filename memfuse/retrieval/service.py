@@ -202,7 +202,7 @@ class RetrievalService:
         ef_search: int = 100,
         common_term_frequency: float = 0.01,
         common_term_rows: int = 2000,
-        term_budget_rows: int = 0,
+        term_budget_rows: int = 1000,
         result_cache: ResultCache[tuple[SearchResult, ...]] | None = None,
         embedding_cache_size: int = 1024,
     ) -> None:

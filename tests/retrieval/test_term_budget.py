@@ -173,3 +173,9 @@ async def test_an_estimate_is_read_for_exactly_its_own_lexeme(
         await connection.close()
     assert estimate == others[lexeme]
     assert missing == 0, "an untracked lexeme holds no rows as far as the budget knows"
+
+
+def test_a_lexeme_with_white_space_is_left_out_of_the_statistics() -> None:
+    statistics = TermStatistics.of(["dog", "hot dog"], {"tram": 15, "new york": 4, "ferri": 13})
+    assert statistics.common_terms == ("dog",)
+    assert statistics.sized == "  tram 15  ferri 13  "
