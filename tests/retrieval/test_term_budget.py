@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -48,16 +49,25 @@ async def memory_of(mf: MemFuse) -> Memory:
     return ana
 
 
-@pytest.fixture
-async def budgeted(database_url: str) -> AsyncIterator[tuple[MemFuse, Memory]]:
+@asynccontextmanager
+async def loaded_with_budget(
+    database_url: str, budget: int
+) -> AsyncIterator[tuple[MemFuse, Memory]]:
+    """A MemFuse with ``search_term_budget_rows=budget`` (0: none) and Ana's memory loaded."""
     async with MemFuse(
         database_url,
         embedder="none",
         search_cache_ttl=0.0,
         search_common_term_frequency=0.2,
-        search_term_budget_rows=FERRIES + 5,
+        search_term_budget_rows=budget,
     ) as mf:
         yield mf, await memory_of(mf)
+
+
+@pytest.fixture
+async def budgeted(database_url: str) -> AsyncIterator[tuple[MemFuse, Memory]]:
+    async with loaded_with_budget(database_url, FERRIES + 5) as loaded:
+        yield loaded
 
 
 def texts(results: list[SearchResult]) -> list[str]:
@@ -90,28 +100,14 @@ async def test_terms_past_the_budget_admit_no_rows(budgeted: tuple[MemFuse, Memo
 
 
 async def test_the_rarest_term_counts_even_past_the_budget(database_url: str) -> None:
-    async with MemFuse(
-        database_url,
-        embedder="none",
-        search_cache_ttl=0.0,
-        search_common_term_frequency=0.2,
-        search_term_budget_rows=1,
-    ) as mf:
-        ana = await memory_of(mf)
+    async with loaded_with_budget(database_url, 1) as (_, ana):
         assert sorted(texts(await ana.query("ferry tram", top_k=100, **TEXT_ONLY))) == sorted(
             text for turn in ANA_TURNS if "ferry" in (text := str(turn["content"]))
         )
 
 
 async def test_without_a_budget_every_uncommon_term_admits_rows(database_url: str) -> None:
-    async with MemFuse(
-        database_url,
-        embedder="none",
-        search_cache_ttl=0.0,
-        search_common_term_frequency=0.2,
-        search_term_budget_rows=0,
-    ) as mf:
-        ana = await memory_of(mf)
+    async with loaded_with_budget(database_url, 0) as (_, ana):
         results = await ana.query("caramel ferry tram", top_k=100, **TEXT_ONLY)
         assert len(results) == 2 + FERRIES + TRAMS, "Ben's trams are not Ana's"
 
