@@ -6,16 +6,19 @@ order the admitted ones.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
+from real_model import memfuse_with_model
 
 from memfuse.config.urls import asyncpg_connect_args
 from memfuse.container import resolve
 from memfuse.db.engines import pooled_driver
+from memfuse.embedding.embedders import LocalEmbedder
 from memfuse.memory import MemFuse, Memory
 from memfuse.repositories.search import SearchRepository, TermStatistics, _estimated_rows
 from memfuse.types import SearchResult
@@ -175,3 +178,42 @@ def test_a_lexeme_with_white_space_is_left_out_of_the_statistics() -> None:
     statistics = TermStatistics.of(["dog", "hot dog"], {"tram": 15, "new york": 4, "ferri": 13})
     assert statistics.common_terms == ("dog",)
     assert statistics.sized == "  tram 15  ferri 13  "
+
+
+async def test_searches_with_a_budget_beside_writers_the_worker_and_fresh_statistics(
+    database_url: str, model: LocalEmbedder
+) -> None:
+    """Three users write while the real worker and pipeline run and the statistics are
+    refreshed under the searches: every search sees its own user's rows only, and afterwards
+    each user's own words are found by that user alone, whatever the budget drops."""
+    async with memfuse_with_model(
+        database_url, model, fact_extractor="none", search_cache_ttl=0.0, search_term_budget_rows=1
+    ) as mf:
+        memories = [await mf.init(f"user-{n}", session="chat") for n in range(3)]
+        words: dict[str, int] = {}
+        writing = True
+
+        async def write(owner: int) -> None:
+            for n in range(10):
+                word = f"w{uuid.uuid4().hex[:10]}"
+                await memories[owner].add([said(f"The tram and the ferry, day {n}: {word}.")])
+                words[word] = owner
+
+        async def search() -> None:
+            while writing:
+                for owner, memory in enumerate(memories):
+                    found = await memory.query("tram ferry day", top_k=50, **TEXT_ONLY)
+                    assert {r.session_id for r in found} <= {memory.scope.session_id}, owner
+                await mf.analyze()
+
+        searcher = asyncio.create_task(search())
+        await asyncio.gather(*(write(owner) for owner in range(3)))
+        writing = False
+        await searcher
+        await mf.flush()
+        await mf.analyze()
+        for word, owner in words.items():
+            for index, memory in enumerate(memories):
+                found = await memory.query(f"tram ferry {word}", top_k=50, **TEXT_ONLY)
+                assert any(word in r.content for r in found) == (index == owner), (word, index)
+        assert len(words) == 30
