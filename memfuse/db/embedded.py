@@ -11,7 +11,8 @@ directory, which ``postgresql.conf`` includes; a server another process already 
 own until it restarts. PostgreSQL's default of 128 MB of shared buffers holds less than the
 heap a search of a 100,000-message history reads, so searches read their rows' pages from the
 OS cache (docs/benchmarks.md, fourteenth session); the embedded server takes an eighth of the
-machine's memory, 128 MB to 2 GB, unless ``embedded_shared_buffers_mb`` says otherwise.
+machine's memory, 128 MB to 2 GB, unless ``embedded_shared_buffers_mb`` says otherwise. A
+server that will not start with them starts with PostgreSQL's default, and a warning says so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import threading
 import warnings
 from collections.abc import AsyncIterator
@@ -115,10 +117,30 @@ class EmbeddedPostgres:
                 logger.info("starting embedded PostgreSQL in %s", self.pgdata)
                 server = pgserver.get_server(self.pgdata, cleanup_mode="stop", start=False)
                 server.ensure_pgdata_inited()  # initdb, the first time
-                write_server_config(self.pgdata, self.shared_buffers)
-                server.start()
+                self._start(server)
             _servers[self.pgdata] = (server, count + 1)
             return server
+
+    def _start(self, server: Any) -> None:
+        """Start ``server`` with memfuse's settings; if it does not start with more shared
+        buffers than PostgreSQL's default (a machine that will not map them), once more with
+        the default, and say so."""
+        write_server_config(self.pgdata, self.shared_buffers)
+        try:
+            server.start()
+        except subprocess.CalledProcessError:
+            if self.shared_buffers <= MIN_SHARED_BUFFERS_MB:
+                raise
+            logger.warning(
+                "embedded PostgreSQL did not start with %d MB of shared buffers "
+                "(embedded_shared_buffers_mb; its log: %s); starting it with %d MB",
+                self.shared_buffers,
+                self.pgdata / "log",
+                MIN_SHARED_BUFFERS_MB,
+            )
+            self.shared_buffers = MIN_SHARED_BUFFERS_MB
+            write_server_config(self.pgdata, self.shared_buffers)
+            server.start()
 
     def _release(self) -> None:
         with _lock:

@@ -88,3 +88,22 @@ def test_the_setting_is_checked() -> None:
 
     with pytest.raises(ConfigurationError, match="embedded_shared_buffers_mb"):
         Settings(embedded_shared_buffers_mb=-1)
+
+
+def overcommits_always() -> bool:
+    """Linux maps any size when ``vm.overcommit_memory`` is 1: nothing is refused there."""
+    setting = Path("/proc/sys/vm/overcommit_memory")
+    return setting.exists() and setting.read_text().strip() == "1"
+
+
+@pytest.mark.skipif(overcommits_always(), reason="this machine maps any size of memory")
+async def test_a_machine_that_refuses_the_buffers_gets_the_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = EmbeddedPostgres(tmp_path, shared_buffers=4_000_000)  # 4 TB: refused here
+    url = await server.start()
+    try:
+        assert await scalar(url, "SHOW shared_buffers") == f"{MIN_SHARED_BUFFERS_MB}MB"
+    finally:
+        await server.stop()
+    assert "did not start with 4000000 MB of shared buffers" in caplog.text
