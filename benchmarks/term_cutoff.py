@@ -19,6 +19,7 @@ differs between settings.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 import uuid
@@ -77,29 +78,28 @@ async def run(url: str, args: argparse.Namespace, source: str) -> dict[str, Any]
             for rows in args.rows:
                 terms = await repository.term_statistics(retrieval.common_term_frequency, rows)
                 common[rows] = len(terms["m0"].common_terms)
-                for budget in args.budgets:
-                    for limit in args.limits:
-                        statements[rows, budget, limit] = [
-                            statement
-                            for question, vector in zip(questions, vectors, strict=True)
-                            if (
-                                statement := repository.statement(
-                                    SearchFilters(user_id=memory.scope.user_id),
-                                    unit="message",
-                                    query_text=question.question,
-                                    query_vector=vector,
-                                    layers=LAYERS,
-                                    methods=METHODS,
-                                    candidates=CANDIDATES,
-                                    vector_candidates=VECTOR_CANDIDATES,
-                                    rrf_k=retrieval.rrf_k,
-                                    limit=limit,
-                                    terms=terms,
-                                    term_budget=budget or None,
-                                )
+                for budget, limit in itertools.product(args.budgets, args.limits):
+                    statements[rows, budget, limit] = [
+                        statement
+                        for question, vector in zip(questions, vectors, strict=True)
+                        if (
+                            statement := repository.statement(
+                                SearchFilters(user_id=memory.scope.user_id),
+                                unit="message",
+                                query_text=question.question,
+                                query_vector=vector,
+                                layers=LAYERS,
+                                methods=METHODS,
+                                candidates=CANDIDATES,
+                                vector_candidates=VECTOR_CANDIDATES,
+                                rrf_k=retrieval.rrf_k,
+                                limit=limit,
+                                terms=terms,
+                                term_budget=budget or None,
                             )
-                            is not None
-                        ]
+                        )
+                        is not None
+                    ]
     raw = await asyncpg.connect(**asyncpg_connect_args(url))
     try:
         await register_vector_codec(raw)
